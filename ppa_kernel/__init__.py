@@ -1,0 +1,32 @@
+"""ppa-workbench: privacy-preserving analytics over secure multiparty computation.
+
+Analysts build analysis plans with secure frames; party kernels check them against their
+owners' policies and run them as MPyC programs; only aggregates that pass disclosure
+control are released. Start with :class:`Consortium`.
+"""
+
+from .errors import ConsortiumError, PlanError, PolicyRefused, PPAError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Consortium",
+    "ConsortiumError",
+    "PPAError",
+    "PlanError",
+    "PolicyRefused",
+    "__version__",
+    "format_table",
+]
+
+
+def __getattr__(name: str):
+    if name == "Consortium":
+        from .client import Consortium
+
+        return Consortium
+    if name == "format_table":
+        from .results import format_table
+
+        return format_table
+    raise AttributeError(name)

@@ -1,0 +1,113 @@
+"""The ``ppa`` console command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import PPAError
+
+logger = logging.getLogger(__name__)
+
+
+def _party_serve(args: argparse.Namespace) -> int:
+    from .config import load_party
+    from .local import ERROR_MARKER
+    from .party import serve
+
+    try:
+        config = load_party(args.config)
+        serve(config, record_openings=args.record_openings)
+    except PPAError as exc:
+        print(f"{ERROR_MARKER}{json.dumps(exc.to_dict())}", flush=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import print_report, run_demo
+
+    report = run_demo(Path(args.out), n_core=args.n_core, seed=args.seed,
+                      timeout=args.timeout)
+    print_report(report)
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synthetic import write_demo_data
+
+    paths = write_demo_data(Path(args.folder), n_core=args.n_core, seed=args.seed,
+                            fmt=args.format)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .local import write_local_config
+    from .synthetic import write_demo_data
+
+    folder = Path(args.folder)
+    paths = write_demo_data(folder / "data", n_core=args.n_core, seed=args.seed, fmt="mixed")
+    config = write_local_config(folder, {n: paths[n] for n in ("insurer", "hospital", "bureau")},
+                                "pseudonym")
+    print(f"wrote {config} and one party file per party; start each with:")
+    for name in ("insurer", "hospital", "bureau"):
+        print(f"  ppa party serve {folder / (name + '.toml')}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ppa``."""
+    p = argparse.ArgumentParser(prog="ppa", description="Privacy-preserving analytics with MPC.")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the local three-party demo on synthetic data")
+    demo.add_argument("--out", default="ppa-demo", help="output folder (default ppa-demo)")
+    demo.add_argument("--n-core", type=int, default=4200, help="people at all three parties")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--timeout", type=float, default=None, help="seconds per query")
+    demo.set_defaults(func=_demo)
+
+    party = sub.add_parser("party", help="party kernel commands")
+    party_sub = party.add_subparsers(dest="party_command", required=True)
+    serve = party_sub.add_parser("serve", help="run this party's kernel")
+    serve.add_argument("config", help="the party's TOML file")
+    serve.add_argument("--record-openings", action="store_true",
+                       help="keep every opened value in run results (testing only)")
+    serve.set_defaults(func=_party_serve)
+
+    synth = sub.add_parser("synth", help="write synthetic three-party demo data")
+    synth.add_argument("folder")
+    synth.add_argument("--n-core", type=int, default=4200)
+    synth.add_argument("--seed", type=int, default=7)
+    synth.add_argument("--format", choices=("csv", "mixed"), default="csv")
+    synth.set_defaults(func=_synth)
+
+    init = sub.add_parser("init", help="write demo data and configs for separately run kernels")
+    init.add_argument("folder")
+    init.add_argument("--n-core", type=int, default=4200)
+    init.add_argument("--seed", type=int, default=7)
+    init.set_defaults(func=_init)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ppa``."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except PPAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The party kernel: one long-lived process per data party.
+
+It loads the party's data once (checking types and duplicate link keys), publishes a
+catalog of approved columns, and serves authenticated JSON requests from analysts'
+clients (:mod:`.protocol`). For each plan it checks the policy, logs to the hash-chained
+audit log, runs the plan in a fresh MPyC worker subprocess under a deadline, and returns
+the released aggregates. It never executes analyst text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .audit import AuditLog
+from .config import PartyConfig
+from .datasource import DataSourceError, describe_columns, load_table
+from .errors import DataError, PartyFailed, PlanError, PolicyRefused, PPAError, RunTimeout
+from .plan import canonical_json, expr_columns, plan_hash
+from .policy import Policy, PolicyError
+from .program import compile_plan
+from .protocol import MAX_MESSAGE, seal, unseal
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUN_TIMEOUT = 600.0
+WORKER_CONNECT_TIMEOUT = 30.0
+READY_MARKER = "PPA-PARTY-READY"
+
+
+def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The party's table sorted by link key, and its column descriptions."""
+    data = config.data
+    try:
+        frame = load_table(data["source"], table=data.get("table"), query=data.get("query"),
+                           link=data["link"])
+        described = describe_columns(frame, data["link"],
+                                     categorical=set(data.get("categorical", [])))
+    except DataSourceError as exc:
+        raise DataError(str(exc), party=config.name) from None
+    frame = frame.sort_values(data["link"], kind="stable").reset_index(drop=True)
+    for column, meta in described.items():
+        if meta["kind"] == "numeric":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        elif meta["kind"] == "bool":
+            frame[column] = frame[column].astype("boolean")
+    return frame, described
+
+
+def _coarse(value: float | None, up: bool) -> float | None:
+    """Round a bound outward to two significant digits (exact extremes are disclosive)."""
+    if value is None or value == 0:
+        return value
+    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
+    return float((math.ceil if up else math.floor)(value / step) * step)
+
+
+class PartyKernel:
+    """Serves one party's requests; see the module docstring."""
+
+    def __init__(self, config: PartyConfig):
+        self.config = config
+        self.name = config.name
+        try:
+            self.policy = Policy.from_dict(config.name, config.policy)
+        except PolicyError as exc:
+            raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
+        self.frame, described = load_party_data(config)
+        self.catalog = self._catalog(described)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot = config.state_dir / "snapshot.parquet"
+        self.frame.to_parquet(self.snapshot)
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.audit.append("kernel_started", party=self.name, rows=len(self.frame),
+                          policy=self.policy.summary())
+        self.lock = asyncio.Lock()
+        self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self.server: asyncio.base_events.Server | None = None
+        self.stopped = asyncio.Event()
+
+    def _catalog(self, described: dict[str, dict]) -> dict[str, dict]:
+        rules = self.policy.columns
+        out = {}
+        for column, meta in described.items():
+            if rules is not None and column not in rules:
+                continue
+            entry = dict(meta)
+            if entry["kind"] == "numeric":
+                entry["min"], entry["max"] = _coarse(meta["min"], False), _coarse(meta["max"], True)
+            entry["uses"] = sorted(rules[column].uses) if rules is not None else \
+                ["filter", "group", "measure"]
+            out[column] = entry
+        return out
+
+    # ------------------------------------------------------------------ serving
+    async def serve(self) -> None:
+        address = self.config.address
+        self.server = await asyncio.start_server(self._connection, address.host, address.port,
+                                                 limit=MAX_MESSAGE)
+        print(f"{READY_MARKER} {self.name} {address.host}:{address.port}", flush=True)
+        logger.info("party %s serving on %s:%s", self.name, address.host, address.port)
+        async with self.server:
+            await self.stopped.wait()
+        await self._kill_all()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        secret = self.config.consortium.secret
+        try:
+            while line := await reader.readline():
+                try:
+                    request = unseal(line, secret)
+                    await self._dispatch(request, writer)
+                except PPAError as exc:
+                    if not exc.party:
+                        exc.party = self.name
+                    await self._send(writer, {"event": "error", "error": exc.to_dict()})
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, body: dict) -> None:
+        writer.write(seal(body, self.config.consortium.secret))
+        await writer.drain()
+
+    async def _dispatch(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        op = request.get("op")
+        if op == "hello":
+            await self._send(writer, {"event": "hello", **self.describe()})
+        elif op == "run":
+            await self._run(request, writer)
+        elif op == "check":
+            await self._check(request, writer)
+        elif op == "cancel":
+            killed = await self._kill(str(request.get("run_id")))
+            await self._send(writer, {"event": "cancelled", "killed": killed})
+        elif op == "shutdown":
+            await self._send(writer, {"event": "bye"})
+            self.stopped.set()
+        else:
+            raise PlanError(f"unknown request {op!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """What the party publishes: size, approved columns, policy summary."""
+        return {"party": self.name, "rows": len(self.frame), "catalog": self.catalog,
+                "policy": self.policy.summary(), "version": __version__}
+
+    # ------------------------------------------------------------------ checking
+    def check_plan(self, request: dict) -> tuple[dict, str]:
+        """Validate a plan and check it against this party's policy."""
+        plan = request.get("plan")
+        program = compile_plan(plan)
+        digest = plan_hash(plan)
+        if request.get("plan_hash") != digest:
+            raise PlanError("plan hash does not match the plan",
+                            hint="the plan was altered in transit or built inconsistently")
+        if self.name not in program.parties:
+            raise PlanError(f"{self.name} is not a party of this plan")
+        uses = self._uses(plan)
+        stats = {("count" if a["stat"] == "size" else a["stat"]) for a in plan["aggregates"]}
+        try:
+            self.policy.check(uses, stats, plan.get("min_cell_size"))
+        except PolicyError as exc:
+            raise PolicyRefused("; ".join(exc.reasons), party=self.name) from None
+        if plan.get("min_cell_size") is None:
+            raise PlanError("the plan must state its minimum cell size")
+        for name, meta in plan["columns"].items():
+            if meta["party"] == self.name:
+                self._check_column(name, meta)
+        return plan, digest
+
+    def _uses(self, plan: dict) -> dict[str, set[str]]:
+        uses: dict[str, set[str]] = {}
+
+        def mark(expr, use):
+            for col in expr_columns(expr):
+                party, column = col.split(".", 1)
+                if party == self.name:
+                    uses.setdefault(column, set()).add(use)
+
+        mark(plan.get("filter"), "filter")
+        for entry in plan["groupby"]:
+            mark(entry["expr"], "group")
+        for agg in plan["aggregates"]:
+            mark(agg.get("expr"), "measure")
+        return uses
+
+    def _check_column(self, name: str, meta: dict) -> None:
+        column = meta["column"]
+        if column not in self.catalog:
+            raise PlanError(f"unknown column {name!r}", party=self.name,
+                            hint=f"{self.name} offers {', '.join(sorted(self.catalog))}")
+        if self.catalog[column]["kind"] != meta["kind"]:
+            raise PlanError(f"column {name!r} is {self.catalog[column]['kind']}, "
+                            f"not {meta['kind']}", party=self.name)
+
+    async def _check(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        plan, digest = self.check_plan(request)
+        self.audit.append("plan_checked", run_id=str(request.get("run_id")), plan_hash=digest)
+        await self._send(writer, {"event": "checked", "plan_hash": digest})
+
+    # ------------------------------------------------------------------ running
+    async def _run(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        run_id = str(request.get("run_id"))
+        try:
+            plan, digest = self.check_plan(request)
+        except PPAError as exc:
+            self.audit.append("plan_refused", run_id=run_id, reason=str(exc),
+                              plan=request.get("plan") if isinstance(request.get("plan"), dict)
+                              else None)
+            raise
+        self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan)
+        timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
+        await self._send(writer, {"event": "progress", "phase": "policy check", "elapsed": 0})
+        async with self.lock:
+            try:
+                result = await self._run_worker(run_id, plan, request, timeout, writer)
+            except PPAError as exc:
+                self.audit.append("run_failed", run_id=run_id, plan_hash=digest, reason=str(exc))
+                raise
+        released = sum(sum(v is not None for v in col) for col in result["stats"]["counts"].values())
+        self.audit.append("run_completed", run_id=run_id, plan_hash=digest,
+                          released_counts=released, multiplicity=result["multiplicity"],
+                          openings=[{"name": e["name"], "count": e["count"]}
+                                    for e in result["openings"]])
+        if not self.config.extra.get("record_openings"):
+            result["openings"] = [{"name": e["name"], "count": e["count"]}
+                                  for e in result["openings"]]
+        await self._send(writer, {"event": "result", "run_id": run_id, "plan_hash": digest,
+                                  "result": result})
+
+    async def _run_worker(self, run_id: str, plan: dict, request: dict, timeout: float,
+                          writer: asyncio.StreamWriter) -> dict:
+        consortium = self.config.consortium
+        with tempfile.TemporaryDirectory(prefix=f"ppa-{self.name}-") as tmp:
+            job = {"party": self.name, "index": consortium.index(self.name),
+                   "names": [p.name for p in consortium.parties],
+                   "addresses": [f"{p.host}:{p.mpc_port}" for p in consortium.parties],
+                   "plan": plan, "run_id": run_id,
+                   "linkage_id": str(request.get("linkage_id") or "default"),
+                   "snapshot": str(self.snapshot), "link_column": self.config.data["link"],
+                   "link_salt": consortium.link_salt, "state_dir": str(self.config.state_dir),
+                   "record_openings": bool(self.config.extra.get("record_openings")),
+                   "connect_timeout": min(WORKER_CONNECT_TIMEOUT, timeout),
+                   "result_path": str(Path(tmp) / "result.json"),
+                   "log_level": self.config.worker_log_level}
+            job_path = Path(tmp) / "job.json"
+            job_path.write_text(json.dumps(job))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ppa_kernel.worker", str(job_path),
+                stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            self.workers[run_id] = proc
+            try:
+                await asyncio.wait_for(self._follow(proc, writer), timeout)
+            except TimeoutError:
+                await self._kill(run_id)
+                raise RunTimeout(f"run did not finish within {timeout:g} s", party=self.name,
+                                 hint="raise the timeout, or check the other parties") from None
+            finally:
+                self.workers.pop(run_id, None)
+            return self._worker_result(proc, Path(job["result_path"]))
+
+    async def _follow(self, proc: asyncio.subprocess.Process, writer) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            await self._send(writer, {"event": "progress", **event})
+        await proc.wait()
+
+    def _worker_result(self, proc: asyncio.subprocess.Process, path: Path) -> dict:
+        if path.exists():
+            result = json.loads(path.read_text())
+            if "error" in result:
+                err = result["error"]
+                raise PartyFailed(err["message"], party=self.name, hint=err.get("hint"))
+            return result
+        code = proc.returncode
+        cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        raise PartyFailed(f"MPC worker died ({cause})", party=self.name)
+
+    async def _kill(self, run_id: str) -> bool:
+        proc = self.workers.get(run_id)
+        if proc is None or proc.returncode is not None:
+            return False
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        await proc.wait()
+        return True
+
+    async def _kill_all(self) -> None:
+        for run_id in list(self.workers):
+            await self._kill(run_id)
+
+
+def serve(config: PartyConfig, *, record_openings: bool = False) -> None:
+    """Run a party kernel until it is asked to shut down or receives SIGTERM/SIGINT."""
+    if record_openings:
+        config.extra["record_openings"] = True
+
+    async def main():
+        kernel = PartyKernel(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, kernel.stopped.set)
+        started = time.time()
+        await kernel.serve()
+        logger.info("party %s stopped after %.0f s", kernel.name, time.time() - started)
+
+    asyncio.run(main())
+
+
+__all__ = ["PartyKernel", "canonical_json", "load_party_data", "serve"]

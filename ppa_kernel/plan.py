@@ -1,0 +1,198 @@
+"""Analysis plans: the only thing that crosses from the analyst to the parties.
+
+A plan is a small JSON document (version ``PLAN_VERSION``)::
+
+    {"ppa_plan": 1,
+     "parties": ["bureau", "hospital", "insurer"],      # the consortium, in MPC order
+     "link": ["bureau", "hospital", "insurer"],         # parties whose inner join is analysed
+     "columns": {"insurer.age": {"party": "insurer", "column": "age", "kind": "numeric"}},
+     "filter": <expression> | null,
+     "groupby": [{"name": "age", "expr": <expression>, "levels": [...],
+                  "bins": [edges] | absent}],
+     "aggregates": [{"name": "n", "stat": "count", "expr": <expression> | null}],
+     "min_cell_size": null | int}
+
+Expressions are JSON trees: ``{"col": "party.column"}``, ``{"const": 3.5}`` and
+``{"op": OP, "args": [...]}`` with OP one of ``add sub mul div neg lt le gt ge eq ne and
+or not isin`` (``isin`` carries ``"values"``). Parties interpret plans with their own
+code; nothing in a plan is ever executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from .errors import PlanError
+
+PLAN_VERSION = 1
+STATISTICS = ("count", "sum", "mean", "var", "std", "size")
+ARITHMETIC = ("add", "sub", "mul", "div", "neg")
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+LOGICAL = ("and", "or", "not")
+OPERATORS = ARITHMETIC + COMPARISONS + LOGICAL + ("isin",)
+KINDS = ("numeric", "categorical", "bool")
+_ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div") + COMPARISONS + ("and", "or")},
+          "neg": 1, "not": 1, "isin": 1}
+_TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
+             "min_cell_size"}
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical text of a JSON value: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def plan_hash(plan: dict) -> str:
+    """SHA-256 (hex) of the plan's canonical JSON."""
+    return hashlib.sha256(canonical_json(plan).encode()).hexdigest()
+
+
+def expr_columns(expr: dict | None) -> set[str]:
+    """Qualified column names an expression reads."""
+    if expr is None:
+        return set()
+    if "col" in expr:
+        return {expr["col"]}
+    if "const" in expr:
+        return set()
+    out: set[str] = set()
+    for arg in expr.get("args", []):
+        out |= expr_columns(arg)
+    return out
+
+
+def expr_parties(expr: dict | None, columns: dict) -> set[str]:
+    """Parties owning the columns an expression reads."""
+    return {columns[c]["party"] for c in expr_columns(expr)}
+
+
+def is_boolean(expr: dict, columns: dict) -> bool:
+    """Whether an expression yields a truth value."""
+    if "col" in expr:
+        return columns[expr["col"]]["kind"] == "bool"
+    return expr.get("op") in COMPARISONS + LOGICAL + ("isin",)
+
+
+def validate_plan(plan: Any) -> dict:
+    """Check a plan's structure; return it unchanged or raise :class:`PlanError`."""
+    if not isinstance(plan, dict):
+        raise PlanError("a plan must be a JSON object")
+    if plan.get("ppa_plan") != PLAN_VERSION:
+        raise PlanError(f"unsupported plan version {plan.get('ppa_plan')!r}",
+                        hint=f"this party understands version {PLAN_VERSION}")
+    unknown = set(plan) - _TOP_KEYS
+    if unknown:
+        raise PlanError(f"unknown plan keys: {', '.join(sorted(unknown))}")
+    parties, link = plan.get("parties"), plan.get("link")
+    if not _str_list(parties) or len(set(parties)) != len(parties) or len(parties) < 2:
+        raise PlanError("'parties' must list at least two distinct party names")
+    if not _str_list(link) or not link or not set(link) <= set(parties):
+        raise PlanError("'link' must name one or more of the consortium's parties")
+    columns = plan.get("columns")
+    if not isinstance(columns, dict):
+        raise PlanError("'columns' must be an object")
+    for name, meta in columns.items():
+        _check_column(name, meta, link)
+    if plan.get("filter") is not None:
+        _check_expr(plan["filter"], columns)
+        if not is_boolean(plan["filter"], columns):
+            raise PlanError("the filter must be a condition (comparison, isin, & | ~)")
+    _check_groupby(plan.get("groupby"), columns)
+    _check_aggregates(plan.get("aggregates"), columns)
+    mcs = plan.get("min_cell_size")
+    if mcs is not None and (not isinstance(mcs, int) or isinstance(mcs, bool) or mcs < 1):
+        raise PlanError("'min_cell_size' must be a positive integer or null")
+    return plan
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _check_column(name: str, meta: Any, link: list[str]) -> None:
+    if not isinstance(meta, dict) or set(meta) - {"party", "column", "kind", "levels"}:
+        raise PlanError(f"column {name!r} has a malformed description")
+    if meta.get("party") not in link:
+        raise PlanError(f"column {name!r} belongs to {meta.get('party')!r}, which is not linked",
+                        hint="add its party to link(...)")
+    if name != f"{meta['party']}.{meta.get('column')}":
+        raise PlanError(f"column {name!r} must be named 'party.column'")
+    if meta.get("kind") not in KINDS:
+        raise PlanError(f"column {name!r} has unknown kind {meta.get('kind')!r}")
+
+
+def _check_expr(expr: Any, columns: dict) -> None:
+    if not isinstance(expr, dict):
+        raise PlanError(f"malformed expression {expr!r}")
+    if "col" in expr:
+        if set(expr) != {"col"} or expr["col"] not in columns:
+            raise PlanError(f"unknown column {expr.get('col')!r}")
+        return
+    if "const" in expr:
+        value = expr["const"]
+        ok = isinstance(value, (int, float, str, bool)) and not (
+            isinstance(value, float) and not math.isfinite(value))
+        if set(expr) != {"const"} or not ok:
+            raise PlanError(f"malformed constant {expr!r}")
+        return
+    op, args = expr.get("op"), expr.get("args")
+    if op not in OPERATORS or not isinstance(args, list) or len(args) != _ARITY[op]:
+        raise PlanError(f"malformed expression with operator {op!r}")
+    allowed = {"op", "args", "values"} if op == "isin" else {"op", "args"}
+    if set(expr) - allowed:
+        raise PlanError(f"unexpected keys in expression {op!r}")
+    if op == "isin" and not isinstance(expr.get("values"), list):
+        raise PlanError("isin needs a list of values")
+    for arg in args:
+        _check_expr(arg, columns)
+
+
+def _check_groupby(groupby: Any, columns: dict) -> None:
+    if not isinstance(groupby, list):
+        raise PlanError("'groupby' must be a list")
+    for entry in groupby:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise PlanError("each groupby entry needs a name")
+        expr = entry.get("expr")
+        if not isinstance(expr, dict) or "col" not in expr:
+            raise PlanError(f"group {entry['name']!r} must be a column")
+        _check_expr(expr, columns)
+        levels = entry.get("levels")
+        if not isinstance(levels, list) or not levels:
+            raise PlanError(f"group {entry['name']!r} needs its list of levels",
+                            hint="group only by categorical columns or binned numbers")
+        bins = entry.get("bins")
+        if bins is not None:
+            if not (isinstance(bins, list) and len(bins) == len(levels) + 1
+                    and all(isinstance(b, (int, float)) for b in bins)
+                    and all(a < b for a, b in zip(bins, bins[1:]))):
+                raise PlanError(f"group {entry['name']!r} has malformed bin edges")
+
+
+def _check_aggregates(aggregates: Any, columns: dict) -> None:
+    if not isinstance(aggregates, list) or not aggregates:
+        raise PlanError("a plan needs at least one aggregate")
+    names = set()
+    for agg in aggregates:
+        if not isinstance(agg, dict) or agg.get("stat") not in STATISTICS:
+            raise PlanError(f"unknown statistic in {agg!r}",
+                            hint=f"use one of {', '.join(STATISTICS)}")
+        if agg.get("name") in names or not isinstance(agg.get("name"), str):
+            raise PlanError(f"aggregate names must be unique strings: {agg.get('name')!r}")
+        names.add(agg["name"])
+        if agg["stat"] == "size":
+            if agg.get("expr") is not None:
+                raise PlanError("'size' counts rows and takes no column")
+            continue
+        _check_expr(agg.get("expr"), columns)
+        if _is_categorical(agg["expr"], columns) and agg["stat"] != "count":
+            raise PlanError(f"cannot take the {agg['stat']} of categorical {agg['name']!r}",
+                            hint="group by it, or count it")
+
+
+def _is_categorical(expr: dict, columns: dict) -> bool:
+    return "col" in expr and columns[expr["col"]]["kind"] == "categorical"

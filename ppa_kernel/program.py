@@ -1,0 +1,176 @@
+"""From a plan to the work each party does: owner-side inputs and secure steps.
+
+Every party derives the same :class:`Program` from the same plan, so all make the same
+sequence of MPC calls. A sub-expression whose columns all belong to one party is
+evaluated by that party on its own rows before sharing ("owner-side"); it then inputs
+only the encoded result (``val``), a not-missing flag (``nn``), a square (``sq``) or a
+truth value (``ind``). Grouping columns of one party become that party's one-hot columns.
+Only expressions that mix parties are computed under MPC.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from .errors import PlanError
+from .plan import COMPARISONS, canonical_json, expr_parties, is_boolean, validate_plan
+
+SCALE_BITS = 16
+"""Numbers are encoded as round(x * 2**SCALE_BITS); secure products add scale exponents."""
+
+OPENING_NAMES = ("linkage.ready", "linkage.party_sizes", "linkage.prf_masked", "disclosure.pass",
+                 "protocol.comparison_masked")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One column a party inputs for each of its rows."""
+
+    party: str
+    kind: str  # val | nn | sq | ind | onehot | present
+    key: str = ""  # canonical expression (or group spec) it encodes
+    level: int = 0  # one-hot column index
+
+    @property
+    def id(self) -> str:
+        return f"{self.party}|{self.kind}|{self.key}|{self.level}"
+
+
+@dataclass
+class Program:
+    """The parties' shared reading of one plan."""
+
+    plan: dict
+    features: dict[str, list[Feature]] = field(default_factory=dict)
+    group_parties: list[str] = field(default_factory=list)
+    group_entries: dict[str, list[dict]] = field(default_factory=dict)
+    measures: list[dict] = field(default_factory=list)  # unique measure expressions
+
+    @property
+    def parties(self) -> list[str]:
+        return self.plan["parties"]
+
+    @property
+    def link(self) -> list[str]:
+        return self.plan["link"]
+
+    @property
+    def columns(self) -> dict:
+        return self.plan["columns"]
+
+    def owner(self, expr: dict) -> str | None:
+        """The single party owning an expression, or None when it mixes parties."""
+        parties = expr_parties(expr, self.columns)
+        return next(iter(parties)) if len(parties) == 1 else None
+
+    def feature_index(self, feature: Feature) -> int:
+        """Column of ``feature`` in the linked table (features ordered party by party)."""
+        offset = 0
+        for party in self.parties:
+            own = self.features.get(party, [])
+            if feature.party == party:
+                return offset + own.index(feature)
+            offset += len(own)
+        raise KeyError(feature)
+
+    @property
+    def width(self) -> int:
+        return sum(len(v) for v in self.features.values())
+
+    def add(self, feature: Feature) -> Feature:
+        own = self.features.setdefault(feature.party, [])
+        if feature not in own:
+            own.append(feature)
+        return feature
+
+    def group_levels(self, party: str) -> list[tuple]:
+        """Level combinations of one party's grouping columns, in one-hot column order."""
+        return list(itertools.product(*(e["levels"] for e in self.group_entries[party])))
+
+    def openings(self) -> set[str]:
+        """Names of everything a run of this plan may open."""
+        names = set(OPENING_NAMES)
+        for m in self.measures:
+            for part in ("count", "sum", "sumsq"):
+                names.add(f"release.{part}:{m['key']}")
+        names.add("release.count:size")
+        return names
+
+
+def compile_plan(plan: dict) -> Program:
+    """Validate a plan and derive every party's inputs from it."""
+    validate_plan(plan)
+    program = Program(plan=plan)
+    for party in program.link:
+        if len(program.link) < len(program.parties):
+            program.add(Feature(party, "present"))
+    if plan.get("filter") is not None:
+        _add_condition(program, plan["filter"])
+    for entry in plan["groupby"]:
+        party = program.columns[entry["expr"]["col"]]["party"]
+        if party not in program.group_entries:
+            program.group_parties.append(party)
+            program.group_entries[party] = []
+        program.group_entries[party].append(entry)
+    for party in program.group_parties:
+        key = canonical_json([e["name"] for e in program.group_entries[party]])
+        for level in range(len(program.group_levels(party))):
+            program.add(Feature(party, "onehot", key, level))
+    _add_measures(program)
+    return program
+
+
+def _add_measures(program: Program) -> None:
+    by_key: dict[str, dict] = {}
+    for agg in program.plan["aggregates"]:
+        if agg["stat"] == "size":
+            continue
+        key = canonical_json(agg["expr"])
+        entry = by_key.setdefault(key, {"key": key, "expr": agg["expr"], "square": False})
+        entry["square"] |= agg["stat"] in ("var", "std")
+    program.measures = list(by_key.values())
+    for entry in program.measures:
+        _add_value(program, entry["expr"], square=entry["square"])
+
+
+def _add_value(program: Program, expr: dict, *, square: bool = False) -> None:
+    """Register the inputs a numeric expression needs."""
+    if "const" in expr:
+        return
+    owner = program.owner(expr)
+    if owner is not None:
+        key = canonical_json(expr)
+        kinds = ("val", "nn", "sq") if square else ("val", "nn")
+        for kind in kinds:
+            program.add(Feature(owner, kind, key))
+        return
+    if is_boolean(expr, program.columns):
+        _add_condition(program, expr)
+        return
+    if expr["op"] == "div" and "const" not in expr["args"][1]:
+        raise PlanError("division is only by a constant")
+    for arg in expr["args"]:
+        _add_value(program, arg)
+
+
+def _add_condition(program: Program, expr: dict) -> None:
+    """Register the inputs a truth-valued expression needs."""
+    if "const" in expr:
+        raise PlanError("a condition must refer to a column")
+    owner = program.owner(expr)
+    if owner is not None:
+        program.add(Feature(owner, "ind", canonical_json(expr)))
+        return
+    op = expr["op"]
+    if op in ("and", "or", "not"):
+        for arg in expr["args"]:
+            _add_condition(program, arg)
+    elif op in COMPARISONS:
+        for arg in expr["args"]:
+            if "col" in arg and program.columns[arg["col"]]["kind"] == "categorical":
+                raise PlanError("categories of different parties cannot be compared",
+                                hint="compare numbers, or filter each party's column alone")
+            _add_value(program, arg)
+    else:
+        raise PlanError(f"operator {op!r} cannot combine columns of different parties")

@@ -1,0 +1,109 @@
+"""The single gate through which the worker opens secret values.
+
+Every opening names what it opens. The worker keeps a ledger of every opening (name,
+count of values); with recording switched on it also keeps the opened values, so tests
+can prove a run opened exactly what its plan names. An ``mpc.output`` made outside
+:func:`reveal` is recorded under the name ``None`` and fails those tests.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .runtime import mpc
+
+logger = logging.getLogger(__name__)
+
+_current_name: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ppa_opening_name", default=None
+)
+
+
+@dataclass
+class OpeningLedger:
+    """Every opening of one worker run, in order."""
+
+    record_values: bool = False
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, name: str | None, values: Any) -> None:
+        if self.record_values:
+            flat = _flatten(values)
+            self.entries.append({"name": name, "count": len(flat), "values": flat})
+        else:
+            self.entries.append({"name": name, "count": _count(values)})
+
+
+LEDGER = OpeningLedger()
+_original_output = mpc.output
+
+
+def _count(values: Any) -> int:
+    if hasattr(values, "value") and isinstance(values.value, np.ndarray):
+        return int(values.value.size)
+    if isinstance(values, np.ndarray):
+        return int(values.size)
+    if isinstance(values, (list, tuple)):
+        return sum(_count(v) for v in values)
+    return 1
+
+
+def _flatten(values: Any) -> list:
+    if isinstance(values, np.ndarray):
+        return [_plain(v) for v in values.ravel().tolist()]
+    if isinstance(values, (list, tuple)):
+        out: list = []
+        for v in values:
+            out.extend(_flatten(v))
+        return out
+    if hasattr(values, "value"):
+        return _flatten(values.value)
+    return [_plain(values)]
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "value"):
+        v = v.value
+    return int(v) if isinstance(v, (int, np.integer)) else str(v)
+
+
+async def _recording_output(x, *args, **kwargs):
+    values = await _original_output(x, *args, **kwargs)
+    LEDGER.add(_current_name.get(), values)
+    return values
+
+
+mpc.output = _recording_output
+
+
+MASKED_COMPARISON = "protocol.comparison_masked"
+"""Openings inside MPyC's comparison protocol: a + r for secret a and a random r that is
+k = 30 bits longer, statistically hiding a; they reveal nothing about a."""
+
+
+async def compare(protocol, *args, **kwargs):
+    """Run an MPyC comparison, naming the masked values its protocol opens."""
+    token = _current_name.set(MASKED_COMPARISON)
+    try:
+        result = protocol(*args, **kwargs)
+        await mpc.gather(result)
+        return result
+    finally:
+        _current_name.reset(token)
+
+
+async def reveal(name: str, x, *, threshold: int | None = None) -> Any:
+    """Open ``x`` to every party and record the opening under ``name``.
+
+    ``x`` is a secure object, or a field array of degree-``threshold`` shares.
+    """
+    token = _current_name.set(name)
+    try:
+        return await mpc.output(x, threshold=threshold)
+    finally:
+        _current_name.reset(token)

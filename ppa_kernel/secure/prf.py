@@ -1,0 +1,104 @@
+"""Keyed Legendre PRF evaluated on secret link keys.
+
+Tag bit j of a key x is the Legendre symbol of (x + k_j) for secret random keys k_j that
+no party knows (the sum of one random contribution per party). To evaluate it, the
+parties open (x + k_j) * r_j^2 for a fresh secret random r_j: a uniformly random field
+element whose Legendre symbol equals that of (x + k_j). The product is opened from its
+degree-2t shares, re-randomised with a pseudorandom sharing of zero, which saves a
+resharing round.
+
+Leakage: per row and key, the opened masked value reveals only the Legendre symbol, i.e.
+the tag bit; the tags are opened to every party. Keys and masks are fresh per linkage.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+
+import gmpy2
+import numpy as np
+from mpyc import thresha
+
+from .openings import reveal
+from .runtime import mpc, shares
+
+logger = logging.getLogger(__name__)
+
+TAG_BITS = 64
+"""Tag length: distinct keys among 10^6 rows collide with probability below 3e-8."""
+
+CHUNK_ROWS = 2048
+"""Rows per batch, bounding memory: each batch holds rows * TAG_BITS field elements."""
+
+
+async def secret_keys(sectype, count: int):
+    """``count`` secret uniformly random field elements, one contribution from every party."""
+    field = sectype.field
+    mine = field.array([secrets.randbelow(field.modulus) for _ in range(count)], check=False)
+    contributions = mpc.input(sectype.array(mine))
+    total = contributions[0]
+    for part in contributions[1:]:
+        total = total + part
+    return total
+
+
+async def legendre_tags(keys_x, *, bits: int = TAG_BITS, chunk: int = CHUNK_ROWS,
+                        progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """PRF tags of the secret link keys in the 1-D secure array ``keys_x``: row -> group id.
+
+    Two stages, each with fresh keys: first ``b1 = log2(n) + 10`` bits for every row (few
+    distinct keys collide by chance), then the remaining ``bits - b1`` bits only for rows
+    whose first-stage tags collide. Equal keys always collide; distinct keys end up with
+    equal full tags with probability about 2^-bits per colliding pair. This costs a third
+    less than ``bits`` bits for every row and opens nothing but PRF outputs: which rows
+    enter stage two is a public function of stage-one tags.
+
+    Opens (x + k_j) * r_j^2 under the name ``linkage.prf_masked``, for every row and bit.
+    """
+    n = keys_x.shape[0]
+    x_share = await shares(keys_x)
+    sectype = type(keys_x).sectype
+    first = min(bits, max(16, int(np.ceil(np.log2(max(n, 2)))) + 10))
+    tag1 = await _tag_bits(sectype, x_share, first, chunk, progress)
+    _, inverse, counts = np.unique(tag1, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] > 1)
+    tag2 = np.zeros(n, dtype=np.uint64)
+    if bits > first and len(candidates):
+        tag2[candidates] = await _tag_bits(sectype, x_share[candidates], bits - first, chunk,
+                                           progress)
+    _, groups = np.unique(np.column_stack([tag1, tag2]), axis=0, return_inverse=True)
+    return groups.reshape(-1).astype(np.int64)
+
+
+async def _tag_bits(sectype, x_share: np.ndarray, bits: int, chunk: int, progress) -> np.ndarray:
+    """``bits`` Legendre-PRF bits (fresh keys) of each secret key given by its shares."""
+    field = sectype.field
+    p = field.modulus
+    n = len(x_share)
+    k_share = await shares(await secret_keys(sectype, bits))
+    weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
+    tags = np.zeros(n, dtype=np.uint64)
+    legendre = np.frompyfunc(lambda v: gmpy2.legendre(v, p), 1, 1)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        rows = stop - start
+        shifted = (x_share[start:stop, None] + k_share[None, :]).reshape(-1)
+        r = mpc._np_randoms(sectype, rows * bits)
+        squares = await shares(r * r)
+        masked = (shifted * squares) % p
+        masked = field.array(masked + zero_sharing(field, rows * bits).value)
+        opened = await reveal("linkage.prf_masked", masked, threshold=2 * mpc.threshold)
+        symbols = legendre(opened.value.reshape(rows, bits)).astype(np.int64)
+        tags[start:stop] = ((symbols == 1).astype(np.uint64) * weights).sum(axis=1)
+        if progress is not None:
+            progress(rows)
+    return tags
+
+
+def zero_sharing(field, n: int):
+    """This party's degree-2t pseudorandom shares of n zeros (PRSS, no communication)."""
+    m = len(mpc.parties)
+    return thresha.np_pseudorandom_share_0(field, m, mpc.pid, mpc.prfs(field.order),
+                                           mpc._prss_uci(), n)

@@ -1,0 +1,151 @@
+"""The MPyC worker: one process per party per plan, started by the party kernel.
+
+Run as ``python -m ppa_kernel.worker JOB.json``. The job file (written by the kernel)
+holds the plan, this party's index, the MPC addresses and where its data snapshot and
+linkage state live. The worker prints one JSON line per phase to stdout and writes its
+result (or a structured error) to the job's ``result_path``. It is the only place that
+imports MPyC: MPyC parses ``sys.argv`` and sets up a global runtime at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import PartyFailed, PartyUnreachable, PPAError, RunTimeout
+
+logger = logging.getLogger(__name__)
+
+
+class Phases:
+    """Wall time per phase, reported to the kernel as the run goes."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.last, 4)
+        self.last = now
+        print(json.dumps({"phase": phase, "elapsed": round(now - self.start, 3)}), flush=True)
+
+
+def _mpyc_argv(job: dict) -> list[str]:
+    argv = ["ppa-worker", "-I", str(job["index"]), "--no-log"]
+    for address in job["addresses"]:
+        argv += ["-P", address]
+    return argv
+
+
+async def _start(mpc, job: dict) -> None:
+    """Connect to every other party's worker, or fail naming the missing ones."""
+    try:
+        await asyncio.wait_for(mpc.start(), job["connect_timeout"])
+    except TimeoutError:
+        missing = [job["names"][p.pid] for p in mpc.parties
+                   if p.pid != mpc.pid and p.protocol is None]
+        raise PartyUnreachable(
+            f"could not connect to the MPC worker of {', '.join(missing) or 'a peer'} "
+            f"within {job['connect_timeout']} s", party=job["party"],
+            hint="check that every party kernel is running and its mpc_port is reachable")
+
+
+async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
+    """Reuse this session's linkage if every party still has it; otherwise link again."""
+    from .secure import linkage as lk
+    from .secure.openings import reveal
+    from .secure.runtime import mpc
+
+    folder = Path(job["state_dir"]) / "linkage" / job["linkage_id"]
+    keys = lk.hash_keys(frame[job["link_column"]].tolist(), job["link_salt"])
+    stored = lk.Linkage.load(folder)
+    if stored is not None and stored.fingerprint != lk.fingerprint(keys):
+        stored = None
+    secint = mpc.SecInt(8)
+    ready = await reveal("linkage.ready", mpc.input(secint(int(stored is not None))))
+    if stored is not None and all(int(r) == 1 for r in ready):
+        return stored, keys, False
+    linkage = await lk.link(keys, job["linkage_id"], progress=phases)
+    linkage.save(folder)
+    return linkage, keys, True
+
+
+async def _run(job: dict) -> dict:
+    from .owner import feature_matrix
+    from .program import compile_plan
+    from .secure import patches
+    from .secure.linkage import linked_table
+    from .secure.openings import LEDGER
+    from .secure.query import run_query
+    from .secure.runtime import mpc, shares, value_type
+
+    phases = Phases()
+    LEDGER.record_values = bool(job.get("record_openings"))
+    program = compile_plan(job["plan"])
+    frame = pd.read_parquet(job["snapshot"])
+    await _start(mpc, job)
+    phases("connect")
+    linkage, _, relinked = await _linkage(job, frame, phases)
+    block = feature_matrix(program, job["party"], frame)
+    widths = [len(program.features.get(p, [])) for p in program.parties]
+    linked = await linked_table(linkage, block, widths, value_type())
+    table = await shares(linked)
+    phases("input")
+    stats = await run_query(program, table, linkage.group_sizes, value_type(),
+                            job["plan"]["min_cell_size"], progress=phases)
+    allowed = program.openings()
+    unnamed = [e["name"] for e in LEDGER.entries if e["name"] not in allowed]
+    if unnamed:
+        raise PartyFailed(f"worker opened values the plan does not name: {unnamed}",
+                          party=job["party"])
+    patches.allow_disconnects()
+    await mpc.shutdown()
+    phases("release")
+    return {"stats": asdict(stats), "multiplicity": linkage.multiplicity(),
+            "sizes": linkage.sizes, "relinked": relinked, "phases": phases.seconds,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "openings": LEDGER.entries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one job, write its result file, return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    logging.basicConfig(level=job.get("log_level", "WARNING"), stream=sys.stderr,
+                        format=f"%(asctime)s worker[{job['party']}] %(levelname)s %(message)s")
+    sys.argv = _mpyc_argv(job)
+    from .secure import patches
+    from .secure.runtime import mpc
+
+    try:
+        result = mpc.run(_run(job))
+        status = 0
+    except PPAError as exc:
+        result, status = {"error": exc.to_dict()}, 1
+    except (asyncio.CancelledError, ConnectionError) as exc:
+        lost = [job["names"][p] for p in patches.LOST_PEERS if p is not None]
+        message = (f"lost connection to the MPC worker of {', '.join(lost)}" if lost
+                   else f"MPC connection failed: {exc!r}")
+        result, status = {"error": PartyFailed(message, party=job["party"]).to_dict()}, 1
+    except TimeoutError:
+        err = RunTimeout("the MPC computation timed out", party=job["party"])
+        result, status = {"error": err.to_dict()}, 1
+    except Exception as exc:  # any other failure still ends in a structured result
+        logger.exception("worker failed")
+        err = PartyFailed(f"worker failed: {exc!r}", party=job["party"])
+        result, status = {"error": err.to_dict()}, 1
+    Path(job["result_path"]).write_text(json.dumps(result))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Tests for ppa_kernel.policy."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from ppa_kernel.policy import STATISTICS, USES, ColumnRule, Policy, PolicyError
+
+EXAMPLE = """
+[policy]
+min_cell_size = 10
+statistics = ["count", "sum", "mean", "var", "std"]
+approval = "automatic"
+[policy.columns]
+age = ["filter", "group", "measure"]
+cost_2021 = ["measure", "filter"]
+"""
+
+
+def load(text: str, party: str = "insurer") -> Policy:
+    return Policy.from_dict(party, tomllib.loads(text).get("policy"))
+
+
+def load_error(data: dict | None) -> PolicyError:
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict("insurer", data)
+    assert info.value.party == "insurer"
+    return info.value
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return load(EXAMPLE)
+
+
+# --- loading -------------------------------------------------------------------------
+
+def test_documented_example_parses(policy: Policy) -> None:
+    assert policy.party == "insurer"
+    assert policy.min_cell_size == 10
+    assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std"})
+    assert policy.approval == "automatic"
+    assert policy.columns == {"age": ColumnRule(frozenset({"filter", "group", "measure"})),
+                              "cost_2021": ColumnRule(frozenset({"measure", "filter"}))}
+
+
+def test_module_docstring_example_parses() -> None:
+    import ppa_kernel.policy as module
+
+    doc = module.__doc__
+    start = doc.index("[policy]\n")
+    end = doc.index("\n\nKeys")
+    text = "\n".join(line.strip() for line in doc[start:end].splitlines())
+    assert load(text) == load(EXAMPLE)
+
+
+def test_missing_table_gives_defaults() -> None:
+    policy = Policy.from_dict("bureau", None)
+    assert policy.columns is None
+    assert policy.min_cell_size == 10
+    assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std"})
+    assert policy.approval == "automatic"
+
+
+def test_table_without_columns_approves_every_column() -> None:
+    policy = load("[policy]\nmin_cell_size = 20\n")
+    assert policy.columns is None
+    assert policy.min_cell_size == 20
+    policy.check({"anything": {"group", "link"}}, {"count"}, None)
+
+
+def test_empty_columns_table_approves_nothing() -> None:
+    policy = load("[policy.columns]\n")
+    assert policy.columns == {}
+    with pytest.raises(PolicyError, match="column 'age' is not approved by insurer"):
+        policy.check({"age": {"measure"}}, {"count"}, None)
+
+
+def test_extended_statistics_and_quoted_column_names() -> None:
+    policy = load('[policy]\nstatistics = ["histogram", "crosstab"]\n'
+                  '[policy.columns]\n"cost.2021" = ["measure"]\nid = []\n')
+    assert policy.statistics == frozenset({"histogram", "crosstab"})
+    assert set(policy.columns) == {"cost.2021", "id"}
+    assert policy.columns["id"].uses == frozenset()
+
+
+def test_unknown_key_names_the_key() -> None:
+    err = load_error({"min_cel_size": 5})
+    assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
+                            "min_cell_size, statistics, approval, columns)")]
+
+
+def test_table_must_be_mapping() -> None:
+    assert load_error(["not", "a", "table"]).reasons == ["[policy] must be a table"]
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_min_cell_size_below_one(value: int) -> None:
+    err = load_error({"min_cell_size": value})
+    assert len(err.reasons) == 1
+    assert "'policy.min_cell_size' must be at least 1" in err.reasons[0]
+
+
+@pytest.mark.parametrize("value", [True, 10.0, "10"])
+def test_min_cell_size_wrong_type(value: object) -> None:
+    err = load_error({"min_cell_size": value})
+    assert len(err.reasons) == 1
+    assert "'policy.min_cell_size' must be a whole number" in err.reasons[0]
+
+
+def test_unknown_statistic() -> None:
+    err = load_error({"statistics": ["count", "median"]})
+    assert len(err.reasons) == 1
+    assert "'policy.statistics' has unknown statistic 'median'" in err.reasons[0]
+
+
+@pytest.mark.parametrize("value", ["count", ["count", 3]])
+def test_statistics_wrong_type(value: object) -> None:
+    assert load_error({"statistics": value}).reasons == [
+        "'policy.statistics' must be a list of names"]
+
+
+@pytest.mark.parametrize("value", ["manual", "pinned"])
+def test_approval_not_yet_supported(value: str) -> None:
+    err = load_error({"approval": value})
+    assert err.reasons == [(f"'policy.approval' = {value!r} is not yet supported "
+                            "(use 'automatic')")]
+
+
+def test_approval_unknown_value() -> None:
+    err = load_error({"approval": "whenever"})
+    assert err.reasons == ["'policy.approval' has unknown value 'whenever' (use 'automatic')"]
+
+
+def test_approval_wrong_type() -> None:
+    assert "'policy.approval' must be a string" in load_error({"approval": 1}).reasons[0]
+
+
+def test_unknown_use() -> None:
+    err = load_error({"columns": {"age": ["measure", "publish"]}})
+    assert len(err.reasons) == 1
+    assert "'policy.columns.age' has unknown use 'publish'" in err.reasons[0]
+
+
+@pytest.mark.parametrize("value", ["measure", [1]])
+def test_column_uses_wrong_type(value: object) -> None:
+    err = load_error({"columns": {"age": value}})
+    assert len(err.reasons) == 1
+    assert err.reasons[0].startswith("'policy.columns.age' must be a list of uses")
+
+
+def test_columns_wrong_type() -> None:
+    assert load_error({"columns": ["age"]}).reasons == [
+        "'policy.columns' must be a table of column = [uses]"]
+
+
+def test_load_reports_every_problem() -> None:
+    err = load_error({"colour": "red", "min_cell_size": 0, "statistics": ["mode"],
+                      "approval": "manual", "columns": {"age": ["sell"]}})
+    assert len(err.reasons) == 5
+    text = str(err)
+    for key in ("policy.colour", "policy.min_cell_size", "policy.statistics",
+                "policy.approval", "policy.columns.age"):
+        assert key in text
+
+
+def test_constructor_validates_and_normalises() -> None:
+    policy = Policy("p", {"a": ColumnRule({"measure"})}, statistics={"count"})
+    assert isinstance(policy.statistics, frozenset)
+    assert isinstance(policy.columns["a"].uses, frozenset)
+    hash(policy)
+    with pytest.raises(PolicyError, match="unknown use 'fly'"):
+        Policy("p", {"a": ColumnRule(frozenset({"fly"}))})
+    with pytest.raises(PolicyError, match="min_cell_size"):
+        Policy("p", None, min_cell_size=0)
+
+
+def test_columns_are_copied() -> None:
+    columns = {"a": ColumnRule(frozenset({"measure"}))}
+    policy = Policy("p", columns)
+    columns["b"] = ColumnRule(frozenset(USES))
+    assert set(policy.columns) == {"a"}
+
+
+def test_allow_all() -> None:
+    policy = Policy.allow_all("bureau", min_cell_size=3)
+    assert policy.columns is None
+    assert policy.min_cell_size == 3
+    assert policy.approval == "automatic"
+    policy.check({c: set(USES) for c in ("x", "y")}, {"count", "mean"}, 3)
+    with pytest.raises(PolicyError):
+        Policy.allow_all("bureau", min_cell_size=0)
+
+
+def test_vocabularies() -> None:
+    assert USES == ("group", "filter", "measure", "link")
+    assert set(STATISTICS) == {"count", "sum", "mean", "var", "std", "histogram", "crosstab"}
+
+
+# --- checking plans ------------------------------------------------------------------
+
+def test_check_accepts_approved_plan(policy: Policy) -> None:
+    assert policy.check({"age": {"group", "filter"}, "cost_2021": {"measure"}},
+                        {"count", "mean"}, None) is None
+    policy.check({}, set(), 25)
+
+
+def test_check_unapproved_column(policy: Policy) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy.check({"income": {"measure"}}, {"count"}, None)
+    assert info.value.reasons == ["column 'income' is not approved by insurer"]
+
+
+def test_check_unapproved_use(policy: Policy) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy.check({"cost_2021": {"group", "link", "measure"}}, {"sum"}, None)
+    assert info.value.reasons == [
+        "'cost_2021' may not be used for 'group' by insurer (approved: filter, measure)",
+        "'cost_2021' may not be used for 'link' by insurer (approved: filter, measure)"]
+
+
+def test_check_column_with_no_uses() -> None:
+    policy = Policy("p", {"id": ColumnRule(frozenset())})
+    with pytest.raises(PolicyError, match=r"\(approved: none\)"):
+        policy.check({"id": {"link"}}, set(), None)
+
+
+def test_check_statistic_not_allowed(policy: Policy) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy.check({"age": {"measure"}}, {"mean", "histogram", "size"}, None)
+    assert info.value.reasons == [
+        "statistic 'histogram' is not allowed by insurer (allowed: count, mean, std, sum, var)",
+        "statistic 'size' is not allowed by insurer (allowed: count, mean, std, sum, var)"]
+
+
+def test_check_min_cell_size(policy: Policy) -> None:
+    policy.check({}, set(), 10)
+    policy.check({}, set(), 11)
+    with pytest.raises(PolicyError) as info:
+        policy.check({}, set(), 9)
+    assert info.value.reasons == ["min_cell_size 9 is below insurer's minimum of 10"]
+
+
+def test_check_reports_every_reason(policy: Policy) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy.check({"age": {"link"}, "zip": {"group"}}, {"crosstab"}, 2)
+    err = info.value
+    assert len(err.reasons) == 4
+    assert str(err) == "[insurer] " + "; ".join(err.reasons)
+    for reason in err.reasons:
+        assert reason in str(err)
+
+
+def test_check_unknown_use_is_a_bug(policy: Policy) -> None:
+    with pytest.raises(ValueError, match="unknown use"):
+        policy.check({"age": {"publish"}}, set(), None)
+    with pytest.raises(ValueError, match="unknown use"):
+        Policy.allow_all("p").check({"age": {"publish"}}, set(), None)
+
+
+def test_check_allow_all_still_checks_statistics_and_threshold() -> None:
+    policy = Policy.allow_all("bureau")
+    with pytest.raises(PolicyError) as info:
+        policy.check({"x": {"measure"}}, {"histogram"}, 5)
+    assert len(info.value.reasons) == 2
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(None, 10), (5, 10), (10, 10), (40, 40)])
+def test_effective_min_cell(policy: Policy, requested: int | None, expected: int) -> None:
+    assert policy.effective_min_cell(requested) == expected
+
+
+def test_summary(policy: Policy) -> None:
+    summary = policy.summary()
+    assert summary == {"party": "insurer",
+                       "columns": {"age": ["filter", "group", "measure"],
+                                   "cost_2021": ["filter", "measure"]},
+                       "min_cell_size": 10,
+                       "statistics": ["count", "mean", "std", "sum", "var"],
+                       "approval": "automatic"}
+    assert json.loads(json.dumps(summary)) == summary
+    assert Policy.allow_all("b").summary()["columns"] is None
+
+
+def test_policy_error_str_lists_all() -> None:
+    err = PolicyError("hospital", ["first problem", "second problem"])
+    assert err.party == "hospital"
+    assert err.reasons == ["first problem", "second problem"]
+    assert str(err) == "[hospital] first problem; second problem"
