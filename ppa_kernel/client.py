@@ -56,7 +56,8 @@ class RunOutcome:
 class Consortium:
     """A connection to the party kernels of one consortium."""
 
-    def __init__(self, config: ConsortiumConfig, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    def __init__(self, config: ConsortiumConfig, *,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  on_close: Callable[[], None] | None = None):
         self.config = config
         self.connect_timeout = connect_timeout
@@ -73,7 +74,8 @@ class Consortium:
         return cls(load_consortium(path), **kwargs)
 
     @classmethod
-    def local(cls, sources: Mapping[str, Any], link: str = "pseudonym", **kwargs: Any) -> Consortium:
+    def local(cls, sources: Mapping[str, Any], link: str = "pseudonym",
+              **kwargs: Any) -> Consortium:
         """Start one local party kernel per source and connect (see :func:`.local.start_local`)."""
         from .local import start_local
 
@@ -156,7 +158,9 @@ class Consortium:
         first = outcome.results[self.names[0]]
         frame = to_frame(outcome.plan, first["stats"])
         frame.attrs.update(run_id=outcome.run_id, multiplicity=first["multiplicity"],
-                           phases={p: r["phases"] for p, r in outcome.results.items()})
+                           phases={p: r["phases"] for p, r in outcome.results.items()},
+                           peak_rss_mb={p: r.get("peak_rss_mb")
+                                        for p, r in outcome.results.items()})
         return frame
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:

@@ -94,9 +94,9 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
             path = folder / f"{name}.parquet"
             source.to_parquet(path)
             source = path
+        location = str(source) if "://" in str(source) else str(Path(source).resolve())
         text = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
-                f'state_dir = "state/{name}"', "", "[data]",
-                f"source = {_toml(str(Path(source).resolve()) if '://' not in str(source) else str(source))}",
+                f'state_dir = "state/{name}"', "", "[data]", f"source = {_toml(location)}",
                 f"link = {_toml(link)}"]
         if categorical and categorical.get(name):
             text.append(f"categorical = {_toml(list(categorical[name]))}")

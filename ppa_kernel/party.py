@@ -207,7 +207,7 @@ class PartyKernel:
                             f"not {meta['kind']}", party=self.name)
 
     async def _check(self, request: dict, writer: asyncio.StreamWriter) -> None:
-        plan, digest = self.check_plan(request)
+        _, digest = self.check_plan(request)
         self.audit.append("plan_checked", run_id=str(request.get("run_id")), plan_hash=digest)
         await self._send(writer, {"event": "checked", "plan_hash": digest})
 
@@ -230,7 +230,8 @@ class PartyKernel:
             except PPAError as exc:
                 self.audit.append("run_failed", run_id=run_id, plan_hash=digest, reason=str(exc))
                 raise
-        released = sum(sum(v is not None for v in col) for col in result["stats"]["counts"].values())
+        counts = result["stats"]["counts"].values()
+        released = sum(sum(v is not None for v in col) for col in counts)
         self.audit.append("run_completed", run_id=run_id, plan_hash=digest,
                           released_counts=released, multiplicity=result["multiplicity"],
                           openings=[{"name": e["name"], "count": e["count"]}

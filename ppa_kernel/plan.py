@@ -21,6 +21,7 @@ code; nothing in a plan is ever executed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from typing import Any
@@ -32,9 +33,9 @@ STATISTICS = ("count", "sum", "mean", "var", "std", "size")
 ARITHMETIC = ("add", "sub", "mul", "div", "neg")
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 LOGICAL = ("and", "or", "not")
-OPERATORS = ARITHMETIC + COMPARISONS + LOGICAL + ("isin",)
+OPERATORS = (*ARITHMETIC, *COMPARISONS, *LOGICAL, "isin")
 KINDS = ("numeric", "categorical", "bool")
-_ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div") + COMPARISONS + ("and", "or")},
+_ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div", *COMPARISONS, "and", "or")},
           "neg": 1, "not": 1, "isin": 1}
 _TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
              "min_cell_size"}
@@ -169,7 +170,7 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         if bins is not None:
             if not (isinstance(bins, list) and len(bins) == len(levels) + 1
                     and all(isinstance(b, (int, float)) for b in bins)
-                    and all(a < b for a, b in zip(bins, bins[1:]))):
+                    and all(a < b for a, b in itertools.pairwise(bins))):
                 raise PlanError(f"group {entry['name']!r} has malformed bin edges")
 
 

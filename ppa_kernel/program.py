@@ -19,7 +19,8 @@ from .plan import COMPARISONS, canonical_json, expr_parties, is_boolean, validat
 SCALE_BITS = 16
 """Numbers are encoded as round(x * 2**SCALE_BITS); secure products add scale exponents."""
 
-OPENING_NAMES = ("linkage.ready", "linkage.party_sizes", "linkage.prf_masked", "disclosure.pass",
+OPENING_NAMES = ("linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
+                 "linkage.equality_masked", "disclosure.pass",
                  "protocol.comparison_masked")
 
 

@@ -56,7 +56,8 @@ async def _start(mpc, job: dict) -> None:
         raise PartyUnreachable(
             f"could not connect to the MPC worker of {', '.join(missing) or 'a peer'} "
             f"within {job['connect_timeout']} s", party=job["party"],
-            hint="check that every party kernel is running and its mpc_port is reachable")
+            hint="check that every party kernel is running and its mpc_port is reachable",
+        ) from None
 
 
 async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):

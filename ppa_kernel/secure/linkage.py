@@ -1,13 +1,18 @@
 """Secure record linkage: oblivious shuffle plus PRF tags, computed once, replayed per query.
 
 Linking (:func:`link`): every party inputs its link keys (hashed locally to 120-bit
-integers); the stacked keys are shuffled obliviously (:mod:`.shuffle`) and tagged with
-the keyed Legendre PRF (:mod:`.prf`); rows with equal tags belong to one person.
+integers); the stacked keys are shuffled obliviously (:mod:`.shuffle`) and tagged with a
+short keyed Legendre PRF (:mod:`.prf`) of about log2(n) + 2 bits, which puts equal keys
+in one bucket and few distinct keys together. Within each bucket, public zero tests of
+key differences (open (x_a - x_b) * r for a fresh secret random r: zero if and only if
+the keys are equal, otherwise uniformly random) split it into people. This costs about
+a quarter of a full 64-bit PRF tag per row, with the same result.
 
-Leakage of linking, to every party: each party's row count (``linkage.party_sizes``) and
-the PRF tags of the shuffled rows (``linkage.prf_masked``), hence the multiplicity
-pattern -- how many people occur at 1, 2, ... parties. Nobody learns which shuffled row
-came from which party or which person, nor who is in the intersection.
+Leakage of linking, to every party: each party's row count (``linkage.party_sizes``),
+short PRF tags of the shuffled rows (``linkage.prf_masked``) and, for rows whose tags
+collide, whether their keys are equal (``linkage.equality_masked``); hence the
+multiplicity pattern -- how many people occur at 1, 2, ... parties. Nobody learns which
+shuffled row came from which party or which person, nor who is in the intersection.
 
 Replaying (:func:`linked_table`): later queries input new columns in the original row
 order; the stored permutation seeds move them into the linked order and the stored,
@@ -27,7 +32,7 @@ import numpy as np
 
 from ..errors import DataError, PartyFailed
 from .openings import reveal
-from .prf import legendre_tags
+from .prf import legendre_tags, zero_sharing
 from .runtime import link_type, mpc, shares, wrap
 from .shuffle import Subset, derive_seeds, shuffle_rows
 
@@ -108,8 +113,10 @@ async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linka
     shuffled = await shuffle_rows(stacked, seeds)
     if progress:
         progress("shuffle")
-    column = shuffled.reshape(shuffled.shape[0])
-    groups = await legendre_tags(column)
+    x_share = (await shares(shuffled)).reshape(-1)
+    bits = min(64, int(np.ceil(np.log2(max(len(x_share), 2)))) + 2)
+    tags = await legendre_tags(x_share, link_type(), bits)
+    groups = await resolve_groups(link_type(), x_share, tags)
     if progress:
         progress("tags")
     linkage = Linkage(linkage_id, sizes, seeds, groups,
@@ -117,6 +124,47 @@ async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linka
     if linkage.group_sizes.max(initial=0) > len(sizes):
         raise PartyFailed("PRF tags collided across distinct keys; link again")
     return linkage
+
+
+async def resolve_groups(sectype, x_share: np.ndarray, tags: np.ndarray) -> np.ndarray:
+    """Group ids of the shuffled rows: equal tags first, then zero tests within buckets.
+
+    Each round tests every unresolved row against its bucket's first row, for all buckets
+    at once. Opens ``linkage.equality_masked`` (see the module docstring).
+    """
+    n = len(tags)
+    groups = np.full(n, -1, dtype=np.int64)
+    _, bucket = np.unique(tags, return_inverse=True)
+    bucket = bucket.reshape(-1)
+    next_id = 0
+    open_rows = np.arange(n)
+    while len(open_rows):
+        order = open_rows[np.argsort(bucket[open_rows], kind="stable")]
+        first = np.r_[True, bucket[order][1:] != bucket[order][:-1]]
+        pivots = order[first]
+        groups[pivots] = np.arange(next_id, next_id + len(pivots))
+        next_id += len(pivots)
+        others = order[~first]
+        if not len(others):
+            break
+        pivot_of = pivots[np.searchsorted(bucket[pivots], bucket[others])]
+        equal = await _equal_public(sectype, x_share, others, pivot_of)
+        groups[others[equal]] = groups[pivot_of[equal]]
+        open_rows = others[~equal]
+    _, dense = np.unique(groups, return_inverse=True)
+    return dense.reshape(-1).astype(np.int64)
+
+
+async def _equal_public(sectype, x_share: np.ndarray, rows: np.ndarray,
+                        pivots: np.ndarray) -> np.ndarray:
+    """Whether secret keys at ``rows`` equal those at ``pivots`` (opens masked differences)."""
+    field = sectype.field
+    p = field.modulus
+    diff = (x_share[rows] - x_share[pivots]) % p
+    r = await shares(mpc._np_randoms(sectype, len(rows)))
+    masked = field.array((diff * r + zero_sharing(field, len(rows)).value) % p, check=False)
+    opened = await reveal("linkage.equality_masked", masked, threshold=2 * mpc.threshold)
+    return np.asarray(opened.value == 0, dtype=bool).reshape(-1)
 
 
 async def stack_blocks(block: np.ndarray, sizes: list[int], widths: list[int] | int, sectype):
@@ -144,17 +192,46 @@ async def stack_blocks(block: np.ndarray, sizes: list[int], widths: list[int] | 
     return wrap(sectype, out)
 
 
+CHUNK_ELEMENTS = 1_000_000
+"""Upper bound on rows x columns moved through one shuffle, bounding worker memory."""
+
+
 async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype):
-    """One row per linked person (group), columns of all parties' blocks. Opens nothing."""
-    stacked = await stack_blocks(block, linkage.sizes, widths, sectype)
-    shuffled = await shuffle_rows(stacked, linkage.seeds)
-    values = await shares(shuffled)
+    """One row per linked person (group), columns of all parties' blocks. Opens nothing.
+
+    Each party's columns are brought in separately, in chunks of at most
+    ``CHUNK_ELEMENTS`` stacked values: input by their owner, shuffled by the stored
+    permutations, and summed per person by the stored public grouping.
+    """
+    n_rows = sum(linkage.sizes)
     order = np.argsort(linkage.groups, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(linkage.groups[order]) != 0])
-    if values.shape[1] == 0:
+    step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
+    parts = []
+    for party, width in enumerate(widths):
+        for first in range(0, width, step):
+            cols = min(step, width - first)
+            mine = block[:, first:first + cols] if mpc.pid == party else None
+            stacked = await _stack_one(mine, linkage.sizes, party, cols, sectype)
+            shuffled = await shares(await shuffle_rows(stacked, linkage.seeds))
+            parts.append(np.add.reduceat(shuffled[order], starts, axis=0))
+    if not parts:
         return wrap(sectype, np.zeros((len(starts), 0), dtype=object))
-    summed = np.add.reduceat(values[order], starts, axis=0)
-    return wrap(sectype, summed)
+    return wrap(sectype, np.concatenate(parts, axis=1))
+
+
+async def _stack_one(block: np.ndarray | None, sizes: list[int], owner: int, width: int,
+                     sectype):
+    """Secure N x width array: ``owner``'s rows hold its block, other rows zero."""
+    field = sectype.field
+    n = sizes[owner]
+    value = block if block is not None else np.zeros((n, width), dtype=object)
+    received = mpc.input(sectype.array(field.array(np.asarray(value, dtype=object))),
+                         senders=owner)
+    out = np.zeros((sum(sizes), width), dtype=object)
+    start = sum(sizes[:owner])
+    out[start:start + n] = await shares(received)
+    return wrap(sectype, out)
 
 
 def check_own_data(linkage: Linkage, hashed_keys: np.ndarray, party: str) -> None:

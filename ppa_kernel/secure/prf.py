@@ -26,9 +26,6 @@ from .runtime import mpc, shares
 
 logger = logging.getLogger(__name__)
 
-TAG_BITS = 64
-"""Tag length: distinct keys among 10^6 rows collide with probability below 3e-8."""
-
 CHUNK_ROWS = 2048
 """Rows per batch, bounding memory: each batch holds rows * TAG_BITS field elements."""
 
@@ -44,32 +41,13 @@ async def secret_keys(sectype, count: int):
     return total
 
 
-async def legendre_tags(keys_x, *, bits: int = TAG_BITS, chunk: int = CHUNK_ROWS,
+async def legendre_tags(x_share: np.ndarray, sectype, bits: int, *, chunk: int = CHUNK_ROWS,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """PRF tags of the secret link keys in the 1-D secure array ``keys_x``: row -> group id.
+    """``bits`` Legendre-PRF bits (fresh keys) of each secret key, given by this party's shares.
 
-    Two stages, each with fresh keys: first ``b1 = log2(n) + 10`` bits for every row (few
-    distinct keys collide by chance), then the remaining ``bits - b1`` bits only for rows
-    whose first-stage tags collide. Equal keys always collide; distinct keys end up with
-    equal full tags with probability about 2^-bits per colliding pair. This costs a third
-    less than ``bits`` bits for every row and opens nothing but PRF outputs: which rows
-    enter stage two is a public function of stage-one tags.
-
-    Opens (x + k_j) * r_j^2 under the name ``linkage.prf_masked``, for every row and bit.
+    Opens (x + k_j) * r_j^2 for every row and bit under the name ``linkage.prf_masked``.
     """
-    n = keys_x.shape[0]
-    x_share = await shares(keys_x)
-    sectype = type(keys_x).sectype
-    first = min(bits, max(16, int(np.ceil(np.log2(max(n, 2)))) + 10))
-    tag1 = await _tag_bits(sectype, x_share, first, chunk, progress)
-    _, inverse, counts = np.unique(tag1, return_inverse=True, return_counts=True)
-    candidates = np.flatnonzero(counts[inverse] > 1)
-    tag2 = np.zeros(n, dtype=np.uint64)
-    if bits > first and len(candidates):
-        tag2[candidates] = await _tag_bits(sectype, x_share[candidates], bits - first, chunk,
-                                           progress)
-    _, groups = np.unique(np.column_stack([tag1, tag2]), axis=0, return_inverse=True)
-    return groups.reshape(-1).astype(np.int64)
+    return await _tag_bits(sectype, x_share, bits, chunk, progress)
 
 
 async def _tag_bits(sectype, x_share: np.ndarray, bits: int, chunk: int, progress) -> np.ndarray:

@@ -125,7 +125,7 @@ def _and_present(a, b):
 def _aligned(x: Secret, scale: int):
     """x's value at a higher scale exponent (exact for secure values and integers)."""
     if x.public:
-        return int(round(x.value * (1 << (SCALE_BITS * scale))))
+        return round(x.value * (1 << (SCALE_BITS * scale)))
     return x.value * (1 << (SCALE_BITS * (scale - x.scale))) if scale > x.scale else x.value
 
 
@@ -133,7 +133,7 @@ def _constant_factor(c: float) -> tuple[int, int]:
     """An integer multiplier for constant c and the scale exponent it adds."""
     if float(c).is_integer():
         return int(c), 0
-    return int(round(c * (1 << (2 * SCALE_BITS)))), 2
+    return round(c * (1 << (2 * SCALE_BITS))), 2
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""Plaintext pandas oracle for MPC results: the same analysis on the joined plain data."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+LINK = "pseudonym"
+
+
+def join(data: Mapping[str, pd.DataFrame], parties: list[str]) -> pd.DataFrame:
+    """Inner join of the named parties' tables on the link column."""
+    frames = [data[p] for p in parties]
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.merge(frame, on=LINK, how="inner")
+    return out
+
+
+def expected(frame: pd.DataFrame, by: list[str], levels: list[list],
+             aggs: Mapping[str, tuple[Callable[[pd.DataFrame], pd.Series] | str | None, str]],
+             min_cell: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Expected released table and suppression mask over the full grid of levels."""
+    cells = list(itertools.product(*levels)) if by else [()]
+    values: dict[str, list] = {name: [] for name in aggs}
+    mask: dict[str, list] = {name: [] for name in aggs}
+    for cell in cells:
+        rows = frame
+        for column, level in zip(by, cell, strict=True):
+            rows = rows[rows[column] == level]
+        for name, (measure, stat) in aggs.items():
+            if stat == "size":
+                count, value = len(rows), float(len(rows))
+            else:
+                series = measure(rows) if callable(measure) else rows[measure]
+                series = pd.to_numeric(series, errors="coerce").astype(float)
+                count = int(series.notna().sum())
+                value = float(getattr(series, stat)()) if stat != "count" else float(count)
+            gone = count < min_cell
+            values[name].append(np.nan if gone else value)
+            mask[name].append(gone)
+    if by:
+        index = pd.MultiIndex.from_tuples(cells, names=by)
+        if len(by) == 1:
+            index = index.get_level_values(0)
+    else:
+        index = pd.RangeIndex(1)
+    return pd.DataFrame(values, index=index), pd.DataFrame(mask, index=index)
+
+
+def assert_matches(result: pd.DataFrame, want: pd.DataFrame, want_mask: pd.DataFrame,
+                   rtol: float = 1e-4) -> None:
+    """Same cells released, same suppressions, values within rtol (counts exact)."""
+    got_mask = result.attrs["suppressed"]
+    assert list(result.columns) == list(want.columns)
+    assert len(result) == len(want)
+    for column in want.columns:
+        gm = got_mask[column].to_numpy(dtype=bool)
+        wm = want_mask[column].to_numpy(dtype=bool)
+        assert (gm == wm).all(), f"{column}: suppressed {gm} != expected {wm}"
+        got = result[column].to_numpy(dtype=float)[~wm]
+        exp = want[column].to_numpy(dtype=float)[~wm]
+        np.testing.assert_allclose(got, exp, rtol=rtol, atol=1e-6, err_msg=column)
+    assert [tuple(np.atleast_1d(i)) for i in result.index] == \
+        [tuple(np.atleast_1d(i)) for i in want.index]

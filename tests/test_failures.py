@@ -1,0 +1,157 @@
+"""Failures end in one clear error naming the party and the cause, fast, leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from ppa_kernel import Consortium, ConsortiumError, PlanError
+from ppa_kernel.synthetic import generate
+
+
+def workers_of(consortium) -> list[psutil.Process]:
+    found = []
+    for proc in consortium.local_parties.procs.values():
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        found += [c for c in children if "ppa_kernel.worker" in " ".join(c.cmdline())]
+    return found
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(n_core=2500, seed=4)
+
+
+def test_killed_worker_fails_fast_names_party_and_leaves_no_process(data, tmp_path):
+    with Consortium.local(data, link="pseudonym", workdir=tmp_path) as c:
+        plan = c.link().agg(n=("age", "count")).plan()
+        phases: list[tuple[str, str]] = []
+        box: dict = {}
+
+        def run():
+            try:
+                c.run(plan, progress=lambda party, phase, _: phases.append((party, phase)))
+            except ConsortiumError as exc:
+                box["error"], box["at"] = exc, time.monotonic()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_for(lambda: ("hospital", "connect") in phases)
+        victim = next(w for w in workers_of(c)
+                      if psutil.Process(w.ppid()).pid == c.local_parties.procs["hospital"].pid)
+        killed_at = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(30)
+        assert "error" in box, "the run should fail"
+        assert box["at"] - killed_at < 15
+        assert "hospital" in str(box["error"])
+        wait_for(lambda: not workers_of(c), timeout=10)
+        again = c.link().agg(n=("age", "count")).collect()
+        assert again["n"].iloc[0] > 0, "the consortium must still work after a crash"
+        kernels = [psutil.Process(p.pid) for p in c.local_parties.procs.values()]
+    psutil.wait_procs(kernels, timeout=10)
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kernels)
+
+
+def test_run_timeout_kills_workers(data, tmp_path):
+    with Consortium.local(data, link="pseudonym", workdir=tmp_path) as c:
+        started = time.monotonic()
+        with pytest.raises(ConsortiumError) as info:
+            c.run(c.link().agg(n=("age", "count")).plan(), timeout=1.0, progress=False)
+        assert time.monotonic() - started < 15
+        assert "within 1 s" in str(info.value) or "deadline" in str(info.value)
+        wait_for(lambda: not workers_of(c), timeout=10)
+
+
+def test_unreachable_party_is_named(demo_data, tmp_path):
+    with Consortium.local(demo_data, link="pseudonym", workdir=tmp_path) as c:
+        os.kill(c.local_parties.procs["bureau"].pid, signal.SIGKILL)
+        c.local_parties.procs["bureau"].wait(10)
+        started = time.monotonic()
+        with pytest.raises(ConsortiumError) as info:
+            c.run(c.link().agg(n=("age", "count")).plan(), progress=False)
+        assert time.monotonic() - started < 15
+        assert "[bureau]" in str(info.value) and "cannot reach" in str(info.value)
+
+
+def test_missing_party_at_connect(tmp_path, demo_data):
+    from ppa_kernel.local import write_local_config
+
+    path = write_local_config(tmp_path, demo_data, "pseudonym")
+    with pytest.raises(ConsortiumError) as info:
+        Consortium.from_file(path, connect_timeout=2)
+    text = str(info.value)
+    assert all(f"[{p}]" in text for p in demo_data)
+
+
+def test_malformed_plan_is_refused_by_every_party(consortium):
+    plan = consortium.link().agg(n=("age", "count")).plan()
+    plan["aggregates"][0]["stat"] = "median"
+    with pytest.raises(ConsortiumError) as info:
+        consortium.run(plan, progress=False)
+    assert all(f"[{p}]" in str(info.value) for p in consortium.names)
+    assert "unknown statistic" in str(info.value)
+
+
+def test_unknown_column_is_a_plan_error(consortium):
+    t = consortium.link()
+    with pytest.raises(PlanError, match="no_such_column"):
+        t.groupby("no_such_column")
+    plan = t.agg(n=("age", "count")).plan()
+    plan["columns"]["insurer.age"]["column"] = "agee"
+    plan["columns"] = {"insurer.agee": plan["columns"].pop("insurer.age")}
+    plan["aggregates"][0]["expr"] = {"col": "insurer.agee"}
+    with pytest.raises(ConsortiumError, match=r"\[insurer\] unknown column"):
+        consortium.run(plan, progress=False)
+
+
+def test_policy_refusal_names_party_and_reasons(demo_data, tmp_path):
+    policies = {"hospital": {"columns": {"app_user": ["group", "filter"],
+                                         "outpatient_visits": ["measure"]}}}
+    with Consortium.local(demo_data, link="pseudonym", workdir=tmp_path,
+                          policies=policies) as c:
+        assert "app_use_intensity" not in c.catalog["hospital"]
+        t = c.link()
+        ok = t.groupby("app_user").agg(v=("outpatient_visits", "mean")).collect()
+        assert len(ok) == 2
+        plan = t.agg(v=("app_user", "mean")).plan()
+        with pytest.raises(ConsortiumError) as info:
+            c.run(plan, progress=False)
+        assert "[hospital]" in str(info.value) and "measure" in str(info.value)
+
+
+def test_type_errors_in_a_data_source_are_named(demo_data, tmp_path):
+    data = dict(demo_data)
+    bad = data["bureau"].copy().astype({"income_band": object})
+    bad.loc[bad.index[:5], "income_band"] = 7
+    data["bureau"] = bad
+    with pytest.raises(ConsortiumError) as info:
+        Consortium.local(data, link="pseudonym", workdir=tmp_path)
+    assert "[bureau]" in str(info.value) and "mixed types" in str(info.value)
+
+
+def test_wrong_secret_is_refused(consortium):
+    from ppa_kernel.config import ConsortiumConfig
+
+    forged = ConsortiumConfig(consortium.config.name, consortium.config.parties, b"wrong",
+                              consortium.config.link_salt)
+    with pytest.raises(ConsortiumError, match="authentication"):
+        Consortium(forged)
