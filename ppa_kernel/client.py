@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_RUN_TIMEOUT = 600.0
 CANCEL_TIMEOUT = 5.0
+ERROR_GRACE = 1.0
+"""After a first error, how long to wait for the other parties' own reports before cancelling."""
 
 ProgressCallback = Callable[[str, str, float], None]
 
@@ -51,6 +53,11 @@ class RunOutcome:
     plan: dict
     results: dict[str, dict] = field(default_factory=dict)
     errors: dict[str, PPAError] = field(default_factory=dict)
+    closed: bool = False  # set when the client stops listening (late errors are ours)
+
+    def fail(self, party: str, error: PPAError) -> None:
+        if not self.closed:
+            self.errors.setdefault(party, error)
 
 
 class Consortium:
@@ -197,6 +204,7 @@ class Consortium:
         try:
             self._wait(threads, failed, deadline)
         finally:
+            outcome.closed = True
             if bar is not None:
                 bar.close()
         if failed.is_set() or len(outcome.results) < len(self.names):
@@ -209,9 +217,13 @@ class Consortium:
 
     def _wait(self, threads: list[threading.Thread], failed: threading.Event,
               deadline: float) -> None:
+        """Wait for all parties; after a failure, briefly for the others' own errors."""
         while any(t.is_alive() for t in threads):
-            if failed.is_set() or time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return
+            if failed.is_set():
+                deadline = min(deadline, now + ERROR_GRACE)
             for t in threads:
                 t.join(timeout=0.05)
 
@@ -220,12 +232,12 @@ class Consortium:
         try:
             channel = self._connect(party)
         except PPAError as exc:
-            outcome.errors[party.name] = exc
+            outcome.fail(party.name, exc)
             failed.set()
             return
         try:
             channel.send(request)
-            while not failed.is_set():
+            while not outcome.closed:
                 reply = channel.receive(timeout=max(0.1, deadline - time.monotonic()))
                 event = reply.get("event")
                 if event == "progress" and callback:
@@ -234,19 +246,14 @@ class Consortium:
                     outcome.results[party.name] = reply["result"]
                     return
                 elif event == "error":
-                    if not failed.is_set():
-                        outcome.errors[party.name] = error_from_dict(reply["error"])
+                    outcome.fail(party.name, error_from_dict(reply["error"]))
                     failed.set()
                     return
         except TimeoutError:
-            if not failed.is_set():
-                outcome.errors[party.name] = RunTimeout("no answer before the deadline",
-                                                        party=party.name)
+            outcome.fail(party.name, RunTimeout("no answer before the deadline", party=party.name))
             failed.set()
         except (OSError, ConnectionError) as exc:
-            if not failed.is_set():
-                outcome.errors[party.name] = PartyFailed(f"connection lost: {exc}",
-                                                         party=party.name)
+            outcome.fail(party.name, PartyFailed(f"connection lost: {exc}", party=party.name))
             failed.set()
         finally:
             channel.close()

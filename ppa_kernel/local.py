@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyarrow import ArrowException
 
 from .client import Consortium
 from .config import load_consortium
-from .errors import ConsortiumError, PartyFailed, PPAError, error_from_dict
+from .errors import ConsortiumError, DataError, PartyFailed, PPAError, error_from_dict
 from .party import READY_MARKER
 
 logger = logging.getLogger(__name__)
@@ -90,14 +91,21 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
                   f"port = {ports[2 * i]}", f"mpc_port = {ports[2 * i + 1]}", ""]
     (folder / "consortium.toml").write_text("\n".join(lines))
     for name, source in sources.items():
+        options = dict(source) if isinstance(source, Mapping) else {"source": source}
+        source = options.pop("source")
         if isinstance(source, pd.DataFrame):
             path = folder / f"{name}.parquet"
-            source.to_parquet(path)
+            try:
+                source.to_parquet(path)
+            except (ValueError, TypeError, ArrowException) as exc:
+                raise DataError(f"cannot store its DataFrame ({exc})", party=name,
+                                hint="give each column one type") from None
             source = path
         location = str(source) if "://" in str(source) else str(Path(source).resolve())
         text = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
                 f'state_dir = "state/{name}"', "", "[data]", f"source = {_toml(location)}",
                 f"link = {_toml(link)}"]
+        text += [f"{key} = {_toml(options[key])}" for key in ("table", "query") if key in options]
         if categorical and categorical.get(name):
             text.append(f"categorical = {_toml(list(categorical[name]))}")
         text.append("")
@@ -179,7 +187,11 @@ def start_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
                 categorical: Mapping[str, list[str]] | None = None,
                 workdir: str | Path | None = None, record_openings: bool = False,
                 startup_timeout: float = STARTUP_TIMEOUT, **kwargs: Any) -> Consortium:
-    """Start a kernel per source (a path, SQL URL or DataFrame) and connect to them all."""
+    """Start a kernel per source and connect to them all.
+
+    A source is a path (CSV, Parquet, SQLite), an SQLAlchemy URL, a DataFrame, or a dict
+    ``{"source": ..., "table": ...}`` / ``{"source": ..., "query": ...}`` for SQL sources.
+    """
     if len(sources) < 3:
         raise PartyFailed("a consortium needs at least three parties",
                           hint="MPyC's honest-majority protocols need three or more")

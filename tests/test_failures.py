@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -139,12 +140,16 @@ def test_policy_refusal_names_party_and_reasons(demo_data, tmp_path):
 
 
 def test_type_errors_in_a_data_source_are_named(demo_data, tmp_path):
-    data = dict(demo_data)
-    bad = data["bureau"].copy().astype({"income_band": object})
-    bad.loc[bad.index[:5], "income_band"] = 7
-    data["bureau"] = bad
+    rows = demo_data["bureau"][["pseudonym", "income_band"]].astype(object).to_numpy().tolist()
+    for row in rows[:5]:
+        row[1] = 7  # a number among the income bands: SQLite columns without a type allow it
+    with sqlite3.connect(tmp_path / "bureau.sqlite") as db:
+        db.execute("CREATE TABLE people (pseudonym, income_band)")
+        db.executemany("INSERT INTO people VALUES (?, ?)", rows)
+    data = {**demo_data, "bureau": {"source": f"sqlite:///{tmp_path / 'bureau.sqlite'}",
+                                    "table": "people"}}
     with pytest.raises(ConsortiumError) as info:
-        Consortium.local(data, link="pseudonym", workdir=tmp_path)
+        Consortium.local(data, link="pseudonym", workdir=tmp_path / "w")
     assert "[bureau]" in str(info.value) and "mixed types" in str(info.value)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from itertools import repeat
 
 import numpy as np
 from mpyc import asyncoro, thresha
@@ -45,7 +46,7 @@ class WireCodec:
         width = max(flat, default=0).bit_length() // 8 + 1
         head = struct.pack(">BH", array.ndim, width) + struct.pack(f">{array.ndim}Q", *array.shape)
         try:
-            body = b"".join([v.to_bytes(width, "big") for v in flat])
+            body = b"".join(map(int.to_bytes, flat, repeat(width), repeat("big")))
         except (AttributeError, TypeError) as exc:
             raise TypeError("wire codec carries non-negative integers only") from exc
         return _MAGIC + b"a" + head + body
@@ -66,19 +67,22 @@ class WireCodec:
         count = int(np.prod(shape)) if ndim else 1
         if len(data) != start + count * width:
             raise ValueError("truncated message from peer")
-        from_bytes = int.from_bytes
-        values = [from_bytes(data[i:i + width], "big")
-                  for i in range(start, start + count * width, width)]
-        return np.array(values, dtype=object).reshape(shape)
+        return np.array(_split_ints(data, start, count, width), dtype=object).reshape(shape)
+
+
+def _split_ints(data: bytes, start: int, count: int, width: int) -> list[int]:
+    """``count`` big-endian integers of ``width`` bytes each, from ``data[start:]``."""
+    view = memoryview(data)
+    stops = range(start + width, start + (count + 1) * width, width)
+    pieces = map(view.__getitem__, map(slice, range(start, start + count * width, width), stops))
+    return list(map(int.from_bytes, pieces, repeat("big")))
 
 
 def _bulk_randbelow(order: int, count: int) -> np.ndarray:
     """``count`` integers in range(order), statistically close to uniform."""
     width = (order.bit_length() + 64 + 7) // 8
-    data = os.urandom(width * count)
-    from_bytes = int.from_bytes
-    return np.array([from_bytes(data[i:i + width], "big") % order
-                     for i in range(0, width * count, width)], dtype=object)
+    values = np.array(_split_ints(os.urandom(width * count), 0, count, width), dtype=object)
+    return values % order
 
 
 def np_random_split(field, s, t, m):
@@ -88,6 +92,12 @@ def np_random_split(field, s, t, m):
         s = s.value
     n = len(s)
     coefficients = _bulk_randbelow(field.order, t * n).reshape(t, n)
+    if t == 1:  # f(X) = s + c X at X = 1..m, by repeated addition
+        shares, value = [], s
+        for _ in range(m):
+            value = value + coefficients[0]
+            shares.append(value % p)
+        return np.array(shares, dtype=object).reshape(m, n)
     vander = np.vander(np.array(range(1, m + 1), dtype="O"), N=t + 1, increasing=True)
     return (vander @ np.concatenate((s.reshape(1, n), coefficients))) % p
 

@@ -1,0 +1,83 @@
+"""The same API over every kind of data source, over separately started kernels, and `ppa`."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from oracle import assert_matches, expected, join
+
+from ppa_kernel import Consortium
+from ppa_kernel.synthetic import generate
+
+PARTIES = ["insurer", "hospital", "bureau"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate(n_core=150, seed=21, insurer_extra=0.3, bureau_extra=0.5,
+                    hospital_extra=0.1)
+
+
+def test_csv_parquet_and_sql_sources(small, tmp_path):
+    small["insurer"].to_csv(tmp_path / "ins.csv", index=False)
+    small["hospital"].to_parquet(tmp_path / "hosp.parquet")
+    with sqlite3.connect(tmp_path / "bureau.sqlite") as db:
+        small["bureau"].to_sql("people", db, index=False)
+    sources = {"insurer": tmp_path / "ins.csv", "hospital": tmp_path / "hosp.parquet",
+               "bureau": {"source": f"sqlite:///{tmp_path / 'bureau.sqlite'}",
+                          "query": "SELECT * FROM people WHERE 1 = 1"}}
+    with Consortium.local(sources, link="pseudonym", workdir=tmp_path / "w") as c:
+        t = c.link()
+        got = t.groupby("income_band").agg(n=("cost_2021", "count"),
+                                           mean=("cost_2021", "mean")).collect()
+        levels = c.catalog["bureau"]["income_band"]["levels"]
+    want, mask = expected(join(small, PARTIES), ["income_band"], [levels],
+                          {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")})
+    assert_matches(got, want, mask)
+
+
+def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
+    folder = tmp_path / "consortium"
+    ppa = [sys.executable, "-m", "ppa_kernel.cli"]
+    subprocess.run([*ppa, "init", str(folder), "--n-core", "150", "--seed", "21"], check=True,
+                   capture_output=True, timeout=120)
+    procs = [subprocess.Popen([*ppa, "party", "serve", str(folder / f"{p}.toml")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p in PARTIES]
+    try:
+        for proc in procs:
+            assert "PPA-PARTY-READY" in proc.stdout.readline()
+        with Consortium.from_file(folder / "consortium.toml") as c:
+            got = c.link().agg(n=("age", "count"), mean=("age", "mean")).collect()
+            c.shutdown_parties()
+        for proc in procs:
+            proc.wait(timeout=15)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    from ppa_kernel.datasource import load_table
+
+    paths = {"insurer": "insurer.csv", "hospital": "hospital.parquet", "bureau": "bureau.csv"}
+    data = {p: load_table(folder / "data" / paths[p], link="pseudonym") for p in PARTIES}
+    want, mask = expected(join(data, PARTIES), [], [],
+                          {"n": ("age", "count"), "mean": ("age", "mean")})
+    assert_matches(got, want, mask)
+
+
+def test_ppa_demo_command_writes_table_and_plot(tmp_path):
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "ppa_kernel.cli", "demo", "--out",
+                          str(tmp_path), "--n-core", "300"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Headline study" in out.stdout and "suppressed" in out.stdout
+    table = pd.read_csv(tmp_path / "headline_study.csv")
+    assert {"income_band", "app_user", "n", "mean", "sd"} <= set(table.columns)
+    assert (tmp_path / "headline_study.png").stat().st_size > 10_000
+    assert time.monotonic() - started < 300
