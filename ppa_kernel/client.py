@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -159,7 +160,7 @@ class Consortium:
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,
-            progress: bool | ProgressCallback = True) -> pd.DataFrame:
+            progress: bool | ProgressCallback | None = None) -> pd.DataFrame:
         """Run a plan at every party; return the released table."""
         outcome = self.run_raw(plan, timeout=timeout, progress=progress)
         first = outcome.results[self.names[0]]
@@ -186,7 +187,7 @@ class Consortium:
         return digest
 
     def run_raw(self, plan: dict, *, timeout: float | None = None,
-                progress: bool | ProgressCallback = False) -> RunOutcome:
+                progress: bool | ProgressCallback | None = False) -> RunOutcome:
         """Run a plan; return every party's raw result (raises on any failure)."""
         plan = self.prepare(plan)
         run_id = secrets.token_hex(8)
@@ -308,10 +309,15 @@ class Consortium:
                 logger.info("shutdown of %s: %s", party.name, exc)
 
 
-def _progress(progress: bool | ProgressCallback, names: list[str]):
-    """A progress callback (a tqdm bar of each party's phase unless given one)."""
+def _progress(progress: bool | ProgressCallback | None, names: list[str]):
+    """A progress callback: the one given, or a tqdm bar of each party's phase.
+
+    ``None`` shows the bar on a terminal or in a notebook, and not in logs.
+    """
     if callable(progress):
         return progress, None
+    if progress is None:
+        progress = sys.stderr.isatty() or "ipykernel" in sys.modules
     if not progress:
         return None, None
     from tqdm.auto import tqdm

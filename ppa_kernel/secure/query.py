@@ -165,13 +165,13 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
         mask = condition if mask is None else mask * condition
     weights = await _cell_weights(ev, mask, len(rows))
     value_columns, layout = await _value_columns(ev, program)
-    if progress:
-        progress("computation")
     w_shares = await shares(weights)
     size_counts = w_shares.sum(axis=0)
     totals = np.zeros((w_shares.shape[1], 0), dtype=object)
     if value_columns is not None:
         totals = await shares(weights.transpose() @ value_columns)
+    if progress:
+        progress("computation")
     keys = ["size"] + [entry["key"] for entry in program.measures]
     count_matrix = np.vstack([size_counts] + [totals[:, layout[k]["count"]] for k in keys[1:]])
     too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell, l=64,
