@@ -28,6 +28,12 @@ def _party_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from .worker import main as worker_main
+
+    return worker_main([args.job])
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import print_report, run_demo
 
@@ -81,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--record-openings", action="store_true",
                        help="keep every opened value in run results (testing only)")
     serve.set_defaults(func=_party_serve)
+
+    worker = sub.add_parser("worker", help="(internal) run one MPC job for a party kernel")
+    worker.add_argument("job", help="job file written by the party kernel")
+    worker.set_defaults(func=_worker)
 
     synth = sub.add_parser("synth", help="write synthetic three-party demo data")
     synth.add_argument("folder")

@@ -58,7 +58,7 @@ def plot_effect(table: pd.DataFrame, path: Path) -> Path:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("income band")
     ax.set_ylabel("mean change in yearly costs, 2020 to 2021 (EUR)")
-    ax.set_title("Cost change by income band: app users vs non-users (released aggregates)")
+    ax.set_title("Cost change 2020 to 2021 by income band (released aggregates)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

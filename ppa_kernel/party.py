@@ -255,12 +255,12 @@ class PartyKernel:
                    "link_salt": consortium.link_salt, "state_dir": str(self.config.state_dir),
                    "record_openings": bool(self.config.extra.get("record_openings")),
                    "connect_timeout": min(WORKER_CONNECT_TIMEOUT, timeout),
-                   "result_path": str(Path(tmp) / "result.json"),
-                   "log_level": self.config.worker_log_level}
+                   "result_path": str(Path(tmp) / "result.json")}
             job_path = Path(tmp) / "job.json"
             job_path.write_text(json.dumps(job))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ppa_kernel.worker", str(job_path),
+                sys.executable, "-m", "ppa_kernel.cli", "--log-level",
+                self.config.worker_log_level, "worker", str(job_path),
                 stdout=asyncio.subprocess.PIPE, start_new_session=True)
             self.workers[run_id] = proc
             try:

@@ -78,6 +78,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         index = pd.RangeIndex(1)
     frame = pd.DataFrame(data, index=index)
     frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
+    frame.attrs["statistics"] = {agg["name"]: agg["stat"] for agg in plan["aggregates"]}
     frame.attrs["plan_hash"] = plan_hash(plan)
     return frame
 
@@ -85,6 +86,9 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
 def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
     """Text rendering with suppressed cells marked."""
     shown = frame.round(digits).astype(object)
+    for name, stat in frame.attrs.get("statistics", {}).items():
+        if stat in ("count", "size") and name in shown:
+            shown[name] = [v if pd.isna(v) else int(v) for v in frame[name]]
     mask = frame.attrs.get("suppressed")
     if mask is not None:
         shown = shown.mask(mask.reindex_like(frame).fillna(False).astype(bool), SUPPRESSED)

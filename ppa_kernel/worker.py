@@ -1,7 +1,7 @@
 """The MPyC worker: one process per party per plan, started by the party kernel.
 
-Run as ``python -m ppa_kernel.worker JOB.json``. The job file (written by the kernel)
-holds the plan, this party's index, the MPC addresses and where its data snapshot and
+Run as ``python -m ppa_kernel.cli --log-level L worker JOB.json``. The job file (written
+by the kernel) holds the plan, this party's index, the MPC addresses and where its data snapshot and
 linkage state live. The worker prints one JSON line per phase to stdout and writes its
 result (or a structured error) to the job's ``result_path``. It is the only place that
 imports MPyC: MPyC parses ``sys.argv`` and sets up a global runtime at import.
@@ -121,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run one job, write its result file, return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
-    logging.basicConfig(level=job.get("log_level", "WARNING"), stream=sys.stderr,
-                        format=f"%(asctime)s worker[{job['party']}] %(levelname)s %(message)s")
     sys.argv = _mpyc_argv(job)
     from .secure import patches
     from .secure.runtime import mpc
@@ -147,6 +145,3 @@ def main(argv: list[str] | None = None) -> int:
     Path(job["result_path"]).write_text(json.dumps(result))
     return status
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -172,3 +172,17 @@ def test_each_statistic_on_owner_side_column(consortium, demo_data, stat):
     want, mask = expected(p, ["sex"], [levels(consortium, "insurer", "sex")],
                           {"v": ("cost_2020", stat)})
     assert_matches(got, want, mask)
+
+
+def test_every_run_is_in_each_partys_hash_chained_audit_log(consortium):
+    from ppa_kernel.audit import AuditLog
+    from ppa_kernel.plan import plan_hash
+
+    plan = consortium.prepare(consortium.link().agg(n=("age", "count")).plan())
+    consortium.run(plan)
+    for party in consortium.names:
+        log = AuditLog(consortium.local_parties.folder / "state" / party / "audit.jsonl")
+        assert log.verify() > 2
+        events = [(r["event"], r.get("plan_hash")) for r in log.records()]
+        assert ("plan_accepted", plan_hash(plan)) in events
+        assert ("run_completed", plan_hash(plan)) in events

@@ -22,7 +22,7 @@ def workers_of(consortium) -> list[psutil.Process]:
             children = psutil.Process(proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             continue
-        found += [c for c in children if "ppa_kernel.worker" in " ".join(c.cmdline())]
+        found += [c for c in children if " worker " in " ".join(c.cmdline())]
     return found
 
 
