@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import logging
 import math
 import os
@@ -80,6 +81,8 @@ class PartyKernel:
         self.frame, described = load_party_data(config)
         self.catalog = self._catalog(described)
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        # Linkage seeds live only as long as this kernel: a restart forces a fresh linkage.
+        shutil.rmtree(config.state_dir / "linkage", ignore_errors=True)
         self.snapshot = config.state_dir / "snapshot.parquet"
         self.frame.to_parquet(self.snapshot)
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
@@ -97,6 +100,7 @@ class PartyKernel:
             if rules is not None and column not in rules:
                 continue
             entry = dict(meta)
+            entry["missing"] = bool(meta.get("missing"))  # whether, not how many
             if entry["kind"] == "numeric":
                 entry["min"], entry["max"] = _coarse(meta["min"], False), _coarse(meta["max"], True)
             entry["uses"] = sorted(rules[column].uses) if rules is not None else \
@@ -223,6 +227,11 @@ class PartyKernel:
             raise
         self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan)
         timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
+        if self.lock.locked():
+            # Queueing could pair this run's worker with another run's workers at the
+            # other parties (they share MPC ports); refusing keeps runs apart.
+            raise PartyFailed("busy with another run", party=self.name,
+                              hint="runs go one at a time per consortium; retry when it ends")
         await self._send(writer, {"event": "progress", "phase": "policy check", "elapsed": 0})
         async with self.lock:
             try:

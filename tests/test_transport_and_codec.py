@@ -56,3 +56,20 @@ def test_fast_shamir_shares_recombine_to_the_secret():
         assert (np.asarray(value) == secrets_).all()
     draws = _bulk_randbelow(7, 5000)
     assert set(draws.tolist()) == set(range(7))
+
+
+def test_opening_gate_refuses_names_the_plan_does_not_give():
+    from ppa_kernel.secure.openings import LEDGER, UnnamedOpening, reveal
+    from ppa_kernel.secure.runtime import mpc
+
+    secint = mpc.SecInt(16)
+    LEDGER.allowed = {"release.count:size"}
+    try:
+        assert mpc.run(reveal("release.count:size", secint(3))) == 3
+        with pytest.raises(UnnamedOpening):
+            mpc.run(reveal("release.sum:secret", secint(4)))
+        with pytest.raises(UnnamedOpening):
+            mpc.run(mpc.output(secint(5)))
+        assert [e["name"] for e in LEDGER.entries[-1:]] == ["release.count:size"]
+    finally:
+        LEDGER.allowed = None

@@ -2,8 +2,9 @@
 
 Every opening names what it opens. The worker keeps a ledger of every opening (name,
 count of values); with recording switched on it also keeps the opened values, so tests
-can prove a run opened exactly what its plan names. An ``mpc.output`` made outside
-:func:`reveal` is recorded under the name ``None`` and fails those tests.
+can prove a run opened exactly what its plan names. Once the worker sets
+``LEDGER.allowed`` from the plan, an opening under any other name -- including an
+``mpc.output`` made outside :func:`reveal` -- is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class OpeningLedger:
     """Every opening of one worker run, in order."""
 
     record_values: bool = False
+    allowed: set[str] | None = None  # names the plan permits; None before a plan is known
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, name: str | None, values: Any) -> None:
@@ -72,9 +74,16 @@ def _plain(v: Any) -> Any:
     return int(v) if isinstance(v, (int, np.integer)) else str(v)
 
 
+class UnnamedOpening(RuntimeError):
+    """An attempt to open a value the plan does not name; nothing was opened."""
+
+
 async def _recording_output(x, *args, **kwargs):
+    name = _current_name.get()
+    if LEDGER.allowed is not None and name not in LEDGER.allowed:
+        raise UnnamedOpening(f"refused to open {name!r}: the plan does not name it")
     values = await _original_output(x, *args, **kwargs)
-    LEDGER.add(_current_name.get(), values)
+    LEDGER.add(name, values)
     return values
 
 
