@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
