@@ -1,198 +1,399 @@
 """Secure frames: the lazy, pandas-like API analysts write against.
 
-Nothing here computes on data. Expressions build JSON trees; ``collect()`` turns the
-frame into an analysis plan (:mod:`.plan`) and hands it to a runner (the
-:class:`~ppa_kernel.client.Consortium`), which returns the released table.
+Nothing here computes on data. Column expressions build JSON trees; a finished query
+turns into an analysis plan (:mod:`.plan`), and ``collect()`` hands that plan to a runner
+(normally the :class:`~ppa_kernel.client.Consortium`), which returns the released table::
+
+    t = consortium.link()
+    t = t.assign(change=t.cost_2021 - t.cost_2020)
+    t[t.age >= 40].groupby("income_band").agg(n=("change", "count"),
+                                              mean=("change", "mean")).collect()
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import logging
+import math
 import numbers
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from .errors import PlanError
-from .plan import plan_hash, validate_plan
+from .plan import PLAN_VERSION, STATISTICS, canonical_json, validate_plan
+from .plan import plan_hash as _plan_hash
 
 logger = logging.getLogger(__name__)
 
 Catalog = dict[str, dict[str, dict]]
-STATS = ("count", "sum", "mean", "var", "std", "size")
+"""party -> column -> {"kind", "levels", "min", "max", "missing"} as the parties publish it."""
+
+QUERY_KINDS = ("groupby", "agg", "histogram", "crosstab")
+
+# Display precedence, as in Python: comparisons bind loosest, then | & + - * / unary.
+_PREC_CMP, _PREC_OR, _PREC_AND, _PREC_ADD, _PREC_MUL, _PREC_UNARY, _PREC_ATOM = range(1, 8)
+_SYMBOLS = {"add": ("+", _PREC_ADD), "sub": ("-", _PREC_ADD), "mul": ("*", _PREC_MUL),
+            "div": ("/", _PREC_MUL), "lt": ("<", _PREC_CMP), "le": ("<=", _PREC_CMP),
+            "gt": (">", _PREC_CMP), "ge": (">=", _PREC_CMP), "eq": ("==", _PREC_CMP),
+            "ne": ("!=", _PREC_CMP), "and": ("&", _PREC_AND), "or": ("|", _PREC_OR)}
+_ORDERING = ("lt", "le", "gt", "ge")
 
 
 class Runner(Protocol):
+    """Runs a plan at the parties and returns the released table."""
+
     def run(self, plan: dict, *, timeout: float | None = None) -> pd.DataFrame: ...
 
 
 def _constant(value: Any) -> dict:
+    """JSON constant for a Python or numpy scalar (numbers, strings, booleans)."""
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, bool | str) or isinstance(value, numbers.Real):
+    if isinstance(value, bool | str):
         return {"const": value}
-    raise PlanError(f"unsupported constant {value!r}", hint="use numbers, strings or booleans")
+    if isinstance(value, numbers.Real):
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PlanError(f"constants must be finite numbers, not {value!r}")
+        return {"const": value}
+    raise PlanError(f"unsupported constant {value!r}",
+                    hint="use numbers, strings, booleans or columns of the frame")
 
 
 def expression(node: Any) -> dict:
-    """JSON of a Column or a constant."""
+    """The plan JSON of a :class:`Column` or a constant."""
     return node.expr if isinstance(node, Column) else _constant(node)
 
 
+def _render_const(value: Any) -> str:
+    return repr(value)
+
+
+def _wrap(text: str, parenthesize: bool) -> str:
+    return f"({text})" if parenthesize else text
+
+
 class Column:
-    """A lazy column expression over a secure frame."""
+    """A lazy column expression: its plan JSON, its kind and the catalog columns it reads."""
 
-    __array_priority__ = 1000  # numpy scalars defer to our operators
+    __array_ufunc__ = None  # numpy scalars defer to our reflected operators
+    __hash__ = None  # type: ignore[assignment]  # == builds an expression, as in pandas
 
-    def __init__(self, expr: dict, kind: str, columns: dict[str, dict], name: str = ""):
-        self.expr, self.kind, self.columns, self.name = expr, kind, columns, name
+    def __init__(self, expr: dict, kind: str, columns: dict[str, dict], name: str,
+                 precedence: int = _PREC_ATOM) -> None:
+        self.expr = expr
+        self.kind = kind
+        self.columns = columns  # qualified name -> plan column description
+        self._name = name
+        self._prec = precedence
 
-    def _derive(self, expr: dict, kind: str, *others: Any) -> Column:
-        columns = dict(self.columns)
-        for other in others:
-            if isinstance(other, Column):
-                columns.update(other.columns)
-        return Column(expr, kind, columns)
+    @property
+    def name(self) -> str:
+        """Display name: the column's name, an assigned name, or the rendered expression."""
+        return self._name
 
-    def _numeric(self, op: str) -> None:
-        if self.kind == "categorical":
-            raise PlanError(f"cannot apply {op!r} to categorical {self.name or 'column'}",
-                            hint="compare it with == or isin, or group by it")
+    def __repr__(self) -> str:
+        return f"Column({self._name!r}, {self.kind})"
 
-    def _arith(self, op: str, other: Any, reverse: bool = False) -> Column:
-        self._numeric(op)
+    # ----------------------------------------------------------------- helpers
+    def _part(self, min_prec: int) -> str:
+        return _wrap(self._name, self._prec < min_prec)
+
+    @staticmethod
+    def _operand(other: Any) -> tuple[dict, str, int, dict]:
         if isinstance(other, Column):
-            other._numeric(op)
-        args = [expression(other), self.expr] if reverse else [self.expr, expression(other)]
-        return self._derive({"op": op, "args": args}, "numeric", other)
+            return other.expr, other._name, other._prec, other.columns
+        const = _constant(other)
+        return const, _render_const(const["const"]), _PREC_ATOM, {}
 
-    def __add__(self, other): return self._arith("add", other)
-    def __radd__(self, other): return self._arith("add", other, True)
-    def __sub__(self, other): return self._arith("sub", other)
-    def __rsub__(self, other): return self._arith("sub", other, True)
-    def __mul__(self, other): return self._arith("mul", other)
-    def __rmul__(self, other): return self._arith("mul", other, True)
+    def _binary(self, op: str, other: Any, kind: str, *, reverse: bool = False) -> Column:
+        expr, text, prec, columns = self._operand(other)
+        symbol, level = _SYMBOLS[op]
+        mine, theirs = (self.expr, self._name, self._prec), (expr, text, prec)
+        left, right = (theirs, mine) if reverse else (mine, theirs)
+        strict = op in ("sub", "div") or level == _PREC_CMP  # a - (b - c), (a < b) == c
+        left_text = _wrap(left[1], left[2] <= level if level == _PREC_CMP else left[2] < level)
+        right_text = _wrap(right[1], right[2] <= level if strict else right[2] < level)
+        return Column({"op": op, "args": [left[0], right[0]]}, kind,
+                      {**self.columns, **columns}, f"{left_text} {symbol} {right_text}", level)
+
+    def _require_number(self, symbol: str) -> None:
+        if self.kind == "categorical":
+            raise PlanError(f"cannot use {symbol} on categorical {self._name!r}",
+                            hint="compare it with == or isin(...), or group by it")
+
+    def _check_level(self, value: Any) -> None:
+        """A constant compared with a plain categorical/bool column must be one of its levels."""
+        if self.kind == "numeric" or "col" not in self.expr:
+            return
+        levels = self.columns[self.expr["col"]].get("levels")
+        if levels is not None and value not in levels:
+            raise PlanError(f"{value!r} is not a level of {self._name!r}",
+                            hint=f"its levels are {', '.join(map(repr, levels))}")
+
+    # --------------------------------------------------------------- arithmetic
+    def _arith(self, op: str, other: Any, *, reverse: bool = False) -> Column:
+        symbol = _SYMBOLS[op][0]
+        self._require_number(symbol)
+        if isinstance(other, Column):
+            other._require_number(symbol)
+        elif isinstance(_constant(other)["const"], str):
+            raise PlanError(f"cannot use {symbol} with text {other!r}")
+        return self._binary(op, other, "numeric", reverse=reverse)
+
+    def __add__(self, other: Any) -> Column:
+        return self._arith("add", other)
+
+    def __radd__(self, other: Any) -> Column:
+        return self._arith("add", other, reverse=True)
+
+    def __sub__(self, other: Any) -> Column:
+        return self._arith("sub", other)
+
+    def __rsub__(self, other: Any) -> Column:
+        return self._arith("sub", other, reverse=True)
+
+    def __mul__(self, other: Any) -> Column:
+        return self._arith("mul", other)
+
+    def __rmul__(self, other: Any) -> Column:
+        return self._arith("mul", other, reverse=True)
 
     def __truediv__(self, other: Any) -> Column:
-        if isinstance(other, Column) or not isinstance(other, numbers.Real) or other == 0:
-            raise PlanError("division is only by a nonzero number",
-                            hint="divide by a constant, e.g. t.cost / 12")
+        if isinstance(other, np.generic):
+            other = other.item()
+        if (isinstance(other, Column) or isinstance(other, bool)
+                or not isinstance(other, numbers.Real) or other == 0):
+            raise PlanError("division is only by a nonzero number constant",
+                            hint="divide by a constant, e.g. t.cost / 12; secure division "
+                                 "by a column is not supported")
         return self._arith("div", other)
 
     def __rtruediv__(self, other: Any) -> Column:
-        raise PlanError("division is only by a nonzero number, not by a column")
+        raise PlanError("division is only by a nonzero number constant, not by a column")
 
     def __neg__(self) -> Column:
-        self._numeric("neg")
-        return self._derive({"op": "neg", "args": [self.expr]}, "numeric")
+        self._require_number("-")
+        return Column({"op": "neg", "args": [self.expr]}, "numeric", self.columns,
+                      f"-{self._part(_PREC_UNARY)}", _PREC_UNARY)
 
+    def __pos__(self) -> Column:
+        self._require_number("+")
+        return self
+
+    # -------------------------------------------------------------- comparisons
     def _compare(self, op: str, other: Any) -> Column:
-        if op not in ("eq", "ne"):
-            self._numeric(op)
-        return self._derive({"op": op, "args": [self.expr, expression(other)]}, "bool", other)
+        symbol = _SYMBOLS[op][0]
+        if isinstance(other, Column):
+            if op in _ORDERING:
+                self._require_number(symbol)
+                other._require_number(symbol)
+            elif (self.kind == "categorical") != (other.kind == "categorical"):
+                raise PlanError(f"cannot compare categorical and numeric columns "
+                                f"({self._name!r} {symbol} {other._name!r})")
+        else:
+            value = _constant(other)["const"]
+            if op in _ORDERING:
+                self._require_number(symbol)
+                if isinstance(value, str):
+                    raise PlanError(f"cannot order {self._name!r} against text {value!r}")
+            elif self.kind == "numeric" and isinstance(value, str):
+                raise PlanError(f"numeric {self._name!r} is never equal to text {value!r}")
+            else:
+                self._check_level(value)
+        return self._binary(op, other, "bool")
 
-    def __lt__(self, other): return self._compare("lt", other)
-    def __le__(self, other): return self._compare("le", other)
-    def __gt__(self, other): return self._compare("gt", other)
-    def __ge__(self, other): return self._compare("ge", other)
-    def __eq__(self, other): return self._compare("eq", other)  # type: ignore[override]
-    def __ne__(self, other): return self._compare("ne", other)  # type: ignore[override]
+    def __lt__(self, other: Any) -> Column:
+        return self._compare("lt", other)
 
-    __hash__ = None  # type: ignore[assignment]
+    def __le__(self, other: Any) -> Column:
+        return self._compare("le", other)
 
-    def isin(self, values) -> Column:
-        """True where the value is one of ``values``."""
+    def __gt__(self, other: Any) -> Column:
+        return self._compare("gt", other)
+
+    def __ge__(self, other: Any) -> Column:
+        return self._compare("ge", other)
+
+    def __eq__(self, other: Any) -> Column:  # type: ignore[override]
+        return self._compare("eq", other)
+
+    def __ne__(self, other: Any) -> Column:  # type: ignore[override]
+        return self._compare("ne", other)
+
+    def isin(self, values: Iterable[Any]) -> Column:
+        """True where the value is one of ``values`` (missing values are never in)."""
+        if isinstance(values, str | bytes | Column) or not isinstance(values, Iterable):
+            raise PlanError("isin takes a list of values, e.g. t.region.isin(['North'])")
         items = [_constant(v)["const"] for v in values]
-        return self._derive({"op": "isin", "args": [self.expr], "values": items}, "bool")
+        if isinstance(values, set | frozenset):  # no inherent order: make plans deterministic
+            items.sort(key=canonical_json)
+        for value in items:
+            if self.kind == "numeric" and isinstance(value, str):
+                raise PlanError(f"numeric {self._name!r} is never equal to text {value!r}")
+            self._check_level(value)
+        shown = ", ".join(map(_render_const, items))
+        return Column({"op": "isin", "args": [self.expr], "values": items}, "bool",
+                      self.columns, f"{self._part(_PREC_ATOM)}.isin([{shown}])", _PREC_ATOM)
 
-    def _logic(self, op: str, other: Any) -> Column:
+    # ------------------------------------------------------------------ logic
+    def _logic(self, op: str, other: Any, *, reverse: bool = False) -> Column:
+        symbol = _SYMBOLS[op][0]
         for side in (self, other):
             if not isinstance(side, Column) or side.kind != "bool":
-                raise PlanError(f"'{'&' if op == 'and' else '|'}' combines conditions only",
+                raise PlanError(f"{symbol!r} combines conditions only",
                                 hint="write (t.a > 1) & (t.b == 'x')")
-        return self._derive({"op": op, "args": [self.expr, other.expr]}, "bool", other)
+        return self._binary(op, other, "bool", reverse=reverse)
 
-    def __and__(self, other): return self._logic("and", other)
-    def __or__(self, other): return self._logic("or", other)
+    def __and__(self, other: Any) -> Column:
+        return self._logic("and", other)
+
+    def __rand__(self, other: Any) -> Column:
+        return self._logic("and", other, reverse=True)
+
+    def __or__(self, other: Any) -> Column:
+        return self._logic("or", other)
+
+    def __ror__(self, other: Any) -> Column:
+        return self._logic("or", other, reverse=True)
 
     def __invert__(self) -> Column:
         if self.kind != "bool":
-            raise PlanError("'~' negates conditions only")
-        return self._derive({"op": "not", "args": [self.expr]}, "bool")
+            raise PlanError(f"'~' negates conditions only, not {self.kind} {self._name!r}")
+        return Column({"op": "not", "args": [self.expr]}, "bool", self.columns,
+                      f"~{self._part(_PREC_UNARY)}", _PREC_UNARY)
 
     def __bool__(self) -> bool:
-        raise TypeError("a secure column has no truth value here: use & | ~ instead of "
+        raise TypeError("a secure column has no truth value: use & | ~ instead of "
                         "and/or/not, and filter with t[condition]")
 
-    def __repr__(self) -> str:
-        return f"Column({self.name or self.expr})"
+    def _renamed(self, name: str) -> Column:
+        return Column(self.expr, self.kind, self.columns, name)
+
+
+ColumnLike = str | Column
+AggSpec = str | tuple
 
 
 class SecureFrame:
-    """A lazy view of the secure inner join of some parties, plus filters and new columns."""
+    """A lazy view of the secure inner join of some parties, with filters and new columns."""
 
     def __init__(self, catalog: Catalog, parties: list[str], link: list[str],
-                 runner: Runner | None = None, *, _filter: Column | None = None,
-                 _derived: dict[str, Column] | None = None):
-        self._catalog, self._parties = catalog, list(parties)
+                 runner: Runner | None = None) -> None:
+        parties = list(parties)
+        unknown = [p for p in link if p not in parties]
+        if unknown:
+            raise PlanError(f"cannot link {', '.join(unknown)}: not in the consortium",
+                            hint=f"parties are {', '.join(parties)}")
+        if not link:
+            raise PlanError("link at least one party")
+        self._catalog = catalog
+        self._parties = parties
         self._link = [p for p in parties if p in link]
-        self._runner, self._filter = runner, _filter
-        self._derived = dict(_derived or {})
+        self._runner = runner
+        self._filter: Column | None = None
+        self._derived: dict[str, Column] = {}
 
-    def _replace(self, **changes: Any) -> SecureFrame:
-        state = {"_filter": self._filter, "_derived": self._derived, **changes}
-        return SecureFrame(self._catalog, self._parties, self._link, self._runner, **state)
+    def _replace(self, *, condition: Column | None = None,
+                 derived: dict[str, Column] | None = None) -> SecureFrame:
+        frame = SecureFrame(self._catalog, self._parties, self._link, self._runner)
+        frame._filter = condition if condition is not None else self._filter
+        frame._derived = derived if derived is not None else dict(self._derived)
+        return frame
 
+    def __repr__(self) -> str:
+        where = f", filter={self._filter.name!r}" if self._filter is not None else ""
+        return f"SecureFrame(link={self._link}{where})"
+
+    # ------------------------------------------------------------- resolution
     @property
     def columns(self) -> list[str]:
-        """Qualified names of the linked parties' columns."""
+        """Qualified names (``party.column``) of all columns of the linked parties."""
         return [f"{p}.{c}" for p in self._link for c in self._catalog.get(p, {})]
 
+    def __dir__(self) -> list[str]:
+        bare = [c for p in self._link for c in self._catalog.get(p, {})]
+        unique = [c for c in bare if bare.count(c) == 1 and c.isidentifier()]
+        return sorted(set(super().__dir__()) | set(unique) | set(self._derived))
+
+    def _owners(self, column: str, parties: list[str]) -> list[str]:
+        return [p for p in parties if column in self._catalog.get(p, {})]
+
+    def _display(self, party: str, column: str) -> str:
+        unique = len(self._owners(column, self._link)) == 1 and column not in self._derived
+        return column if unique else f"{party}.{column}"
+
+    def _plain(self, party: str, column: str) -> Column:
+        meta = self._catalog[party][column]
+        kind = meta.get("kind")
+        qualified = f"{party}.{column}"
+        desc: dict[str, Any] = {"party": party, "column": column, "kind": kind}
+        if kind == "bool":
+            desc["levels"] = list(meta.get("levels") or [False, True])
+        elif kind == "categorical":
+            levels = meta.get("levels")
+            desc["levels"] = list(levels) if levels is not None else None
+        return Column({"col": qualified}, kind, {qualified: desc}, self._display(party, column))
+
+    def _suggest(self, name: str) -> str:
+        known = sorted({c for p in self._link for c in self._catalog.get(p, {})}
+                       | set(self._derived) | set(self.columns))
+        close = difflib.get_close_matches(name, known, n=3)
+        if close:
+            return f"did you mean {', '.join(close)}?"
+        return f"columns are {', '.join(known[:30])}{' ...' if len(known) > 30 else ''}"
+
     def _resolve(self, name: str) -> Column:
+        """The column (or assigned expression) a name refers to."""
         if name in self._derived:
             return self._derived[name]
-        if "." in name and name.split(".", 1)[0] in self._catalog:
-            party, column = name.split(".", 1)
-            if column not in self._catalog[party]:
-                raise PlanError(f"unknown column {name!r}", hint=self._suggest(column))
-            return self._column(party, column, name)
-        owners = [p for p in self._parties if name in self._catalog.get(p, {})]
-        linked = [p for p in owners if p in self._link]
+        party, dot, column = name.partition(".")
+        if dot and party in self._parties:
+            if column not in self._catalog.get(party, {}):
+                raise PlanError(f"unknown column {name!r}", hint=self._suggest(name))
+            if party not in self._link:
+                raise PlanError(f"{name!r} belongs to {party}, which this frame does not link",
+                                hint=f"include {party} in link(...)")
+            return self._plain(party, column)
+        linked = self._owners(name, self._link)
         if len(linked) > 1:
             options = " or ".join(f"t['{p}.{name}']" for p in linked)
             raise PlanError(f"{name} is at {' and '.join(linked)}; write {options}")
         if linked:
-            return self._column(linked[0], name, name)
+            return self._plain(linked[0], name)
+        owners = self._owners(name, self._parties)
         if owners:
-            raise PlanError(f"{name!r} belongs to {owners[0]}, which this frame does not link",
-                            hint=f"use link({', '.join(self._link + owners[:1])!s})")
+            raise PlanError(f"{name!r} belongs to {' and '.join(owners)}, which this frame "
+                            f"does not link", hint=f"include {owners[0]} in link(...)")
         raise PlanError(f"unknown column {name!r}", hint=self._suggest(name))
 
-    def _suggest(self, name: str) -> str:
-        known = sorted({c for p in self._link for c in self._catalog.get(p, {})}
-                       | set(self._derived))
-        close = difflib.get_close_matches(name, known, n=3)
-        return f"did you mean {', '.join(close)}?" if close else \
-            f"available: {', '.join(known)}"
+    def _column(self, key: Any) -> Column:
+        """A name or Column as a Column of this frame (its parties must be linked)."""
+        if isinstance(key, str):
+            return self._resolve(key)
+        if not isinstance(key, Column):
+            raise PlanError(f"expected a column name or expression, got {key!r}")
+        outside = sorted({meta["party"] for meta in key.columns.values()} - set(self._link))
+        if outside:
+            raise PlanError(f"{key.name!r} reads columns of {', '.join(outside)}, which this "
+                            f"frame does not link", hint=f"include {outside[0]} in link(...)")
+        return key
 
-    def _column(self, party: str, column: str, name: str) -> Column:
-        meta = self._catalog[party][column]
-        qualified = f"{party}.{column}"
-        desc = {"party": party, "column": column, "kind": meta["kind"]}
-        if meta["kind"] != "numeric":
-            desc["levels"] = meta.get("levels")
-        return Column({"col": qualified}, meta["kind"], {qualified: desc}, name)
-
-    def __getitem__(self, key: Any):
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return self._resolve(key)
         if isinstance(key, Column):
             return self.filter(key)
-        raise PlanError("select columns inside agg(...); index a frame with a name or a "
-                        "condition")
+        if isinstance(key, list | tuple):
+            raise PlanError("a secure frame cannot select columns",
+                            hint="name the columns inside agg(...), e.g. "
+                                 "t.agg(n=('age', 'count'))")
+        raise PlanError(f"index a secure frame with a column name or a condition, not {key!r}")
 
     def __getattr__(self, name: str) -> Column:
         if name.startswith("_"):
@@ -200,178 +401,274 @@ class SecureFrame:
         try:
             return self._resolve(name)
         except PlanError as exc:
-            raise AttributeError(str(exc)) from None
+            raise AttributeError(f"{type(self).__name__} has no column {name!r}: {exc}") \
+                from None
 
-    def filter(self, condition: Column) -> SecureFrame:
-        """Keep rows where ``condition`` holds (conditions combine with &)."""
-        if not isinstance(condition, Column) or condition.kind != "bool":
-            raise PlanError("filter with a condition, e.g. t[t.age >= 40]")
-        combined = condition if self._filter is None else self._filter & condition
-        return self._replace(_filter=combined)
+    # --------------------------------------------------------------- building
+    def filter(self, cond: Column) -> SecureFrame:
+        """Rows where ``cond`` holds; filters combine with ``&``."""
+        if not isinstance(cond, Column) or cond.kind != "bool":
+            raise PlanError("filter with a condition, e.g. t[t.age >= 40]",
+                            hint="build conditions with comparisons, isin(...), & | ~")
+        cond = self._column(cond)
+        combined = cond if self._filter is None else self._filter & cond
+        return self._replace(condition=combined)
 
-    def assign(self, **columns: Column) -> SecureFrame:
-        """Add derived columns, usable by name in later filters and aggregates."""
-        derived = dict(self._derived)
-        for name, column in columns.items():
-            if not isinstance(column, Column):
-                raise PlanError(f"{name}: assign a column expression")
-            derived[name] = Column(column.expr, column.kind, column.columns, name)
-        return self._replace(_derived=derived)
+    def assign(self, **exprs: Column | Callable[[SecureFrame], Column]) -> SecureFrame:
+        """New named columns (inlined expressions); later ones may use earlier ones."""
+        frame = self
+        for name, value in exprs.items():
+            if "." in name:
+                raise PlanError(f"assigned names cannot contain '.': {name!r}")
+            if callable(value) and not isinstance(value, Column):
+                value = value(frame)
+            if not isinstance(value, Column):
+                raise PlanError(f"{name}: assign a column expression, e.g. "
+                                f"t.assign({name}=t.cost_2021 - t.cost_2020)")
+            value = frame._column(value)
+            frame = frame._replace(derived={**frame._derived, name: value._renamed(name)})
+        return frame
 
-    def groupby(self, by: str | Column | list) -> GroupBy:
+    def groupby(self, by: ColumnLike | list[ColumnLike]) -> GroupBy:
         """Group by categorical or boolean columns (of any linked parties)."""
-        keys = by if isinstance(by, list) else [by]
-        return GroupBy(self, [self._group_entry(k) for k in keys])
+        keys = list(by) if isinstance(by, list | tuple) else [by]
+        if not keys:
+            raise PlanError("groupby needs at least one column")
+        entries = [self._group_entry(key) for key in keys]
+        names = [entry["name"] for entry, _ in entries]
+        if len(set(names)) != len(names):
+            raise PlanError(f"cannot group by the same column twice: {names}")
+        return GroupBy(self, entries)
 
-    def _group_entry(self, key: str | Column) -> tuple[dict, dict]:
-        column = self._resolve(key) if isinstance(key, str) else key
+    def _group_entry(self, key: ColumnLike) -> tuple[dict, Column]:
+        column = self._column(key)
         if "col" not in column.expr:
-            raise PlanError("group by columns, not expressions")
-        meta = column.columns[column.expr["col"]]
-        if meta["kind"] == "numeric":
+            raise PlanError(f"cannot group by the expression {column.name!r}",
+                            hint="group by categorical or boolean columns")
+        if column.kind == "numeric":
             raise PlanError(f"cannot group by numeric {column.name!r}",
-                            hint="use histogram(...) or a categorical column")
-        if not meta.get("levels"):
-            raise PlanError(f"{column.name!r} has too many levels to group by")
-        name = column.name if isinstance(key, str) else column.expr["col"]
-        return ({"name": name, "expr": column.expr, "levels": meta["levels"]}, column.columns)
+                            hint="use histogram(...) or bin it")
+        levels = column.columns[column.expr["col"]].get("levels")
+        if levels is None:
+            raise PlanError(f"{column.name!r} has too many levels to group by",
+                            hint="its party publishes no list of levels for it")
+        return {"name": column.name, "expr": column.expr, "levels": list(levels)}, column
 
-    def agg(self, **named: tuple) -> Query:
-        """Whole-frame aggregates, e.g. ``agg(n=("cost", "count"))``."""
+    def agg(self, **named: AggSpec) -> Query:
+        """Whole-frame aggregates, e.g. ``agg(n=("cost", "count"), m=("cost", "mean"))``."""
         return GroupBy(self, []).agg(**named)
 
     def count(self) -> Query:
-        """Number of linked people (after filters)."""
-        return GroupBy(self, []).size()
+        """Number of rows of the (filtered) join, as ``agg(n="size")``."""
+        return self.agg(n="size")
 
-    def histogram(self, column: str | Column, bins: int | list[float]) -> Query:
-        """Counts of a numeric column in bins (numpy.histogram semantics)."""
-        col = self._resolve(column) if isinstance(column, str) else column
+    def histogram(self, column: ColumnLike, bins: int | list[float]) -> Query:
+        """Counts of a numeric column in bins, as numpy.histogram (last bin closed)."""
+        col = self._column(column)
         if col.kind != "numeric" or "col" not in col.expr:
-            raise PlanError("histogram needs a numeric column")
-        meta = col.columns[col.expr["col"]]
-        if isinstance(bins, int):
-            party, name = col.expr["col"].split(".", 1)
-            info = self._catalog[party][name]
-            if info.get("min") is None or info.get("max") is None:
-                raise PlanError(f"{col.name!r} has no published range; give the bin edges")
-            edges = np.linspace(info["min"], info["max"], bins + 1).tolist()
+            raise PlanError(f"histogram needs a numeric column, not {col.name!r}",
+                            hint="count categories with groupby(...).size()")
+        if isinstance(bins, numbers.Integral) and not isinstance(bins, bool):
+            edges = self._even_edges(col, int(bins))
+        elif isinstance(bins, Iterable) and not isinstance(bins, str):
+            edges = []
+            for edge in bins:
+                value = _constant(edge)["const"]
+                if isinstance(value, bool | str):
+                    raise PlanError(f"bin edges must be numbers, not {edge!r}")
+                edges.append(float(value))
         else:
-            edges = [float(b) for b in bins]
-        labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(edges)]
+            raise PlanError("bins must be a number of bins or a list of edges")
+        if len(edges) < 2 or any(a >= b for a, b in itertools.pairwise(edges)):
+            raise PlanError(f"bin edges must increase strictly: {edges}")
+        labels = [f"[{_edge(a)}, {_edge(b)})" for a, b in itertools.pairwise(edges)]
         labels[-1] = labels[-1][:-1] + "]"
-        entry = {"name": col.name or col.expr["col"], "expr": col.expr, "bins": edges,
-                 "levels": labels}
-        query = GroupBy(self, [(entry, {col.expr["col"]: meta})]).size(name="count")
-        query.kind = "histogram"
-        return query
+        entry = {"name": col.name, "expr": col.expr, "bins": edges, "levels": labels}
+        return Query(self, [(entry, col)], [("count", "size", None)], kind="histogram")
 
-    def crosstab(self, index: str | Column, columns: str | Column) -> Query:
-        """Counts by two categorical columns, shaped like pandas.crosstab."""
-        query = self.groupby([index, columns]).size(name="count")
-        query.kind = "crosstab"
-        return query
+    def _even_edges(self, col: Column, bins: int) -> list[float]:
+        if bins < 1:
+            raise PlanError("histogram needs at least one bin")
+        party, column = col.expr["col"].split(".", 1)
+        meta = self._catalog[party][column]
+        low, high = meta.get("min"), meta.get("max")
+        if low is None or high is None:
+            raise PlanError(f"{col.name!r} has no published range",
+                            hint="give the bin edges, e.g. bins=[0, 10, 20]")
+        return [float(e) for e in np.linspace(low, high, bins + 1)]
 
-    def _plan_parts(self) -> tuple[dict, dict | None]:
-        cols = dict(self._filter.columns) if self._filter is not None else {}
-        return cols, (self._filter.expr if self._filter is not None else None)
+    def crosstab(self, index: ColumnLike, columns: ColumnLike) -> Query:
+        """Counts by two categorical columns; ``collect()`` returns a pandas.crosstab shape."""
+        entries = self.groupby([index, columns]).entries
+        return Query(self, entries, [("count", "size", None)], kind="crosstab")
+
+
+def _edge(value: float) -> str:
+    """Short exact text of a bin edge (36.0 -> '36')."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 class GroupBy:
-    """Grouped secure frame; aggregate with ``agg`` like pandas named aggregation."""
+    """A grouped secure frame; aggregate it like pandas named aggregation."""
 
-    def __init__(self, frame: SecureFrame, entries: list[tuple[dict, dict]]):
-        self.frame, self.entries = frame, entries
+    def __init__(self, frame: SecureFrame, entries: list[tuple[dict, Column]]) -> None:
+        self.frame = frame
+        self.entries = entries
 
-    def agg(self, **named: Any) -> Query:
-        specs = []
-        for out, spec in named.items():
-            if isinstance(spec, str) and spec == "size":
-                specs.append((out, None, "size"))
-                continue
-            if not (isinstance(spec, tuple) and len(spec) == 2):
-                raise PlanError(f"{out}: give (column, statistic), e.g. ('cost', 'mean')")
-            source, stat = spec
-            if stat not in STATS:
-                raise PlanError(f"{out}: unknown statistic {stat!r}",
-                                hint=f"use one of {', '.join(STATS)}")
-            if stat == "size":
-                specs.append((out, None, "size"))
-                continue
-            column = self.frame._resolve(source) if isinstance(source, str) else source
-            if not isinstance(column, Column):
-                raise PlanError(f"{out}: aggregate a column or expression")
-            specs.append((out, column, stat))
-        if not specs:
-            raise PlanError("agg needs at least one aggregate")
-        return Query(self.frame, self.entries, specs)
+    def __repr__(self) -> str:
+        return f"GroupBy({[e['name'] for e, _ in self.entries]})"
 
-    def size(self, name: str = "size") -> Query:
-        return Query(self.frame, self.entries, [(name, None, "size")])
+    def agg(self, **named: AggSpec) -> Query:
+        """Named aggregates: ``n=("cost", "count")``, ``m=(t.a - t.b, "mean")``, ``k="size"``."""
+        if not named:
+            raise PlanError("agg needs at least one aggregate, e.g. n=('age', 'count')")
+        specs = [self._spec(out, spec) for out, spec in named.items()]
+        kind = "groupby" if self.entries else "agg"
+        return Query(self.frame, self.entries, specs, kind=kind)
 
-    def _one(self, stat: str, column: str | Column) -> Query:
-        label = column if isinstance(column, str) else (column.name or stat)
+    def _spec(self, out: str, spec: AggSpec) -> tuple[str, str, Column | None]:
+        if _is_size(spec):
+            return out, "size", None
+        if not isinstance(spec, tuple | list) or len(spec) != 2:
+            raise PlanError(f"{out}: give (column, statistic), e.g. ('cost', 'mean'), "
+                            f"or 'size'")
+        source, stat = spec
+        if not isinstance(stat, str) or stat not in STATISTICS:
+            raise PlanError(f"{out}: unknown statistic {stat!r}",
+                            hint=f"use one of {', '.join(STATISTICS)}")
+        if stat == "size":
+            if source is not None:
+                raise PlanError(f"{out}: 'size' counts rows and takes no column",
+                                hint=f"write {out}='size', or count the column")
+            return out, "size", None
+        column = self.frame._column(source)
+        if column.kind == "categorical" and stat != "count":
+            raise PlanError(f"cannot take the {stat} of categorical {column.name!r}",
+                            hint="group by it, or count it")
+        return out, stat, column
+
+    def size(self) -> Query:
+        """Rows per group, in a column named ``size``."""
+        return self.agg(size="size")
+
+    def _one(self, stat: str, column: ColumnLike) -> Query:
+        label = column if isinstance(column, str) else self.frame._column(column).name
         return self.agg(**{label: (column, stat)})
 
-    def count(self, column): return self._one("count", column)
-    def sum(self, column): return self._one("sum", column)
-    def mean(self, column): return self._one("mean", column)
-    def var(self, column): return self._one("var", column)
-    def std(self, column): return self._one("std", column)
+    def count(self, column: ColumnLike) -> Query:
+        """Non-missing values of ``column`` per group."""
+        return self._one("count", column)
+
+    def sum(self, column: ColumnLike) -> Query:
+        """Sum of ``column`` per group."""
+        return self._one("sum", column)
+
+    def mean(self, column: ColumnLike) -> Query:
+        """Mean of ``column`` per group."""
+        return self._one("mean", column)
+
+    def var(self, column: ColumnLike) -> Query:
+        """Sample variance of ``column`` per group."""
+        return self._one("var", column)
+
+    def std(self, column: ColumnLike) -> Query:
+        """Sample standard deviation of ``column`` per group."""
+        return self._one("std", column)
+
+
+def _is_size(spec: AggSpec) -> bool:
+    """Whether an aggregate spec is the row count: ``"size"`` or ``("size",)``."""
+    if isinstance(spec, tuple) and len(spec) == 1:
+        spec = spec[0]
+    return isinstance(spec, str) and spec == "size"
 
 
 class Query:
     """A complete analysis: ``plan()`` to inspect it, ``collect()`` to run it."""
 
-    def __init__(self, frame: SecureFrame, entries: list[tuple[dict, dict]],
-                 specs: list[tuple[str, Column | None, str]], min_cell_size: int | None = None):
-        self.frame, self.entries, self.specs = frame, entries, specs
-        self.min_cell_size = min_cell_size
-        self.kind = "groupby" if entries else "agg"
-
-    @property
-    def index_names(self) -> list[str]:
-        return [e["name"] for e, _ in self.entries]
-
-    def with_min_cell_size(self, size: int) -> Query:
-        """The same query with a stricter minimum released cell size."""
-        query = Query(self.frame, self.entries, self.specs, size)
-        query.kind = self.kind
-        return query
-
-    def plan(self) -> dict:
-        """The analysis plan (validated JSON) this query sends to the parties."""
-        columns, filter_expr = self.frame._plan_parts()
-        for _, cols in self.entries:
-            columns.update(cols)
-        aggregates = []
-        for out, column, stat in self.specs:
-            if column is not None:
-                columns.update(column.columns)
-            aggregates.append({"name": out, "stat": stat,
-                               "expr": column.expr if column is not None else None})
-        plan = {"ppa_plan": 1, "parties": self.frame._parties, "link": self.frame._link,
-                "columns": dict(sorted(columns.items())), "filter": filter_expr,
-                "groupby": [e for e, _ in self.entries], "aggregates": aggregates,
-                "min_cell_size": self.min_cell_size}
-        return validate_plan(plan)
-
-    def plan_hash(self) -> str:
-        return plan_hash(self.plan())
-
-    def collect(self, *, timeout: float | None = None, **options: Any) -> pd.DataFrame:
-        """Run the plan at every party; return the released table."""
-        runner = self.frame._runner
-        if runner is None:
-            raise PlanError("this frame is not connected to a consortium")
-        result = runner.run(self.plan(), timeout=timeout, **options)
-        if self.kind == "crosstab":
-            attrs = dict(result.attrs)
-            table = result.iloc[:, 0].unstack(self.index_names[1])
-            mask = attrs["suppressed"].iloc[:, 0].unstack(self.index_names[1])
-            table.attrs.update(attrs, suppressed=mask)
-            return table
-        return result
+    def __init__(self, frame: SecureFrame, entries: list[tuple[dict, Column]],
+                 specs: list[tuple[str, str, Column | None]], *, kind: str,
+                 min_cell_size: int | None = None) -> None:
+        if kind not in QUERY_KINDS:
+            raise ValueError(f"unknown query kind {kind!r}")
+        self._frame = frame
+        self._entries = entries
+        self._specs = specs
+        self._min_cell_size = min_cell_size
+        self.kind = kind
+        self.index_names = [entry["name"] for entry, _ in entries]
+        self._plan = self._build()
 
     def __repr__(self) -> str:
         return f"Query({self.kind}, plan {self.plan_hash()[:12]})"
+
+    def _build(self) -> dict:
+        used = [self._frame._filter] + [c for _, c in self._entries] + \
+            [c for _, _, c in self._specs]
+        columns: dict[str, dict] = {}
+        for column in used:
+            if column is not None:
+                columns.update(column.columns)
+        condition = self._frame._filter
+        plan = {"ppa_plan": PLAN_VERSION,
+                "parties": list(self._frame._parties),
+                "link": list(self._frame._link),
+                "columns": {name: columns[name] for name in sorted(columns)},
+                "filter": condition.expr if condition is not None else None,
+                "groupby": [entry for entry, _ in self._entries],
+                "aggregates": [{"name": out, "stat": stat,
+                                "expr": column.expr if column is not None else None}
+                               for out, stat, column in self._specs],
+                "min_cell_size": self._min_cell_size}
+        return validate_plan(copy.deepcopy(plan))
+
+    def with_min_cell_size(self, k: int) -> Query:
+        """The same query asking for at least ``k`` rows in every released cell."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
+        return Query(self._frame, self._entries, self._specs, kind=self.kind,
+                     min_cell_size=int(k))
+
+    def plan(self) -> dict:
+        """The validated analysis plan (a fresh copy) this query sends to the parties."""
+        return copy.deepcopy(self._plan)
+
+    def plan_hash(self) -> str:
+        """SHA-256 of the plan's canonical JSON."""
+        return _plan_hash(self._plan)
+
+    def collect(self, *, timeout: float | None = None, **options: Any) -> pd.DataFrame:
+        """Run the plan through the frame's runner and return the released table."""
+        runner = self._frame._runner
+        if runner is None:
+            raise PlanError("this frame has no runner to run plans",
+                            hint="make frames with Consortium.link(...), or inspect plan()")
+        logger.debug("running %s plan %s", self.kind, self.plan_hash()[:12])
+        result = runner.run(self.plan(), timeout=timeout, **options)
+        if self.kind == "crosstab":
+            return self._crosstab(result)
+        return result
+
+    def _crosstab(self, result: pd.DataFrame) -> pd.DataFrame:
+        """Unstack a two-level count table to rows = index levels, columns = column levels."""
+        (rows, _), (cols, _) = self._entries
+        index = pd.Index(rows["levels"], name=rows["name"])
+        columns = pd.Index(cols["levels"], name=cols["name"])
+
+        def shape(frame: pd.DataFrame, *, mask: bool) -> pd.DataFrame:
+            if frame.shape[0] == 0 or frame.shape[1] == 0:
+                table = pd.DataFrame(mask or np.nan, index=index, columns=columns)
+            else:
+                series = frame["count"] if "count" in frame.columns else frame.iloc[:, 0]
+                table = series.unstack(level=1).reindex(index=index, columns=columns)
+                table = table.fillna(True).astype(bool) if mask else table.astype(float)
+            table.index.name, table.columns.name = index.name, columns.name
+            return table
+
+        table = shape(result, mask=False)
+        attrs = dict(result.attrs)
+        if isinstance(attrs.get("suppressed"), pd.DataFrame):
+            attrs["suppressed"] = shape(attrs["suppressed"], mask=True)
+        table.attrs = attrs
+        return table

@@ -51,6 +51,9 @@ def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]
                                      categorical=set(data.get("categorical", [])))
     except DataSourceError as exc:
         raise DataError(str(exc), party=config.name) from None
+    if frame.empty:
+        raise DataError(f"{data['source']} has no rows", party=config.name,
+                        hint="a party needs at least one record to take part")
     frame = frame.sort_values(data["link"], kind="stable").reset_index(drop=True)
     for column, meta in described.items():
         if meta["kind"] == "numeric":

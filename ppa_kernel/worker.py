@@ -94,10 +94,10 @@ async def _run(job: dict) -> dict:
     program = compile_plan(job["plan"])
     LEDGER.allowed = program.openings()
     frame = pd.read_parquet(job["snapshot"])
+    block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
     await _start(mpc, job)
     phases("connect")
     linkage, _, relinked = await _linkage(job, frame, phases)
-    block = feature_matrix(program, job["party"], frame)
     widths = [len(program.features.get(p, [])) for p in program.parties]
     linked = await linked_table(linkage, block, widths, value_type())
     table = await shares(linked)

@@ -160,3 +160,20 @@ def test_wrong_secret_is_refused(consortium):
                               consortium.config.link_salt)
     with pytest.raises(ConsortiumError, match="authentication"):
         Consortium(forged)
+
+
+def test_data_that_changed_levels_fails_before_any_mpc(consortium):
+    plan = consortium.link().groupby("income_band").agg(n=("age", "count")).plan()
+    plan["groupby"][0]["levels"] = ["Q1", "Q2"]  # the bureau's data has Q3..Q5 as well
+    plan["columns"]["bureau.income_band"]["levels"] = ["Q1", "Q2"]
+    started = time.monotonic()
+    with pytest.raises(ConsortiumError, match=r"\[bureau\].*not among the plan's levels"):
+        consortium.run(plan, progress=False)
+    assert time.monotonic() - started < 15
+    assert consortium.link().agg(n=("age", "count")).collect()["n"].iloc[0] > 0
+
+
+def test_empty_table_is_refused(demo_data, tmp_path):
+    data = {**demo_data, "hospital": demo_data["hospital"].iloc[:0]}
+    with pytest.raises(ConsortiumError, match=r"\[hospital\].*no rows"):
+        Consortium.local(data, link="pseudonym", workdir=tmp_path)
