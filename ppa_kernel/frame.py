@@ -70,10 +70,6 @@ def expression(node: Any) -> dict:
     return node.expr if isinstance(node, Column) else _constant(node)
 
 
-def _render_const(value: Any) -> str:
-    return repr(value)
-
-
 def _wrap(text: str, parenthesize: bool) -> str:
     return f"({text})" if parenthesize else text
 
@@ -109,7 +105,7 @@ class Column:
         if isinstance(other, Column):
             return other.expr, other._name, other._prec, other.columns
         const = _constant(other)
-        return const, _render_const(const["const"]), _PREC_ATOM, {}
+        return const, repr(const["const"]), _PREC_ATOM, {}
 
     def _binary(self, op: str, other: Any, kind: str, *, reverse: bool = False) -> Column:
         expr, text, prec, columns = self._operand(other)
@@ -237,7 +233,7 @@ class Column:
             if self.kind == "numeric" and isinstance(value, str):
                 raise PlanError(f"numeric {self._name!r} is never equal to text {value!r}")
             self._check_level(value)
-        shown = ", ".join(map(_render_const, items))
+        shown = ", ".join(map(repr, items))
         return Column({"op": "isin", "args": [self.expr], "values": items}, "bool",
                       self.columns, f"{self._part(_PREC_ATOM)}.isin([{shown}])", _PREC_ATOM)
 
@@ -332,7 +328,8 @@ class SecureFrame:
         meta = self._catalog[party][column]
         kind = meta.get("kind")
         qualified = f"{party}.{column}"
-        desc: dict[str, Any] = {"party": party, "column": column, "kind": kind}
+        desc: dict[str, Any] = {"party": party, "column": column, "kind": kind,
+                                "missing": bool(meta.get("missing", True))}
         if kind == "bool":
             desc["levels"] = list(meta.get("levels") or [False, True])
         elif kind == "categorical":

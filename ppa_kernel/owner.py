@@ -67,21 +67,31 @@ def encode(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def feature_matrix(program: Program, party: str, frame: pd.DataFrame) -> np.ndarray:
     """This party's input rows: one column per feature, as an object array of ints."""
+    check_declarations(program, party, frame)
     features = program.features.get(party, [])
-    columns = [_feature_column(program, f, party, frame) for f in features]
+    codes = group_codes(program, party, frame) if party in program.group_entries else None
+    columns = [_feature_column(f, party, frame, codes) for f in features]
     if not columns:
         return np.zeros((len(frame), 0), dtype=object)
     return np.column_stack(columns).astype(object)
 
 
-def _feature_column(program: Program, feature: Feature, party: str, frame: pd.DataFrame):
+def check_declarations(program: Program, party: str, frame: pd.DataFrame) -> None:
+    """Refuse a plan that declares one of this party's columns free of missing values wrongly."""
+    for name, meta in program.columns.items():
+        if meta["party"] == party and meta.get("missing") is False \
+                and frame[meta["column"]].isna().any():
+            raise PlanError(f"the plan says {name} has no missing values, but it has",
+                            party=party, hint="refresh the catalog and rebuild the plan")
+
+
+def _feature_column(feature: Feature, party: str, frame: pd.DataFrame,
+                    codes: np.ndarray | None):
     n = len(frame)
     if feature.kind == "present":
         return np.ones(n, dtype=object)
     if feature.kind == "onehot":
-        combos = program.group_levels(party)
-        codes = group_codes(program, party, frame)
-        return (codes == feature.level).astype(np.int64).astype(object) if combos else None
+        return (codes == feature.level).astype(np.int64).astype(object)
     expr = json.loads(feature.key)
     value = evaluate(expr, frame, party)
     if not isinstance(value, pd.Series):

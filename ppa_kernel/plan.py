@@ -5,7 +5,8 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
     {"ppa_plan": 1,
      "parties": ["bureau", "hospital", "insurer"],      # the consortium, in MPC order
      "link": ["bureau", "hospital", "insurer"],         # parties whose inner join is analysed
-     "columns": {"insurer.age": {"party": "insurer", "column": "age", "kind": "numeric"}},
+     "columns": {"insurer.age": {"party": "insurer", "column": "age", "kind": "numeric",
+                                 "missing": false}},   # "missing" optional, default true
      "filter": <expression> | null,
      "groupby": [{"name": "age", "expr": <expression>, "levels": [...],
                   "bins": [edges] | absent}],
@@ -115,8 +116,10 @@ def _str_list(value: Any) -> bool:
 
 
 def _check_column(name: str, meta: Any, link: list[str]) -> None:
-    if not isinstance(meta, dict) or set(meta) - {"party", "column", "kind", "levels"}:
+    if not isinstance(meta, dict) or set(meta) - {"party", "column", "kind", "levels", "missing"}:
         raise PlanError(f"column {name!r} has a malformed description")
+    if not isinstance(meta.get("missing", True), bool):
+        raise PlanError(f"column {name!r}: 'missing' must be true or false")
     if meta.get("party") not in link:
         raise PlanError(f"column {name!r} belongs to {meta.get('party')!r}, which is not linked",
                         hint="add its party to link(...)")

@@ -6,6 +6,10 @@ evaluated by that party on its own rows before sharing ("owner-side"); it then i
 only the encoded result (``val``), a not-missing flag (``nn``), a square (``sq``) or a
 truth value (``ind``). Grouping columns of one party become that party's one-hot columns.
 Only expressions that mix parties are computed under MPC.
+
+Columns the plan marks ``"missing": false`` (each owner checks the claim on its data)
+need fewer inputs: a measure then needs no not-missing flag, and the last one-hot column
+of a party's groups is implied (present minus the other levels).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from .errors import PlanError
-from .plan import COMPARISONS, canonical_json, expr_parties, is_boolean, validate_plan
+from .plan import COMPARISONS, canonical_json, expr_columns, expr_parties, is_boolean, validate_plan
 
 SCALE_BITS = 16
 """Numbers are encoded as round(x * 2**SCALE_BITS); secure products add scale exponents."""
@@ -47,6 +51,7 @@ class Program:
     group_parties: list[str] = field(default_factory=list)
     group_entries: dict[str, list[dict]] = field(default_factory=dict)
     measures: list[dict] = field(default_factory=list)  # unique measure expressions
+    implied_last: dict[str, bool] = field(default_factory=dict)  # last one-hot not input
 
     @property
     def parties(self) -> list[str]:
@@ -59,6 +64,14 @@ class Program:
     @property
     def columns(self) -> dict:
         return self.plan["columns"]
+
+    def complete(self, expr: dict) -> bool:
+        """Whether every column the expression reads is declared free of missing values."""
+        return all(self.columns[c].get("missing", True) is False for c in expr_columns(expr))
+
+    def onehot_count(self, party: str) -> int:
+        """How many one-hot columns the party inputs for its groups."""
+        return len(self.group_levels(party)) - int(self.implied_last.get(party, False))
 
     def owner(self, expr: dict) -> str | None:
         """The single party owning an expression, or None when it mixes parties."""
@@ -115,8 +128,11 @@ def compile_plan(plan: dict) -> Program:
             program.group_entries[party] = []
         program.group_entries[party].append(entry)
     for party in program.group_parties:
-        key = canonical_json([e["name"] for e in program.group_entries[party]])
-        for level in range(len(program.group_levels(party))):
+        entries = program.group_entries[party]
+        program.implied_last[party] = all(e.get("bins") is None and program.complete(e["expr"])
+                                          for e in entries)
+        key = canonical_json([e["name"] for e in entries])
+        for level in range(program.onehot_count(party)):
             program.add(Feature(party, "onehot", key, level))
     _add_measures(program)
     return program
@@ -142,7 +158,7 @@ def _add_value(program: Program, expr: dict, *, square: bool = False) -> None:
     owner = program.owner(expr)
     if owner is not None:
         key = canonical_json(expr)
-        kinds = ("val", "nn", "sq") if square else ("val", "nn")
+        kinds = ["val"] + ([] if program.complete(expr) else ["nn"]) + (["sq"] if square else [])
         for kind in kinds:
             program.add(Feature(owner, kind, key))
         return

@@ -69,7 +69,10 @@ def test_owner_side_and_secure_parts_are_split():
     assert ("insurer", "sq") in kinds  # var of an insurer-only expression: owner squares it
     assert ("hospital", "val") in kinds and ("insurer", "val") in kinds  # cost * visits mixes
     assert program.group_parties == ["insurer", "hospital"]
-    assert len([f for f in program.features["insurer"] if f.kind == "onehot"]) == 2
+    # sex is declared complete: its last level is implied (present minus the others)
+    assert len([f for f in program.features["insurer"] if f.kind == "onehot"]) == 1
+    assert not any(f.kind == "nn" for f in program.features["hospital"])  # visits complete
+    assert any(f.kind == "nn" for f in program.features["insurer"])  # cost has gaps
     assert "release.sumsq:" + program.measures[0]["key"] in program.openings()
     assert not any(f.kind == "present" for fs in program.features.values() for f in fs)
 
@@ -136,6 +139,12 @@ def test_feature_matrix_and_group_codes():
     t = frame()
     q = t.groupby("sex").agg(m=("cost", "var"))
     program = compile_plan(q.plan())
+    with pytest.raises(PlanError, match="no missing values, but it has"):
+        feature_matrix(program, "insurer", PEOPLE)  # the catalog says sex is complete
+    plan = q.plan()
+    plan["columns"]["insurer.sex"]["missing"] = True
+    program = compile_plan(plan)
+    assert len([f for f in program.features["insurer"] if f.kind == "onehot"]) == 2
     matrix = feature_matrix(program, "insurer", PEOPLE)
     assert matrix.shape == (4, len(program.features["insurer"]))
     assert group_codes(program, "insurer", PEOPLE).tolist() == [0, 1, -1, 0]

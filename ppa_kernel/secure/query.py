@@ -61,7 +61,8 @@ class Evaluator:
         if "const" in expr:
             return Secret(expr["const"], None, 0)
         if self.program.owner(expr) is not None:
-            return Secret(self.owned("val", expr), self.owned("nn", expr), 1)
+            present = None if self.program.complete(expr) else self.owned("nn", expr)
+            return Secret(self.owned("val", expr), present, 1)
         op, args = expr["op"], expr["args"]
         if op in ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "isin"):
             return Secret(await self.condition(expr), None, 0)
@@ -163,7 +164,7 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
     if program.plan.get("filter") is not None:
         condition = await ev.condition(program.plan["filter"])
         mask = condition if mask is None else mask * condition
-    weights = await _cell_weights(ev, mask, len(rows))
+    weights = await _cell_weights(ev, mask, len(rows), joined == m)
     value_columns, layout = await _value_columns(ev, program)
     w_shares = await shares(weights)
     size_counts = w_shares.sum(axis=0)
@@ -207,15 +208,29 @@ async def _release(name: str, sectype, column: np.ndarray, ok: np.ndarray) -> li
     return out
 
 
-async def _cell_weights(ev: Evaluator, mask, n: int):
+def _onehot(ev: Evaluator, party: str, everyone_present: bool) -> np.ndarray:
+    """Shares of a party's full one-hot group matrix (an implied last level is restored)."""
+    program = ev.program
+    key = canonical_json([e["name"] for e in program.group_entries[party]])
+    idx = [program.feature_index(Feature(party, "onehot", key, k))
+           for k in range(program.onehot_count(party))]
+    onehot = ev.table[:, idx]
+    if not program.implied_last.get(party):
+        return onehot
+    # Every present row of this party has exactly one level: the last is what remains.
+    base = (np.ones(len(onehot), dtype=object) if everyone_present
+            else ev.table[:, program.feature_index(Feature(party, "present"))])
+    last = base - onehot.sum(axis=1)
+    return np.column_stack([onehot, last]) if onehot.shape[1] else last.reshape(-1, 1)
+
+
+async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool):
     """Secret people x cells membership matrix (one-hot per grouping party, combined)."""
     program, sectype = ev.program, ev.sectype
     weights = None
     for party in program.group_parties:
-        key = canonical_json([e["name"] for e in program.group_entries[party]])
         count = len(program.group_levels(party))
-        idx = [program.feature_index(Feature(party, "onehot", key, k)) for k in range(count)]
-        onehot = ev.table[:, idx]
+        onehot = _onehot(ev, party, everyone_present)
         if weights is None:
             weights = wrap(sectype, onehot)
             continue
