@@ -88,7 +88,8 @@ def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
     shown = frame.round(digits).astype(object)
     for name, stat in frame.attrs.get("statistics", {}).items():
         if stat in ("count", "size") and name in shown:
-            shown[name] = [v if pd.isna(v) else int(v) for v in frame[name]]
+            shown[name] = pd.Series([v if pd.isna(v) else int(v) for v in frame[name]],
+                                    index=frame.index, dtype=object)
     mask = frame.attrs.get("suppressed")
     if mask is not None:
         shown = shown.mask(mask.reindex_like(frame).fillna(False).astype(bool), SUPPRESSED)

@@ -153,3 +153,15 @@ def test_feature_matrix_and_group_codes():
     unknown = PEOPLE.assign(sex=["F", "X", "M", "F"])
     with pytest.raises(PlanError, match="not among the plan's levels"):
         group_codes(program, "insurer", unknown)
+
+
+def test_released_table_formats_counts_and_marks_suppressed_cells():
+    from ppa_kernel.results import format_table
+
+    df = pd.DataFrame({"n": [432.0, np.nan], "mean": [3.14159, np.nan]}, index=["a", "b"])
+    df.attrs["suppressed"] = pd.DataFrame({"n": [False, True], "mean": [False, True]},
+                                          index=["a", "b"])
+    df.attrs["statistics"] = {"n": "count", "mean": "mean"}
+    lines = format_table(df).splitlines()
+    assert lines[1].split() == ["a", "432", "3.14"]
+    assert lines[2].split() == ["b", "suppressed", "suppressed"]
