@@ -29,7 +29,7 @@ from .audit import AuditLog
 from .config import PartyConfig
 from .datasource import DataSourceError, describe_columns, load_table
 from .errors import DataError, PartyFailed, PlanError, PolicyRefused, PPAError, RunTimeout
-from .plan import canonical_json, expr_columns, plan_hash
+from .plan import expr_columns, plan_hash
 from .policy import Policy, PolicyError
 from .program import compile_plan
 from .protocol import MAX_MESSAGE, seal, unseal
@@ -338,5 +338,3 @@ def serve(config: PartyConfig, *, record_openings: bool = False) -> None:
 
     asyncio.run(main())
 
-
-__all__ = ["PartyKernel", "canonical_json", "load_party_data", "serve"]

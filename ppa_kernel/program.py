@@ -37,10 +37,6 @@ class Feature:
     key: str = ""  # canonical expression (or group spec) it encodes
     level: int = 0  # one-hot column index
 
-    @property
-    def id(self) -> str:
-        return f"{self.party}|{self.kind}|{self.key}|{self.level}"
-
 
 @dataclass
 class Program:

@@ -74,10 +74,10 @@ async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
     secint = mpc.SecInt(8)
     ready = await reveal("linkage.ready", mpc.input(secint(int(stored is not None))))
     if stored is not None and all(int(r) == 1 for r in ready):
-        return stored, keys, False
+        return stored, False
     linkage = await lk.link(keys, job["linkage_id"], progress=phases)
     linkage.save(folder)
-    return linkage, keys, True
+    return linkage, True
 
 
 async def _run(job: dict) -> dict:
@@ -97,7 +97,7 @@ async def _run(job: dict) -> dict:
     block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
     await _start(mpc, job)
     phases("connect")
-    linkage, _, relinked = await _linkage(job, frame, phases)
+    linkage, relinked = await _linkage(job, frame, phases)
     widths = [len(program.features.get(p, [])) for p in program.parties]
     linked = await linked_table(linkage, block, widths, value_type())
     table = await shares(linked)

@@ -108,21 +108,24 @@ async def exchange_sizes(own_rows: int) -> list[int]:
 async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linkage:
     """Link all parties' rows. Opens party sizes and PRF tags (see module docstring)."""
     sizes = await exchange_sizes(len(hashed_keys))
-    stacked = await stack_blocks(hashed_keys.reshape(-1, 1), sizes, 1, link_type())
+    stacked = None
+    for party in range(len(sizes)):  # every party's keys in one column, party after party
+        mine = hashed_keys.reshape(-1, 1) if mpc.pid == party else None
+        rows = await _stack_one(mine, sizes, party, 1, link_type())
+        stacked = rows if stacked is None else stacked + rows
     seeds = derive_seeds(linkage_id.encode())
     shuffled = await shuffle_rows(stacked, seeds)
     if progress:
         progress("shuffle")
     x_share = (await shares(shuffled)).reshape(-1)
     bits = min(64, int(np.ceil(np.log2(max(len(x_share), 2)))) + 2)
-    tags = await legendre_tags(x_share, link_type(), bits)
+    tags = await legendre_tags(link_type(), x_share, bits)
     groups = await resolve_groups(link_type(), x_share, tags)
     if progress:
         progress("tags")
-    linkage = Linkage(linkage_id, sizes, seeds, groups,
-                      fingerprint(hashed_keys))
-    if linkage.group_sizes.max(initial=0) > len(sizes):
-        raise PartyFailed("PRF tags collided across distinct keys; link again")
+    linkage = Linkage(linkage_id, sizes, seeds, groups, fingerprint(hashed_keys))
+    if linkage.group_sizes.max(initial=0) > len(sizes):  # owners reject duplicate keys
+        raise PartyFailed("a link key occurs more often than there are parties")
     return linkage
 
 
@@ -165,31 +168,6 @@ async def _equal_public(sectype, x_share: np.ndarray, rows: np.ndarray,
     masked = field.array((diff * r + zero_sharing(field, len(rows)).value) % p, check=False)
     opened = await reveal("linkage.equality_masked", masked, threshold=2 * mpc.threshold)
     return np.asarray(opened.value == 0, dtype=bool).reshape(-1)
-
-
-async def stack_blocks(block: np.ndarray, sizes: list[int], widths: list[int] | int, sectype):
-    """Secure N x C array of every party's rows, in party order.
-
-    With a list of ``widths`` party i's n_i x c_i block sits at its own rows and columns,
-    zeros elsewhere; with one int width all parties fill the same columns. Each party
-    inputs only its own block. Opens nothing.
-    """
-    field = sectype.field
-    shared = isinstance(widths, int)
-    widths = [widths] * len(sizes) if shared else widths
-    total_rows, total_cols = sum(sizes), (widths[0] if shared else sum(widths))
-    out = np.zeros((total_rows, total_cols), dtype=object)
-    row = col = 0
-    for party, (n, c) in enumerate(zip(sizes, widths)):
-        if mpc.pid == party:
-            value = field.array(np.asarray(block, dtype=object).reshape(n, c))
-        else:
-            value = field.array(np.zeros((n, c), dtype=object), check=False)
-        if n and c:
-            received = mpc.input(sectype.array(value), senders=party)
-            out[row:row + n, col:col + c] = await shares(received)
-        row, col = row + n, (col if shared else col + c)
-    return wrap(sectype, out)
 
 
 CHUNK_ELEMENTS = 1_000_000

@@ -41,17 +41,12 @@ async def secret_keys(sectype, count: int):
     return total
 
 
-async def legendre_tags(x_share: np.ndarray, sectype, bits: int, *, chunk: int = CHUNK_ROWS,
+async def legendre_tags(sectype, x_share: np.ndarray, bits: int, *, chunk: int = CHUNK_ROWS,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
     """``bits`` Legendre-PRF bits (fresh keys) of each secret key, given by this party's shares.
 
     Opens (x + k_j) * r_j^2 for every row and bit under the name ``linkage.prf_masked``.
     """
-    return await _tag_bits(sectype, x_share, bits, chunk, progress)
-
-
-async def _tag_bits(sectype, x_share: np.ndarray, bits: int, chunk: int, progress) -> np.ndarray:
-    """``bits`` Legendre-PRF bits (fresh keys) of each secret key given by its shares."""
     field = sectype.field
     p = field.modulus
     n = len(x_share)

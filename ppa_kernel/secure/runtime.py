@@ -16,7 +16,7 @@ from . import patches
 
 patches.install()
 
-__all__ = ["link_type", "mpc", "shares", "value_type", "wrap", "zeros"]
+__all__ = ["link_type", "mpc", "shares", "value_type", "wrap"]
 
 LINK_FIELD_BITS = 128
 """Field size for link keys and the Legendre PRF (at least 2^128, see ARCHITECTURE.md)."""
@@ -55,7 +55,3 @@ def wrap(sectype, values: np.ndarray):
     field = sectype.field
     return sectype.array(field.array(np.asarray(values, dtype=object) % field.modulus, check=False))
 
-
-def zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """Object array of zeros, the share of a public zero."""
-    return np.zeros(shape, dtype=object)
