@@ -104,7 +104,8 @@ class Program:
         for m in self.measures:
             for part in ("count", "sum", "sumsq"):
                 names.add(f"release.{part}:{m['key']}")
-        names.add("release.count:size")
+        if any(a["stat"] == "size" for a in self.plan["aggregates"]):
+            names.add("release.count:size")
         return names
 
 

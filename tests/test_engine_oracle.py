@@ -144,6 +144,7 @@ def test_small_cells_are_suppressed_not_opened(consortium, demo_data):
     released_counts = sorted(opened[f"release.count:{key}"]["values"])
     assert released_counts == sorted(int(v) for v in want["n"].dropna())
     assert all(e["name"] is not None for e in result["openings"]), "unnamed opening"
+    assert "release.count:size" not in opened, "row counts were not asked for"
 
 
 def test_repeat_query_reuses_the_linkage(consortium):

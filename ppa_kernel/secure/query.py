@@ -173,8 +173,11 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
         totals = await shares(weights.transpose() @ value_columns)
     if progress:
         progress("computation")
-    keys = ["size"] + [entry["key"] for entry in program.measures]
-    count_matrix = np.vstack([size_counts] + [totals[:, layout[k]["count"]] for k in keys[1:]])
+    # Check and release row counts only if the plan asks for them ("size").
+    wants_size = any(a["stat"] == "size" for a in program.plan["aggregates"])
+    keys = (["size"] if wants_size else []) + [entry["key"] for entry in program.measures]
+    count_matrix = np.vstack([size_counts if k == "size" else totals[:, layout[k]["count"]]
+                              for k in keys])
     too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell, l=64,
                               LT=True)
     passed = np.asarray(await reveal("disclosure.pass", 1 - too_small)).astype(int) == 1
