@@ -105,15 +105,7 @@ class Consortium:
     # ---------------------------------------------------------------- metadata
     def refresh(self) -> None:
         """Ask every party for its size, catalog and policy."""
-        replies, errors = {}, []
-        for party in self.config.parties:
-            try:
-                replies[party.name] = self._request(party, {"op": "hello"}, "hello")
-            except PPAError as exc:
-                errors.append(exc)
-        if errors:
-            raise ConsortiumError(errors)
-        self.parties = replies
+        self.parties = self._ask_all({"op": "hello"}, "hello")
 
     @property
     def names(self) -> list[str]:
@@ -175,15 +167,8 @@ class Consortium:
         """Check a plan with every party's policy without computing; return its hash."""
         plan = self.prepare(plan)
         digest = plan_hash(plan)
-        errors = []
-        for party in self.config.parties:
-            try:
-                self._request(party, {"op": "check", "plan": plan, "plan_hash": digest},
-                              "checked", timeout=timeout)
-            except PPAError as exc:
-                errors.append(exc)
-        if errors:
-            raise ConsortiumError(errors)
+        self._ask_all({"op": "check", "plan": plan, "plan_hash": digest}, "checked",
+                      timeout=timeout)
         return digest
 
     def run_raw(self, plan: dict, *, timeout: float | None = None,
@@ -283,6 +268,18 @@ class Consortium:
             raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:{party.port}"
                                    f" ({exc.strerror or exc})", party=party.name,
                                    hint="is `ppa party serve` running there?") from None
+
+    def _ask_all(self, body: dict, expect: str, timeout: float | None = None) -> dict[str, dict]:
+        """Send one request to every party; gather all errors into one ConsortiumError."""
+        replies, errors = {}, []
+        for party in self.config.parties:
+            try:
+                replies[party.name] = self._request(party, body, expect, timeout=timeout)
+            except PPAError as exc:
+                errors.append(exc)
+        if errors:
+            raise ConsortiumError(errors)
+        return replies
 
     def _request(self, party: PartyAddress, body: dict, expect: str,
                  timeout: float | None = None) -> dict:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PlanError
-from ..plan import canonical_json
+from ..plan import canonical_json, is_boolean
 from ..program import SCALE_BITS, Feature, Program
 from .openings import compare, reveal
-from .runtime import mpc, shares, wrap
+from .runtime import COMPARE_BITS, mpc, shares, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Evaluator:
             present = None if self.program.complete(expr) else self.owned("nn", expr)
             return Secret(self.owned("val", expr), present, 1)
         op, args = expr["op"], expr["args"]
-        if op in ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "isin"):
+        if is_boolean(expr, self.program.columns):
             return Secret(await self.condition(expr), None, 0)
         parts = [await self.value(a) for a in args]
         if op == "neg":
@@ -102,11 +102,11 @@ class Evaluator:
         scale = max(a.scale, b.scale)
         diff = _aligned(a, scale) - _aligned(b, scale)
         if op in ("eq", "ne"):
-            bit = await compare(mpc.np_sgn, diff, l=64, EQ=True)
+            bit = await compare(mpc.np_sgn, diff, l=COMPARE_BITS, EQ=True)
         elif op in ("lt", "ge"):
-            bit = await compare(mpc.np_sgn, diff, l=64, LT=True)
+            bit = await compare(mpc.np_sgn, diff, l=COMPARE_BITS, LT=True)
         else:
-            bit = await compare(mpc.np_sgn, -diff, l=64, LT=True)
+            bit = await compare(mpc.np_sgn, -diff, l=COMPARE_BITS, LT=True)
         present = _and_present(a.present, b.present)
         if op in ("le", "ge"):
             bit = 1 - bit
@@ -178,8 +178,8 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
     keys = (["size"] if wants_size else []) + [entry["key"] for entry in program.measures]
     count_matrix = np.vstack([size_counts if k == "size" else totals[:, layout[k]["count"]]
                               for k in keys])
-    too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell, l=64,
-                              LT=True)
+    too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell,
+                              l=COMPARE_BITS, LT=True)
     passed = np.asarray(await reveal("disclosure.pass", 1 - too_small)).astype(int) == 1
     if progress:
         progress("disclosure")
