@@ -17,7 +17,23 @@ __all__ = [
     "PolicyRefused",
     "__version__",
     "format_table",
+    "plot",
+    "query_builder",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext ppa_kernel``: the ``%ppa`` and ``%%secure`` magics."""
+    from .notebook.magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext ppa_kernel``: stop what the session started, remove the magics' hooks."""
+    from .notebook.magics import unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str):
@@ -25,6 +41,14 @@ def __getattr__(name: str):
         from .client import Consortium
 
         return Consortium
+    if name == "plot":
+        from .plotting import plot
+
+        return plot
+    if name == "query_builder":
+        from .widgets import query_builder
+
+        return query_builder
     if name == "format_table":
         from .results import format_table
 

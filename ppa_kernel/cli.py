@@ -20,7 +20,8 @@ def _party_serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_party(args.config)
-        serve(config, record_openings=args.record_openings)
+        serve(config, record_openings=args.record_openings,
+              parent_pid=args.exit_with_parent)
     except PPAError as exc:
         print(f"{ERROR_MARKER}{json.dumps(exc.to_dict())}", flush=True)
         print(f"error: {exc}", file=sys.stderr)
@@ -86,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("config", help="the party's TOML file")
     serve.add_argument("--record-openings", action="store_true",
                        help="keep every opened value in run results (testing only)")
+    serve.add_argument("--exit-with-parent", type=int, metavar="PID", default=None,
+                       help="stop when process PID (the one that started this kernel) exits")
     serve.set_defaults(func=_party_serve)
 
     worker = sub.add_parser("worker", help="(internal) run one MPC job for a party kernel")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,8 +31,9 @@ from .errors import (
     error_from_dict,
 )
 from .plan import plan_hash
+from .progress import ProgressCallback, make_display
 from .protocol import Channel
-from .results import to_frame
+from .results import stamp_release, to_frame
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ DEFAULT_RUN_TIMEOUT = 600.0
 CANCEL_TIMEOUT = 5.0
 ERROR_GRACE = 1.0
 """After a first error, how long to wait for the other parties' own reports before cancelling."""
-
-ProgressCallback = Callable[[str, str, float], None]
 
 
 @dataclass
@@ -107,6 +105,28 @@ class Consortium:
         """Ask every party for its size, catalog and policy."""
         self.parties = self._ask_all({"op": "hello"}, "hello")
 
+    def status(self, timeout: float = 5.0) -> pd.DataFrame:
+        """One row per party: reachable, data rows and a policy summary (never raises)."""
+        rows = []
+        for party in self.config.parties:
+            row: dict[str, Any] = {"party": party.name, "address": f"{party.host}:{party.port}"}
+            try:
+                info = self._request(party, {"op": "hello"}, "hello", timeout=timeout)
+            except PPAError as exc:
+                row.update(reachable=False, error=exc.message)
+            else:
+                self.parties[party.name] = info
+                policy = info["policy"]
+                columns = policy.get("columns")
+                row.update(reachable=True, rows=info["rows"],
+                           min_cell_size=policy["min_cell_size"],
+                           statistics=", ".join(policy["statistics"]),
+                           approval=policy["approval"],
+                           approved_columns=len(info["catalog"]) if columns is not None
+                           else f"all {len(info['catalog'])}")
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("party")
+
     @property
     def names(self) -> list[str]:
         """Party names in MPC order."""
@@ -152,16 +172,16 @@ class Consortium:
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,
-            progress: bool | ProgressCallback | None = None) -> pd.DataFrame:
+            progress: bool | str | ProgressCallback | None = None) -> pd.DataFrame:
         """Run a plan at every party; return the released table."""
         outcome = self.run_raw(plan, timeout=timeout, progress=progress)
         first = outcome.results[self.names[0]]
         frame = to_frame(outcome.plan, first["stats"])
-        frame.attrs.update(run_id=outcome.run_id, multiplicity=first["multiplicity"],
+        frame.attrs.update(multiplicity=first["multiplicity"],
                            phases={p: r["phases"] for p, r in outcome.results.items()},
                            peak_rss_mb={p: r.get("peak_rss_mb")
                                         for p, r in outcome.results.items()})
-        return frame
+        return stamp_release(frame, outcome.run_id)
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:
         """Check a plan with every party's policy without computing; return its hash."""
@@ -172,7 +192,7 @@ class Consortium:
         return digest
 
     def run_raw(self, plan: dict, *, timeout: float | None = None,
-                progress: bool | ProgressCallback | None = False) -> RunOutcome:
+                progress: bool | str | ProgressCallback | None = False) -> RunOutcome:
         """Run a plan; return every party's raw result (raises on any failure)."""
         plan = self.prepare(plan)
         run_id = secrets.token_hex(8)
@@ -180,7 +200,7 @@ class Consortium:
                    "linkage_id": self.linkage_id, "timeout": timeout or DEFAULT_RUN_TIMEOUT}
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
-        callback, bar = _progress(progress, self.names)
+        callback, display = _display(progress, self.names)
         deadline = time.monotonic() + (timeout or DEFAULT_RUN_TIMEOUT) + self.connect_timeout
         threads = [threading.Thread(target=self._follow_run, daemon=True,
                                     args=(p, request, outcome, failed, deadline, callback))
@@ -191,9 +211,10 @@ class Consortium:
             self._wait(threads, failed, deadline)
         finally:
             outcome.closed = True
-            if bar is not None:
-                bar.close()
-        if failed.is_set() or len(outcome.results) < len(self.names):
+        done = not failed.is_set() and len(outcome.results) == len(self.names)
+        if display is not None:
+            display.close(ok=done)
+        if not done:
             self._cancel(run_id)
             if not outcome.errors:
                 outcome.errors["client"] = RunTimeout("run did not finish in time")
@@ -306,24 +327,13 @@ class Consortium:
                 logger.info("shutdown of %s: %s", party.name, exc)
 
 
-def _progress(progress: bool | ProgressCallback | None, names: list[str]):
-    """A progress callback: the one given, or a tqdm bar of each party's phase.
+def _display(progress: bool | str | ProgressCallback | None, names: list[str]):
+    """(callback, display) for a run: the callback given, or a display (see :mod:`.progress`).
 
-    ``None`` shows the bar on a terminal or in a notebook, and not in logs.
+    ``None`` and ``True`` choose automatically (widget, text or bar); ``False`` shows nothing.
     """
     if callable(progress):
         return progress, None
-    if progress is None:
-        progress = sys.stderr.isatty() or "ipykernel" in sys.modules
-    if not progress:
-        return None, None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=None, desc="secure run", bar_format="{desc} [{elapsed}]", leave=False)
-    phases = {name: "waiting" for name in names}
-
-    def update(party: str, phase: str, elapsed: float) -> None:
-        phases[party] = phase
-        bar.set_description_str("secure run: " + ", ".join(f"{p} {s}" for p, s in phases.items()))
-
-    return update, bar
+    mode = "off" if progress is False else "auto" if progress in (None, True) else progress
+    display = make_display(mode, names)
+    return (display.update if display else None), display

@@ -66,15 +66,21 @@ def plot_effect(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def start_demo(folder: Path, *, n_core: int = 4200, seed: int = 7,
+               **kwargs: object) -> Consortium:
+    """Write the synthetic demo data under ``folder`` and start its three local kernels."""
+    paths = write_demo_data(Path(folder) / "data", n_core=n_core, seed=seed, fmt="mixed")
+    sources = {name: paths[name] for name in DEMO_PARTIES}
+    return Consortium.local(sources, link="pseudonym", workdir=Path(folder) / "parties",
+                            **kwargs)
+
+
 def run_demo(out: Path, *, n_core: int = 4200, seed: int = 7, workdir: Path | None = None,
              timeout: float | None = None) -> dict:
     """Generate data, start three kernels, run the studies, save outputs, shut down."""
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = (workdir or out) / "data"
-    paths = write_demo_data(data_dir, n_core=n_core, seed=seed, fmt="mixed")
-    sources = {name: paths[name] for name in DEMO_PARTIES}
     started = time.perf_counter()
-    with Consortium.local(sources, link="pseudonym", workdir=(workdir or out) / "parties") as c:
+    with start_demo(workdir or out, n_core=n_core, seed=seed) as c:
         ready = time.perf_counter()
         table = headline_study(c, timeout=timeout)
         study = time.perf_counter()

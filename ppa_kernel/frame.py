@@ -27,6 +27,7 @@ import pandas as pd
 from .errors import PlanError
 from .plan import PLAN_VERSION, STATISTICS, canonical_json, validate_plan
 from .plan import plan_hash as _plan_hash
+from .results import stamp_release
 
 logger = logging.getLogger(__name__)
 
@@ -668,4 +669,4 @@ class Query:
         if isinstance(attrs.get("suppressed"), pd.DataFrame):
             attrs["suppressed"] = shape(attrs["suppressed"], mask=True)
         table.attrs = attrs
-        return table
+        return stamp_release(table, attrs["run_id"]) if "run_id" in attrs else table

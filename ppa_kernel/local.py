@@ -123,7 +123,7 @@ class LocalParties:
         self.stderr: dict[str, Path] = {}
         for name in names:
             cmd = [sys.executable, "-m", "ppa_kernel.cli", "party", "serve",
-                   str(folder / f"{name}.toml")]
+                   str(folder / f"{name}.toml"), "--exit-with-parent", str(os.getpid())]
             if record_openings:
                 cmd.append("--record-openings")
             err = folder / f"{name}.stderr.log"

@@ -322,8 +322,28 @@ class PartyKernel:
             await self._kill(run_id)
 
 
-def serve(config: PartyConfig, *, record_openings: bool = False) -> None:
-    """Run a party kernel until it is asked to shut down or receives SIGTERM/SIGINT."""
+PARENT_POLL = 1.0
+"""Seconds between checks that the process which started a local kernel is still alive."""
+
+
+async def _stop_when_orphaned(kernel: PartyKernel, parent_pid: int) -> None:
+    """Stop the kernel once its parent (a notebook or test process) has gone away."""
+    while not kernel.stopped.is_set():
+        if os.getppid() != parent_pid:
+            logger.warning("party %s: parent process %d is gone, stopping", kernel.name,
+                           parent_pid)
+            kernel.stopped.set()
+            return
+        await asyncio.sleep(PARENT_POLL)
+
+
+def serve(config: PartyConfig, *, record_openings: bool = False,
+          parent_pid: int | None = None) -> None:
+    """Run a party kernel until it is asked to shut down or receives SIGTERM/SIGINT.
+
+    With ``parent_pid`` (local kernels) it also stops within about a second of that
+    process's death, so a crashed notebook kernel leaves no party processes behind.
+    """
     if record_openings:
         config.extra["record_openings"] = True
 
@@ -332,8 +352,12 @@ def serve(config: PartyConfig, *, record_openings: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, kernel.stopped.set)
+        watch = None if parent_pid is None else \
+            asyncio.create_task(_stop_when_orphaned(kernel, parent_pid))
         started = time.time()
         await kernel.serve()
+        if watch is not None:
+            watch.cancel()
         logger.info("party %s stopped after %.0f s", kernel.name, time.time() - started)
 
     asyncio.run(main())

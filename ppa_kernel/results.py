@@ -7,16 +7,20 @@ Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``.
 
 from __future__ import annotations
 
+import hashlib
+import html
 import itertools
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
+from .errors import PlanError
 from .plan import canonical_json, plan_hash
 from .program import SCALE_BITS, compile_plan
 
 SUPPRESSED = "suppressed"
+RELEASE_KEY = "release"
 
 
 def _cell_levels(plan: dict) -> list[dict]:
@@ -80,17 +84,87 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
     frame.attrs["statistics"] = {agg["name"]: agg["stat"] for agg in plan["aggregates"]}
     frame.attrs["plan_hash"] = plan_hash(plan)
+    frame.attrs["plan"] = plan
     return frame
 
 
-def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
-    """Text rendering with suppressed cells marked."""
+def _values_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table's index, columns and values (NaN included)."""
+    body = frame.to_json(orient="split", double_precision=15, default_handler=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stamp_release(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Mark ``frame`` as the table a run released: its run, plan hash and a values digest.
+
+    The stamp guards the analyst against mistakes (plotting a raw or edited table as if
+    the parties had released it); it is not a security boundary -- the analyst's own
+    kernel could forge it, and needs no forging to see what was released anyway.
+    """
+    frame.attrs[RELEASE_KEY] = {"run_id": run_id, "plan_hash": frame.attrs.get("plan_hash"),
+                                "digest": _values_digest(frame)}
+    frame.attrs["run_id"] = run_id
+    return frame
+
+
+def released_plan(frame: object) -> dict:
+    """The plan of a released result; PlanError for anything else (raw or edited tables)."""
+    attrs = getattr(frame, "attrs", None) or {}
+    stamp = attrs.get(RELEASE_KEY)
+    if not isinstance(frame, pd.DataFrame) or not stamp or "plan" not in attrs:
+        raise PlanError("only released results can be plotted",
+                        hint="pass the table a secure run returned (e.g. %%secure -o NAME)")
+    if _values_digest(frame) != stamp["digest"]:
+        raise PlanError("this table differs from what the parties released",
+                        hint="plot the released table itself; choose columns with y=...")
+    return attrs["plan"]
+
+
+def _suppressed_mask(frame: pd.DataFrame) -> pd.DataFrame:
+    mask = frame.attrs.get("suppressed")
+    if not isinstance(mask, pd.DataFrame):
+        return pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    return mask.reindex_like(frame).fillna(False).astype(bool)
+
+
+def _shown(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """Values as displayed: rounded, counts as integers."""
     shown = frame.round(digits).astype(object)
     for name, stat in frame.attrs.get("statistics", {}).items():
         if stat in ("count", "size") and name in shown:
             shown[name] = pd.Series([v if pd.isna(v) else int(v) for v in frame[name]],
                                     index=frame.index, dtype=object)
-    mask = frame.attrs.get("suppressed")
-    if mask is not None:
-        shown = shown.mask(mask.reindex_like(frame).fillna(False).astype(bool), SUPPRESSED)
-    return shown.to_string()
+    return shown
+
+
+def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """Text rendering with suppressed cells marked."""
+    return _shown(frame, digits).mask(_suppressed_mask(frame), SUPPRESSED).to_string()
+
+
+def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
+    """HTML rendering: suppressed cells marked (class ``ppa-suppressed``), with a caption."""
+    k = (frame.attrs.get("plan") or {}).get("min_cell_size")
+    why = f"fewer than {k} rows" if k else "disclosure control"
+    marker = (f'<span class="ppa-suppressed" title="suppressed: {why}" '
+              f'style="color:#888;font-style:italic">{SUPPRESSED}</span>')
+    shown = _shown(frame, digits).map(lambda v: html.escape(str(v)))
+    shown = shown.mask(_suppressed_mask(frame), marker)
+    shown.index = _escaped_index(frame.index)
+    shown.columns = [html.escape(str(c)) for c in frame.columns]
+    body = shown.to_html(escape=False, classes="ppa-released", na_rep="NaN")
+    stamp = frame.attrs.get(RELEASE_KEY) or {}
+    caption = [f"released by run {html.escape(str(stamp['run_id']))}" if stamp else
+               "not a released result"]
+    if frame.attrs.get("plan_hash"):
+        caption.append(f"plan {html.escape(frame.attrs['plan_hash'][:12])}")
+    if _suppressed_mask(frame).to_numpy().any():
+        caption.append(f"{SUPPRESSED}: {why}")
+    return f'{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
+
+
+def _escaped_index(index: pd.Index) -> pd.Index:
+    if isinstance(index, pd.MultiIndex):
+        return pd.MultiIndex.from_tuples(
+            [tuple(html.escape(str(v)) for v in row) for row in index], names=index.names)
+    return pd.Index([html.escape(str(v)) for v in index], name=index.name)

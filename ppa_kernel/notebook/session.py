@@ -1,0 +1,93 @@
+"""The notebook's connection: which consortium ``%%secure`` cells run against.
+
+One :class:`Session` per IPython shell. ``%ppa demo`` starts the local three-party demo
+(the same one as ``ppa demo``) in a temporary folder; ``%ppa connect`` attaches to
+running party kernels. Kernels the session started stop with ``%ppa stop``, when the
+extension is unloaded, when the notebook kernel exits, and -- should it be killed --
+within about a second on their own (they watch their parent process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..client import Consortium
+from ..errors import PPAError
+
+logger = logging.getLogger(__name__)
+
+DEMO_ROWS = 4200
+DEMO_SEED = 7
+
+
+class NotConnected(PPAError):
+    """No consortium yet: the analyst has to start the demo or connect first."""
+
+
+class Session:
+    """The consortium this notebook talks to, and what it started."""
+
+    def __init__(self) -> None:
+        self.consortium: Consortium | None = None
+        self.source = ""
+        self.progress = "auto"
+        self._demo_folder: Path | None = None
+        atexit.register(self.stop)
+
+    @property
+    def connected(self) -> bool:
+        return self.consortium is not None
+
+    def require(self) -> Consortium:
+        """The current consortium, or a NotConnected error saying how to get one."""
+        if self.consortium is None:
+            raise NotConnected("not connected to a consortium",
+                               hint="run %ppa demo, or %ppa connect consortium.toml")
+        return self.consortium
+
+    def start_demo(self, n_core: int = DEMO_ROWS, seed: int = DEMO_SEED) -> Consortium:
+        """Start the local demo consortium on synthetic data (replacing any connection)."""
+        from ..demo import start_demo
+
+        self.stop()
+        folder = Path(tempfile.mkdtemp(prefix="ppa-notebook-demo-"))
+        try:
+            consortium = start_demo(folder, n_core=n_core, seed=seed)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.consortium, self._demo_folder = consortium, folder
+        self.source = f"local demo ({n_core} linked people, seed {seed})"
+        return consortium
+
+    def connect(self, path: str | Path, **kwargs: Any) -> Consortium:
+        """Connect to the running party kernels a consortium file lists."""
+        consortium = Consortium.from_file(path, **kwargs)
+        self.stop()
+        self.consortium, self.source = consortium, str(path)
+        return consortium
+
+    def stop(self) -> bool:
+        """Disconnect; stop the kernels this session started. True if anything was open."""
+        consortium, folder = self.consortium, self._demo_folder
+        self.consortium, self._demo_folder, self.source = None, None, ""
+        if consortium is not None:
+            consortium.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return consortium is not None
+
+    def status(self) -> pd.DataFrame:
+        """Each party: reachable, rows, policy summary."""
+        return self.require().status()
+
+    def catalog(self) -> pd.DataFrame:
+        """The approved variables of every party."""
+        return self.require().catalog_frame()

@@ -1,0 +1,196 @@
+"""Progress of a secure run: each party's current stage and elapsed time, on some display.
+
+Party kernels report each phase as it *ends* (``policy check``, ``connect``, ``shuffle``,
+``tags``, ``input``, ``computation``, ``disclosure``, ``release``); :class:`RunProgress`
+turns that into the stage each party is *in* now. Displays:
+
+* ``bar``    -- one tqdm line (terminals and plain scripts);
+* ``text``   -- a printed line per stage change (papermill and other saved outputs);
+* ``widget`` -- an ipywidgets table updated in place (JupyterLab and other live front-ends);
+* ``off``    -- nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "widget", "text", "bar", "off")
+ENV_MODE = "PPA_PROGRESS"
+"""Environment variable that overrides the automatic choice of display."""
+
+STAGE_AFTER = {"policy check": "connecting", "connect": "linkage", "shuffle": "linkage",
+               "tags": "linkage", "input": "computation", "computation": "disclosure check",
+               "disclosure": "release", "release": "done"}
+"""The stage a party is in once the named phase has ended."""
+
+STAGES = ("waiting", "policy check", "connecting", "linkage", "computation",
+          "disclosure check", "release", "done")
+
+ProgressCallback = Callable[[str, str, float], None]
+
+
+class RunProgress:
+    """Each party's stage and elapsed seconds; safe to update from several threads."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.started = time.monotonic()
+        self.stages = {name: "policy check" for name in names}
+        self.elapsed = {name: 0.0 for name in names}
+        self._lock = threading.Lock()
+
+    def update(self, party: str, phase: str, elapsed: float) -> bool:
+        """Record a finished phase; True when the party's stage changed."""
+        stage = STAGE_AFTER.get(phase, phase)
+        with self._lock:
+            changed = self.stages.get(party) != stage
+            self.stages[party] = stage
+            self.elapsed[party] = float(elapsed)
+        return changed
+
+    @property
+    def wall(self) -> float:
+        """Seconds since the run was sent."""
+        return time.monotonic() - self.started
+
+    def rows(self) -> list[tuple[str, str, float]]:
+        """(party, stage, seconds in the MPC worker) for every party."""
+        with self._lock:
+            return [(name, self.stages[name], self.elapsed[name]) for name in self.stages]
+
+    def summary(self) -> str:
+        """One line: every party's stage."""
+        return ", ".join(f"{party} {stage}" for party, stage, _ in self.rows())
+
+
+class Display:
+    """A progress display: ``update`` on every report, ``close`` once the run ends."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        self.progress = progress
+
+    def update(self, party: str, phase: str, elapsed: float) -> None:
+        self.progress.update(party, phase, elapsed)
+
+    def close(self, ok: bool = True) -> None:
+        """Show the final state (``ok`` False: the run failed)."""
+
+
+class TextDisplay(Display):
+    """A printed line whenever a party enters a new stage."""
+
+    def __init__(self, progress: RunProgress, stream: Any = None) -> None:
+        super().__init__(progress)
+        self.stream = stream
+        self._print(f"secure run started: {', '.join(progress.stages)}")
+
+    def _print(self, text: str) -> None:
+        print(f"[{self.progress.wall:6.1f} s] {text}", file=self.stream or sys.stdout,
+              flush=True)
+
+    def update(self, party: str, phase: str, elapsed: float) -> None:
+        if self.progress.update(party, phase, elapsed):
+            self._print(f"{party}: {self.progress.stages[party]}")
+
+    def close(self, ok: bool = True) -> None:
+        self._print("secure run finished" if ok else "secure run failed")
+
+
+class BarDisplay(Display):
+    """One tqdm line naming every party's stage."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        super().__init__(progress)
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=None, desc="secure run", bar_format="{desc} [{elapsed}]",
+                        leave=False)
+
+    def update(self, party: str, phase: str, elapsed: float) -> None:
+        super().update(party, phase, elapsed)
+        self.bar.set_description_str(f"secure run: {self.progress.summary()}")
+
+    def close(self, ok: bool = True) -> None:
+        self.bar.close()
+
+
+class WidgetDisplay(Display):
+    """A live table of parties, stages and elapsed time (an ipywidgets HTML widget)."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        super().__init__(progress)
+        import ipywidgets
+        from IPython.display import display
+
+        self.widget = ipywidgets.HTML(self._html("running"))
+        self.widget.add_class("ppa-progress")
+        display(self.widget)
+
+    def _html(self, state: str) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(p)}</td><td>{html.escape(s)}</td><td>{e:.1f} s</td></tr>"
+            for p, s, e in self.progress.rows())
+        return (f"<b>secure run {html.escape(state)}</b> ({self.progress.wall:.1f} s)"
+                f"<table><tr><th>party</th><th>stage</th><th>elapsed</th></tr>{rows}</table>")
+
+    def update(self, party: str, phase: str, elapsed: float) -> None:
+        super().update(party, phase, elapsed)
+        self.widget.value = self._html("running")
+
+    def close(self, ok: bool = True) -> None:
+        self.widget.value = self._html("finished" if ok else "failed")
+
+
+def widget_frontend() -> bool:
+    """Whether a widget-rendering front-end (e.g. JupyterLab) is connected to this kernel.
+
+    JupyterLab's widget manager opens the ``jupyter.widget.control`` comm when it
+    connects; papermill and nbconvert never do.
+    """
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from ipywidgets import Widget
+    except ImportError:
+        return False
+    return getattr(Widget, "_control_comm", None) is not None
+
+
+def choose_mode(mode: str = "auto") -> str:
+    """Resolve ``auto``: $PPA_PROGRESS, else widget in a live front-end, text in other
+    kernels (papermill), a bar on a terminal, nothing in logs."""
+    if mode not in MODES:
+        raise ValueError(f"progress must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    forced = os.environ.get(ENV_MODE, "").strip().lower()
+    if forced in MODES and forced != "auto":
+        return forced
+    if "ipykernel" in sys.modules:
+        return "widget" if widget_frontend() else "text"
+    return "bar" if sys.stderr.isatty() else "off"
+
+
+def make_display(mode: str, names: list[str]) -> Display | None:
+    """A display for a run at ``names`` (None for ``off``)."""
+    chosen = choose_mode(mode)
+    progress = RunProgress(names)
+    if chosen == "widget":
+        try:
+            return WidgetDisplay(progress)
+        except ImportError:
+            logger.info("ipywidgets is not installed; showing progress as text")
+            chosen = "text"
+    if chosen == "text":
+        return TextDisplay(progress)
+    if chosen == "bar":
+        return BarDisplay(progress)
+    return None
