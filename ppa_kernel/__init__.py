@@ -16,6 +16,7 @@ __all__ = [
     "PlanError",
     "PolicyRefused",
     "__version__",
+    "current_consortium",
     "format_table",
     "plot",
     "query_builder",
@@ -41,6 +42,10 @@ def __getattr__(name: str):
         from .client import Consortium
 
         return Consortium
+    if name == "current_consortium":
+        from .notebook import current_consortium
+
+        return current_consortium
     if name == "plot":
         from .plotting import plot
 

@@ -66,6 +66,12 @@ class RunProgress:
         with self._lock:
             return [(name, self.stages[name], self.elapsed[name]) for name in self.stages]
 
+    def slowest(self) -> str:
+        """The earliest stage any party is still in."""
+        order = {stage: i for i, stage in enumerate(STAGES)}
+        with self._lock:
+            return min(self.stages.values(), key=lambda s: order.get(s, len(STAGES)))
+
     def summary(self) -> str:
         """One line: every party's stage."""
         return ", ".join(f"{party} {stage}" for party, stage, _ in self.rows())
@@ -85,20 +91,24 @@ class Display:
 
 
 class TextDisplay(Display):
-    """A printed line whenever a party enters a new stage."""
+    """A printed line each time the slowest party enters a new stage (saved outputs)."""
 
     def __init__(self, progress: RunProgress, stream: Any = None) -> None:
         super().__init__(progress)
         self.stream = stream
-        self._print(f"secure run started: {', '.join(progress.stages)}")
+        self.shown = ""
+        self._print(f"secure run at {', '.join(progress.stages)}: policy check")
 
     def _print(self, text: str) -> None:
         print(f"[{self.progress.wall:6.1f} s] {text}", file=self.stream or sys.stdout,
               flush=True)
 
     def update(self, party: str, phase: str, elapsed: float) -> None:
-        if self.progress.update(party, phase, elapsed):
-            self._print(f"{party}: {self.progress.stages[party]}")
+        self.progress.update(party, phase, elapsed)
+        stage = self.progress.slowest()
+        if stage != self.shown and stage != "done":
+            self.shown = stage
+            self._print(stage)
 
     def close(self, ok: bool = True) -> None:
         self._print("secure run finished" if ok else "secure run failed")

@@ -1,0 +1,171 @@
+"""The IPython extension: %ppa and %%secure in a real IPython shell against real parties."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from oracle import assert_matches, expected, join
+
+pytest.importorskip("IPython")
+
+from IPython.core.interactiveshell import InteractiveShell
+
+from ppa_kernel.notebook.cell import build_query
+from ppa_kernel.results import format_html
+
+PARTIES = ["insurer", "hospital", "bureau"]
+HEADLINE = """
+t = link(insurer, hospital, bureau)
+t = t.assign(cost_change=t.cost_2021 - t.cost_2020)
+t.groupby(["income_band", "app_user"]).agg(n=("cost_change", "count"),
+                                           mean=("cost_change", "mean"))
+"""
+
+
+@pytest.fixture(scope="module")
+def shell(consortium):
+    """An IPython shell with the extension loaded, connected to the test consortium."""
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ppa_kernel")
+    config = consortium.local_parties.folder / "consortium.toml"
+    ip.run_line_magic("ppa", f"connect {config}")
+    yield ip
+    ip.run_line_magic("unload_ext", "ppa_kernel")
+
+
+def run(shell, text: str):
+    return shell.run_cell(text)
+
+
+def test_secure_cell_releases_the_oracle_table_and_binds_it(shell, consortium, demo_data,
+                                                           capsys):
+    result = run(shell, "%%secure -o effect --progress text\n" + HEADLINE)
+    assert result.success, result.error_in_exec
+    got = shell.user_ns["effect"]
+    assert result.result is got
+    plain = join(demo_data, PARTIES)
+    levels = consortium.catalog["bureau"]["income_band"]["levels"]
+    change = lambda r: r.cost_2021 - r.cost_2020  # noqa: E731
+    want, mask = expected(plain, ["income_band", "app_user"], [levels, [False, True]],
+                          {"n": (change, "count"), "mean": (change, "mean")})
+    assert_matches(got, want, mask)
+    printed = capsys.readouterr().out
+    assert "linkage" in printed and "secure run finished" in printed  # text progress
+    html = shell.display_formatter.format(got)[0]["text/html"]
+    assert html == format_html(got)
+    if mask.to_numpy().any():
+        assert "ppa-suppressed" in html
+
+
+def test_default_name_and_a_single_party_frame(shell, demo_data):
+    assert run(shell, "%%secure\ninsurer[insurer.age >= 40].agg(n=('cost_2021', 'count'))"
+               ).success
+    got = shell.user_ns["_secure"]
+    ins = demo_data["insurer"]
+    assert got["n"].iloc[0] == ins.loc[ins.age >= 40, "cost_2021"].notna().sum()
+
+
+def test_show_plan_prints_the_plan_and_hash_the_parties_audit(shell, consortium, capsys):
+    assert run(shell, "%%secure --show-plan --dry-run\n" + HEADLINE).success
+    out = capsys.readouterr().out
+    query = build_query(HEADLINE, consortium)
+    plan = consortium.prepare(query.plan())
+    from ppa_kernel.plan import plan_hash
+
+    assert f"plan {plan_hash(plan)}" in out
+    assert json.dumps(plan, indent=2) in out
+    assert "dry run" in out and "nothing was computed" in out
+
+
+def test_dry_run_computes_nothing(shell, consortium):
+    shell.user_ns.pop("dry", None)
+    audit = consortium.local_parties.folder / "state" / "insurer"
+    before = _audit_events(audit)
+    assert run(shell, "%%secure -o dry --dry-run\n" + HEADLINE).success
+    assert "dry" not in shell.user_ns
+    new = _audit_events(audit)[len(before):]
+    assert [e["event"] for e in new] == ["plan_checked"]
+
+
+def _audit_events(folder) -> list[dict]:
+    files = sorted(folder.glob("**/*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ("t = link()\nt.agg(n=('no_such_column', 'count'))", "unknown column 'no_such_column'"),
+    ("t = link()\nt.groupby('income_band')", "no aggregate"),
+    ("t = link()", "must end with a query"),
+    ("t = link(\n", "syntax error"),
+    ("link('nowhere').count()", "unknown parties"),
+])
+def test_user_mistakes_are_one_clear_line_without_traceback(shell, capsys, body, needle):
+    result = run(shell, "%%secure\n" + body)
+    assert not result.success
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert needle in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(("cell", "needle"), [
+    ("%%secure --bogus\nt", "unrecognized arguments: --bogus"),
+    ("%%secure -o 1x\nt", "-o needs a variable name"),
+    ("%%secure --timeout -1\nt", "--timeout must be a positive"),
+    ("%ppa connect", "usage: %ppa connect"),
+    ("%ppa status extra", "takes no argument"),
+    ("%ppa frobnicate", "invalid choice"),
+])
+def test_usage_errors_are_one_line(shell, capsys, cell, needle):
+    result = run(shell, cell)
+    assert not result.success
+    text = "".join(capsys.readouterr())
+    assert "UsageError" in text and needle in text
+    assert "Traceback" not in text
+
+
+def test_errors_from_several_parties_are_shown_per_party():
+    from ppa_kernel.errors import ConsortiumError, PolicyRefused
+    from ppa_kernel.notebook.magics import error_lines
+
+    error = ConsortiumError([
+        PolicyRefused("column 'age' is not approved by insurer", party="insurer"),
+        PolicyRefused("statistic 'var' is not allowed by bureau", party="bureau",
+                      hint="ask the bureau"),
+    ])
+    lines = error_lines(error)
+    assert lines[0] == "secure run failed:"
+    assert lines[1].strip().startswith("insurer: PolicyRefused: column 'age'")
+    assert lines[2].strip().startswith("bureau: PolicyRefused: statistic 'var'")
+    assert "hint: ask the bureau" in lines[2]
+
+
+def test_status_and_catalog(shell, consortium):
+    status = shell.run_line_magic("ppa", "status")
+    assert list(status.index) == PARTIES
+    assert status["reachable"].all()
+    assert status.loc["insurer", "rows"] == consortium.parties["insurer"]["rows"]
+    catalog = shell.run_line_magic("ppa", "catalog")
+    assert set(catalog["party"]) == set(PARTIES)
+    assert {"column", "kind", "levels or range", "uses"} <= set(catalog.columns)
+
+
+def test_not_connected_says_what_to_do(capsys):
+    ip = InteractiveShell.instance()
+    session = ip._ppa_session
+    saved, session.consortium = session.consortium, None
+    try:
+        result = ip.run_cell("%%secure\nt = link()\nt.count()")
+        assert not result.success
+        text = "".join(capsys.readouterr())
+        assert "%ppa demo" in text
+    finally:
+        session.consortium = saved
+
+
+def test_plain_dataframes_keep_pandas_display(shell):
+    frame = pd.DataFrame({"a": [1, 2]})
+    html = shell.display_formatter.format(frame)[0]["text/html"]
+    assert html == frame._repr_html_()
