@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo lab test lint bench
 
 $(BIN)/ppa: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ install: $(BIN)/ppa
 demo: install  ## install, then run the local three-party demo
 	$(BIN)/ppa demo --out ppa-demo
 
+lab: install  ## install, then open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks
+
 test: install  ## install, then run the test suite
-	$(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .

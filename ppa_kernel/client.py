@@ -26,6 +26,7 @@ from .errors import (
     ConsortiumError,
     PartyFailed,
     PartyUnreachable,
+    PlanError,
     PPAError,
     RunTimeout,
     error_from_dict,
@@ -159,7 +160,7 @@ class Consortium:
         chosen = list(parties) or self.names
         unknown = [p for p in chosen if p not in self.names]
         if unknown:
-            raise PartyFailed(f"unknown parties {unknown}", hint=f"parties are {self.names}")
+            raise PlanError(f"unknown parties {unknown}", hint=f"parties are {self.names}")
         ordered = [p for p in self.names if p in chosen]
         return SecureFrame(self.catalog, self.names, ordered, runner=self)
 

@@ -309,6 +309,16 @@ class SecureFrame:
 
     # ------------------------------------------------------------- resolution
     @property
+    def parties(self) -> list[str]:
+        """All parties of the consortium, in MPC order."""
+        return list(self._parties)
+
+    @property
+    def linked(self) -> list[str]:
+        """The parties this frame links."""
+        return list(self._link)
+
+    @property
     def columns(self) -> list[str]:
         """Qualified names (``party.column``) of all columns of the linked parties."""
         return [f"{p}.{c}" for p in self._link for c in self._catalog.get(p, {})]

@@ -27,7 +27,7 @@ def cell_namespace(consortium: Any, user_ns: Mapping[str, Any] | None = None) ->
         names = []
         for party in parties:
             if isinstance(party, SecureFrame):
-                names.extend(party._link)
+                names.extend(party.linked)
             elif isinstance(party, str):
                 names.append(party)
             else:

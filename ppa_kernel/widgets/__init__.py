@@ -1,0 +1,58 @@
+"""The query builder: a panel of standard widgets over plain query specs.
+
+:class:`QuerySpec` and the functions of :mod:`.spec` hold the logic (and need no
+ipywidgets); :class:`QueryBuilder` maps the panel's controls to a spec::
+
+    from ppa_kernel.widgets import QueryBuilder
+    QueryBuilder(consortium)          # or ppa_kernel.query_builder() after %ppa demo
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .spec import (
+    QuerySpec,
+    build_query,
+    catalog_choices,
+    load_spec,
+    run_spec,
+    save_spec,
+    spec_figure,
+    spec_to_code,
+)
+
+if TYPE_CHECKING:
+    from .panel import QueryBuilder
+
+__all__ = [
+    "QueryBuilder",
+    "QuerySpec",
+    "build_query",
+    "catalog_choices",
+    "load_spec",
+    "query_builder",
+    "run_spec",
+    "save_spec",
+    "spec_figure",
+    "spec_to_code",
+]
+
+
+def query_builder(consortium: Any = None, **kwargs: Any) -> QueryBuilder:
+    """A query builder panel on ``consortium`` (default: the notebook's, after ``%ppa``)."""
+    from .panel import QueryBuilder
+
+    if consortium is None:
+        from ..notebook import current_consortium
+
+        consortium = current_consortium()
+    return QueryBuilder(consortium, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "QueryBuilder":  # ipywidgets is imported only when the panel is used
+        from .panel import QueryBuilder
+
+        return QueryBuilder
+    raise AttributeError(name)

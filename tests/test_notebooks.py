@@ -1,0 +1,152 @@
+"""The notebooks run top to bottom under papermill; their released tables match pandas.
+
+The quickstart starts its own demo consortium; the study and the query builder connect
+to the test consortium. The study runs with two parameter sets: its defaults, and the
+spec the query builder notebook exported (passed with papermill's ``-f``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from oracle import assert_matches, expected, join
+
+papermill = pytest.importorskip("papermill")
+
+from ppa_kernel.synthetic import generate  # noqa: E402
+
+pytestmark = pytest.mark.notebooks
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+PARTIES = ["insurer", "hospital", "bureau"]
+TIMEOUT = 300
+
+
+def run_notebook(name: str, folder: Path, parameters: dict, *, spec: Path | None = None
+                 ) -> Path:
+    """Execute a notebook with papermill's command line; fail with the cell's error."""
+    out = folder / f"executed-{name}"
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / name), str(out),
+           "--cwd", str(folder), "--kernel", "python3", "--execution-timeout", str(TIMEOUT),
+           "--no-progress-bar"]
+    if spec is not None:
+        cmd += ["-f", str(spec)]
+    for key, value in parameters.items():
+        cmd += ["-p", key, str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * TIMEOUT,
+                          env={"PPA_PROGRESS": "text", **_env()})
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+    return out
+
+
+def _env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PPA_PROGRESS"}
+
+
+def read_released(path: Path, n_index: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    index = list(range(n_index))
+    table = pd.read_csv(path, index_col=index)
+    mask = pd.read_csv(path.with_name(path.stem + ".suppressed.csv")
+                       if path.with_name(path.stem + ".suppressed.csv").exists()
+                       else path.parent / "suppressed_cells.csv", index_col=index)
+    return table, mask.astype(bool)
+
+
+def check(table: pd.DataFrame, mask: pd.DataFrame, plain: pd.DataFrame, by: list[str],
+          aggs: dict, min_cell: int) -> None:
+    """The written table equals the pandas oracle over the same cells."""
+    levels = [list(dict.fromkeys(table.index.get_level_values(i))) for i in range(len(by))]
+    levels = [[_level(v) for v in lv] for lv in levels]
+    want, want_mask = expected(plain, by, levels, aggs, min_cell=min_cell)
+    table.attrs["suppressed"] = mask
+    table.index = want.index
+    mask.index = want.index
+    assert_matches(table, want, want_mask)
+    assert (~want_mask).to_numpy().any(), "some cells must be released"
+
+
+def _level(value):
+    """CSV round trip: 'True'/'False' back to booleans."""
+    return {"True": True, "False": False}.get(value, value) if isinstance(value, str) \
+        else bool(value) if isinstance(value, np.bool_) else value
+
+
+def change(rows: pd.DataFrame) -> pd.Series:
+    return rows.cost_2021 - rows.cost_2020
+
+
+def test_quickstart_starts_its_demo_and_releases_the_oracle_tables(tmp_path):
+    out = tmp_path / "released"
+    run_notebook("01-quickstart.ipynb", tmp_path, {"demo_rows": 300, "output_dir": out})
+    plain = join(generate(300, 7), PARTIES)
+    table, mask = read_released(out / "effect.csv", 2)
+    check(table, mask, plain, ["income_band", "app_user"],
+          {"n": (change, "count"), "mean": (change, "mean"), "sd": (change, "std")}, 10)
+    households, mask = read_released(out / "households.csv", 1)
+    users = plain[plain.app_user]
+    check(households, mask, users, ["household"],
+          {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")}, 10)
+    assert mask.to_numpy().any(), "the demo shows a suppressed cell"
+    ages, mask = read_released(out / "ages.csv", 1)
+    edges = [18, 30, 40, 50, 60, 70, 80, 90]
+    hospital_insurer = join(generate(300, 7), ["insurer", "hospital"])
+    counts, _ = np.histogram(hospital_insurer.loc[hospital_insurer.app_user, "age"], edges)
+    released = ~mask["count"].to_numpy()
+    assert np.array_equal(ages["count"].to_numpy()[released], counts[released])
+    assert (counts[~released] < 10).all()
+
+
+@pytest.fixture(scope="module")
+def builder_run(consortium, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("builder")
+    config = consortium.local_parties.folder / "consortium.toml"
+    run_notebook("03-query-builder.ipynb", folder,
+                 {"consortium_file": config, "output_dir": folder / "out"})
+    return folder / "out"
+
+
+def test_query_builder_notebook_runs_and_exports(builder_run, demo_data):
+    table, mask = read_released(builder_run / "builder_table.csv", 1)
+    plain = join(demo_data, PARTIES)
+    check(table, mask, plain[plain.age >= 40], ["income_band"],
+          {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")}, 10)
+    assert (builder_run / "query.yaml").exists()
+
+
+@pytest.mark.parametrize("parameter_set", ["defaults", "builder export"])
+def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, builder_run,
+                                       tmp_path):
+    config = consortium.local_parties.folder / "consortium.toml"
+    out = tmp_path / "study"
+    plain = join(demo_data, PARTIES)
+    if parameter_set == "defaults":
+        run_notebook("02-app-effect-study.ipynb", tmp_path,
+                     {"consortium_file": config, "output_dir": out})
+        by, aggs, rows = ["income_band", "app_user"], \
+            {"n": (change, "count"), "mean": (change, "mean")}, plain
+    else:
+        run_notebook("02-app-effect-study.ipynb", tmp_path,
+                     {"consortium_file": config, "output_dir": out},
+                     spec=builder_run / "query.yaml")
+        by, aggs, rows = ["income_band"], \
+            {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")}, \
+            plain[plain.age >= 40]
+    table, mask = read_released(out / "released_table.csv", len(by))
+    check(table, mask, rows, by, aggs, 10)
+    record = json.loads((out / "plan.json").read_text())
+    assert record["plan"]["min_cell_size"] >= 10
+    assert len(record["plan_hash"]) == 64
+    assert (out / "figure.png").stat().st_size > 10_000
+    if parameter_set == "defaults":
+        difference = pd.read_csv(out / "difference.csv", index_col=0)
+        means = table["mean"].unstack("app_user")
+        np.testing.assert_allclose(difference.iloc[:, 0].to_numpy(),
+                                   (means[True] - means[False]).to_numpy())

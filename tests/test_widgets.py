@@ -1,0 +1,457 @@
+"""Query specs and the query builder panel (no browser; real parties for the runs)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import html
+import importlib.util
+import json
+import re
+
+import ipywidgets as widgets
+import pandas as pd
+import pytest
+import yaml
+from oracle import assert_matches, expected, join
+from test_expressions import CATALOG
+
+from ppa_kernel.errors import ConsortiumError, PlanError, PolicyRefused
+from ppa_kernel.frame import SecureFrame
+from ppa_kernel.notebook import cell
+from ppa_kernel.widgets import (
+    QueryBuilder,
+    QuerySpec,
+    build_query,
+    load_spec,
+    run_spec,
+    save_spec,
+    spec_to_code,
+)
+from ppa_kernel.widgets.spec import catalog_choices, combine_conditions, filter_condition
+
+PARTIES = ["insurer", "hospital", "bureau"]
+ALL_USES = ["filter", "group", "measure"]
+
+
+class FakeConsortium:
+    """The catalog side of a Consortium; runs go to ``runner`` (no parties)."""
+
+    def __init__(self, catalog: dict, runner=None, min_cell: int = 10) -> None:
+        self.names = list(catalog)
+        self.catalog = catalog
+        self.runner = runner
+        self._min_cell = min_cell
+
+    def min_cell_size(self) -> int:
+        return self._min_cell
+
+    def link(self, *parties: str) -> SecureFrame:
+        return SecureFrame(self.catalog, self.names, list(parties) or self.names, self.runner)
+
+
+class FailingRunner:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.timeouts: list = []
+
+    def run(self, plan, *, timeout=None, progress=None):
+        self.timeouts.append(timeout)
+        raise self.error
+
+
+def with_uses(catalog: dict, uses: list[str] = ALL_USES) -> dict:
+    out = copy.deepcopy(catalog)
+    for columns in out.values():
+        for meta in columns.values():
+            meta["uses"] = list(uses)
+    return out
+
+
+@pytest.fixture
+def fake() -> FakeConsortium:
+    return FakeConsortium(with_uses(CATALOG))
+
+
+def cell_plan(code: str, consortium) -> dict:
+    first, body = code.split("\n", 1)
+    assert first == "%%secure -o result"
+    return cell.build_query(body, consortium).plan()
+
+
+# ----------------------------------------------------------------------------- specs
+SPECS = [
+    QuerySpec(),
+    QuerySpec(outcome="cost_2021", statistic="sum"),
+    QuerySpec(outcome="insurer.cost_2021", statistic="count", group_by=["region"]),
+    QuerySpec(outcome="cost_2021 - cost_2020", statistic="mean",
+              group_by=["income_band", "app_user"],
+              cohort="insurer.age >= 40 and region in ['North', 'South']", min_cell_size=12),
+    QuerySpec(parties=["insurer", "hospital"], outcome="visits / 2 + 1", statistic="std",
+              cohort="not app_user or (visits > 2 and hospital.age < 80)"),
+    QuerySpec(parties=["bureau"], group_by=["filter"], cohort="income_band != 'low'"),
+    QuerySpec(outcome="-visits", statistic="var", cohort="app_user & ~(region == 'East')",
+              min_cell_size=25),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=range(len(SPECS)))
+def test_spec_code_builds_the_same_plan_as_build_query(fake, spec):
+    code = spec_to_code(spec)
+    assert cell_plan(code, fake) == build_query(spec, fake).plan()
+
+
+def test_build_query_plan(fake):
+    spec = SPECS[3]
+    t = fake.link()
+    t = t.assign(change=t.cost_2021 - t.cost_2020)
+    t = t[(t["insurer.age"] >= 40) & t.region.isin(["North", "South"])]
+    want = (t.groupby(["income_band", "app_user"])
+            .agg(n=("change", "count"), mean=("change", "mean")).with_min_cell_size(12))
+    assert build_query(spec, fake).plan() == want.plan()
+    counted = build_query(QuerySpec(group_by=["region"], statistic="mean"), fake).plan()
+    assert counted["aggregates"] == [{"name": "n", "stat": "size", "expr": None}]
+    only_count = build_query(QuerySpec(outcome="visits", statistic="count"), fake).plan()
+    assert [a["name"] for a in only_count["aggregates"]] == ["n"]
+
+
+def test_spec_to_code_text():
+    code = spec_to_code(SPECS[3], out="table")
+    assert code.splitlines() == [
+        "%%secure -o table",
+        "t = link()",
+        "t = t.assign(outcome=t.cost_2021 - t.cost_2020)",
+        "t = t[(t['insurer.age'] >= 40) & t.region.isin(['North', 'South'])]",
+        "(t.groupby(['income_band', 'app_user'])",
+        " .agg(n=('outcome', 'count'), mean=('outcome', 'mean'))",
+        " .with_min_cell_size(12))"]
+    assert spec_to_code(QuerySpec(parties=["bureau"])).splitlines()[1:] == [
+        "t = link('bureau')", "t.agg(n='size')"]
+    with pytest.raises(PlanError, match="variable name"):
+        spec_to_code(QuerySpec(), out="1x")
+
+
+def test_unsafe_spec_text_is_refused_everywhere(fake):
+    spec = QuerySpec(outcome="__import__('os').system('true')")
+    with pytest.raises(PlanError, match="function calls"):
+        build_query(spec, fake)
+    with pytest.raises(PlanError, match="function calls"):
+        spec_to_code(spec)
+    with pytest.raises(PlanError, match="subscripts"):
+        build_query(QuerySpec(cohort="visits[0] > 1"), fake)
+
+
+def test_spec_dict_round_trip_and_papermill_values():
+    for spec in SPECS:
+        assert QuerySpec.from_dict(spec.to_dict()) == spec
+        assert list(spec.to_dict()) == [f.name for f in dataclasses.fields(QuerySpec)]
+    assert QuerySpec.from_dict({}) == QuerySpec()
+    papermill = {"group_by": "income_band, app_user", "min_cell_size": "12",
+                 "parties": ["insurer", "bureau"], "outcome": None}
+    assert QuerySpec.from_dict(papermill) == QuerySpec(
+        parties=["insurer", "bureau"], group_by=["income_band", "app_user"], min_cell_size=12)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"outcome": "x", "groupby": ["a"], "timeout": 3},
+     "unknown query spec key(s): groupby, timeout"),
+    ({"statistic": "median"}, "unknown statistic 'median'"),
+    ({"min_cell_size": 0}, "positive whole number"),
+    ({"min_cell_size": True}, "positive whole number"),
+    ({"group_by": [1, 2]}, "list of names"),
+    ({"cohort": 3}, "must be text"),
+    (["parties"], "must be a mapping"),
+])
+def test_spec_from_dict_refuses_bad_values(data, message):
+    with pytest.raises(PlanError) as caught:
+        QuerySpec.from_dict(data)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
+def test_spec_files_round_trip(tmp_path, suffix):
+    spec = SPECS[3]
+    path = save_spec(spec, tmp_path / "sub" / f"query{suffix}")
+    assert path.is_absolute() and path.exists()
+    assert load_spec(path) == spec
+    text = path.read_text()
+    data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    assert data == spec.to_dict()  # the papermill parameters, by the same names
+
+
+def test_spec_files_errors(tmp_path):
+    with pytest.raises(PlanError, match=r"\.yaml, \.yml or \.json"):
+        save_spec(QuerySpec(), tmp_path / "query.txt")
+    (tmp_path / "bad.yaml").write_text("outcome: [unclosed\n")
+    with pytest.raises(PlanError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        load_spec(tmp_path / "bad.json")
+    (tmp_path / "typo.yaml").write_text("outcome: cost_2021\nstatistics: mean\n")
+    with pytest.raises(PlanError, match=r"unknown query spec key.*statistics"):
+        load_spec(tmp_path / "typo.yaml")
+    (tmp_path / "empty.yml").write_text("")
+    assert load_spec(tmp_path / "empty.yml") == QuerySpec()
+
+
+# --------------------------------------------------------------------------- choices
+POLICY_CATALOG = {
+    "insurer": {
+        "age": {"kind": "numeric", "min": 18.0, "max": 90.0, "uses": ["filter", "measure",
+                                                                      "group"]},
+        "cost": {"kind": "numeric", "min": 0.0, "max": 100.0, "uses": ["measure"]},
+        "region": {"kind": "categorical", "levels": ["East", "North"], "uses": ["filter"]},
+        "sex": {"kind": "categorical", "levels": ["F", "M"], "uses": ["group"]},
+        "postcode": {"kind": "categorical", "levels": None, "uses": ALL_USES},
+        "secret": {"kind": "numeric", "min": 0.0, "max": 1.0},  # no uses published
+        "weird name": {"kind": "numeric", "min": 0.0, "max": 1.0, "uses": ALL_USES},
+    },
+    "hospital": {
+        "age": {"kind": "numeric", "min": 0.0, "max": 99.0, "uses": ["filter"]},
+        "app_user": {"kind": "bool", "levels": [False, True], "uses": ["group", "filter"]},
+        "visits": {"kind": "numeric", "min": 0.0, "max": 50.0, "uses": []},
+    },
+}
+
+
+def test_catalog_choices_follow_the_policies():
+    choices = catalog_choices(POLICY_CATALOG, [])
+    assert choices["filter"] == {
+        "insurer.age": {"kind": "numeric", "min": 18.0, "max": 90.0},
+        "region": {"kind": "categorical", "levels": ["East", "North"]},
+        "hospital.age": {"kind": "numeric", "min": 0.0, "max": 99.0},
+        "app_user": {"kind": "bool", "levels": [False, True]}}
+    assert choices["group"] == {"sex": ["F", "M"], "app_user": [False, True]}
+    assert choices["measure"] == ["insurer.age", "cost"]
+
+
+def test_catalog_choices_qualify_only_ambiguous_names():
+    insurer = catalog_choices(POLICY_CATALOG, ["insurer"])
+    assert "age" in insurer["filter"] and insurer["measure"] == ["age", "cost"]
+    hospital = catalog_choices(POLICY_CATALOG, ["hospital"])
+    assert list(hospital["filter"]) == ["age", "app_user"] and hospital["measure"] == []
+    with pytest.raises(PlanError, match="unknown parties nobody"):
+        catalog_choices(POLICY_CATALOG, ["nobody"])
+
+
+def test_filter_conditions():
+    numeric = {"kind": "numeric", "min": 18.0, "max": 90.0}
+    assert filter_condition("age", numeric, low=40.0, high=65.5) == "age >= 40 and age <= 65.5"
+    assert filter_condition("age", numeric, low=None, high=65) == "age <= 65"
+    levels = {"kind": "categorical", "levels": ["East", "North"]}
+    assert filter_condition("region", levels, values=["North"]) == "region == 'North'"
+    assert filter_condition("region", levels, values=("East", "North")) == \
+        "region in ['East', 'North']"
+    assert filter_condition("app_user", {"kind": "bool", "levels": [False, True]},
+                            values=[True]) == "app_user == True"
+    with pytest.raises(PlanError, match="at least one value"):
+        filter_condition("region", levels, values=[])
+    with pytest.raises(PlanError, match="not values"):
+        filter_condition("region", levels, values=["West"])
+    assert combine_conditions(["a > 1", "", "b or c", "not d"]) == "a > 1 and (b or c) and not d"
+    assert combine_conditions(["b or c"]) == "b or c"
+    assert combine_conditions([]) == ""
+
+
+# ----------------------------------------------------------------------------- panel
+def controls(builder: QueryBuilder) -> list[widgets.Widget]:
+    found, todo = [], [builder.widget]
+    while todo:
+        widget = todo.pop()
+        found.append(widget)
+        todo.extend(getattr(widget, "children", ()))
+    return found
+
+
+def status_text(builder: QueryBuilder) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", builder.status.value))
+
+
+def test_panel_labels_and_css_classes(fake):
+    builder = QueryBuilder(fake)
+    found = controls(builder)
+    descriptions = {getattr(w, "description", "") for w in found}
+    assert {"Parties", "Filter on", "Group by", "Outcome", "Statistic", "Run", "Show code",
+            "Export", "Export to", "Min cell size", "or expression", "Add filter",
+            "Clear filters"} <= descriptions
+    classes = {c for w in found for c in w._dom_classes}
+    assert {"ppa-query-builder", "ppa-parties", "ppa-filter-on", "ppa-group-by", "ppa-outcome",
+            "ppa-statistic", "ppa-run", "ppa-show-code", "ppa-export", "ppa-export-path",
+            "ppa-status", "ppa-result", "ppa-code"} <= classes
+    builder.filter_on.value = "region"  # a categorical filter shows its values
+    assert found and builder.filter_values.description == "Values"
+    for widget in found:  # every input control has a visible label
+        if isinstance(widget, widgets.ValueWidget) and not isinstance(widget, widgets.HTML):
+            assert widget.description, widget
+    assert builder.min_cell_size.value == 10 and builder.export_path.value == "query.yaml"
+
+
+def test_panel_controls_make_the_spec(fake):
+    builder = QueryBuilder(fake)
+    builder.parties.value = ("insurer", "bureau")
+    assert "app_user" not in builder.group_by.options  # choices follow the parties
+    assert "age" in builder.filter_on.options  # unique among insurer and bureau
+    builder.filter_on.value = "region"
+    assert builder.filter_values.label == () and builder.filter_values.value == ()
+    assert [label for label, _ in builder.filter_values.options] == \
+        ["Central", "East", "North", "South"]
+    builder.filter_values.value = ("North", "South")
+    builder.add_filter.click()
+    builder.filter_on.value = "age"
+    assert (builder.filter_from.value, builder.filter_to.value) == (18.0, 90.0)
+    builder.filter_from.value = 40
+    builder.add_filter.click()
+    builder.group_by.value = ("income_band",)
+    builder.outcome.value = "cost_2021"
+    builder.statistic.value = "std"
+    builder.min_cell_size.value = 15
+    assert builder.spec() == QuerySpec(
+        parties=["insurer", "bureau"], outcome="cost_2021", statistic="std",
+        group_by=["income_band"], cohort="region in ['North', 'South'] and age >= 40 and "
+                                         "age <= 90", min_cell_size=15)
+    assert "age &gt;= 40" in builder.filters.value
+    builder.outcome_expression.value = "cost_2021 - cost_2020"  # an expression wins
+    assert builder.spec().outcome == "cost_2021 - cost_2020"
+    builder.clear_filters.click()
+    assert builder.spec().cohort == ""
+    builder.outcome_expression.value = ""
+    builder.outcome.value = ""
+    assert builder.statistic.disabled and builder.spec().outcome == ""
+
+
+def test_panel_set_spec_round_trip(fake):
+    builder = QueryBuilder(fake)
+    for spec in SPECS:
+        spec = dataclasses.replace(spec, parties=spec.parties or list(fake.names),
+                                   min_cell_size=spec.min_cell_size or 10)
+        builder.set_spec(spec)
+        assert builder.spec() == spec
+    builder.set_spec(QuerySpec(parties=["bureau"], group_by=["bureau.filter"]))
+    assert builder.spec().group_by == ["filter"]
+    with pytest.raises(PlanError, match="cannot group by 'visits'"):
+        builder.set_spec(QuerySpec(group_by=["visits"]))
+    with pytest.raises(PlanError, match="unknown parties"):
+        builder.set_spec(QuerySpec(parties=["nobody"]))
+
+
+def test_panel_show_code_and_export(fake, tmp_path):
+    builder = QueryBuilder(fake)
+    builder.set_spec(SPECS[3])
+    builder.code_button.click()
+    shown = html.unescape(re.sub(r"<[^>]+>", "", builder.code.value))
+    assert shown == spec_to_code(builder.spec())
+    builder.export_path.value = str(tmp_path / "study" / "query.yaml")
+    builder.export_button.click()
+    assert load_spec(tmp_path / "study" / "query.yaml") == builder.spec()
+    assert "Exported to" in status_text(builder) and "-f" in status_text(builder)
+    assert builder.export(tmp_path / "q.json") == (tmp_path / "q.json").resolve()
+
+
+def test_panel_shows_errors_not_tracebacks(tmp_path):
+    refusal = ConsortiumError([PolicyRefused("cost_2021 may not be grouped", party="bureau")])
+    runner = FailingRunner(refusal)
+    builder = QueryBuilder(FakeConsortium(with_uses(CATALOG), runner), timeout=42)
+    builder.run_button.click()  # a click never raises
+    assert "[bureau] cost_2021 may not be grouped" in status_text(builder)
+    assert runner.timeouts == [42]  # runs never wait forever
+    assert not builder.run_button.disabled and builder.result is None
+    builder.outcome_expression.value = "cost_2021 - __import__('os')"
+    for button in (builder.run_button, builder.code_button, builder.export_button):
+        builder.status.value = ""
+        button.click()
+        assert "not allowed in expressions: function calls" in status_text(builder)
+        assert "Traceback" not in builder.status.value
+    builder.outcome_expression.value = ""
+    builder.export_path.value = str(tmp_path / "query.csv")
+    builder.export_button.click()
+    assert ".yaml, .yml or .json" in status_text(builder)
+    assert not (tmp_path / "query.csv").exists()
+    builder.filter_on.value = "region"
+    builder.add_filter.click()  # no values chosen
+    assert "choose at least one value of region" in status_text(builder)
+    assert builder.spec().cohort == ""
+
+
+def test_panel_unexpected_errors_are_shown_briefly(monkeypatch, fake):
+    builder = QueryBuilder(fake)
+    monkeypatch.setattr("ppa_kernel.widgets.panel.spec_to_code",
+                        lambda spec: (_ for _ in ()).throw(KeyError("boom")))
+    builder.code_button.click()
+    assert "unexpected error (KeyError" in status_text(builder)
+
+
+# ------------------------------------------------------------------- real MPC runs
+LINKED = ["insurer", "hospital", "bureau"]
+
+
+@pytest.fixture(scope="module")
+def panel_run(consortium):
+    """One Run click at the real parties: change in cost by income band, for a cohort."""
+    builder = QueryBuilder(consortium, timeout=120)
+    builder.filter_on.value = "region"
+    builder.filter_values.value = ("North", "South", "East")
+    builder.add_filter.click()
+    builder.filter_on.value = "age"
+    builder.filter_from.value = 40
+    builder.add_filter.click()
+    builder.group_by.value = ("income_band",)
+    builder.outcome_expression.value = "cost_2021 - cost_2020"
+    builder.statistic.value = "mean"
+    builder.run_button.click()
+    return builder
+
+
+def test_panel_run_matches_pandas(panel_run, consortium, demo_data):
+    builder = panel_run
+    assert builder.spec().cohort == ("region in ['North', 'South', 'East'] and age >= 40 and "
+                                     "age <= 90")
+    result = builder.result
+    assert result is not None, status_text(builder)
+    plain = join(demo_data, LINKED)
+    cohort = plain[plain.region.isin(["North", "South", "East"]) & (plain.age >= 40)
+                   & (plain.age <= 90)]
+    change = lambda r: r.cost_2021 - r.cost_2020  # noqa: E731
+    want, mask = expected(cohort, ["income_band"],
+                          [consortium.catalog["bureau"]["income_band"]["levels"]],
+                          {"n": (change, "count"), "mean": (change, "mean")}, min_cell=10)
+    assert_matches(result, want, mask)
+    assert "Released" in status_text(builder)
+
+
+def test_panel_run_shows_the_released_table(panel_run):
+    builder = panel_run
+    result, page = builder.result, builder.result_html.value
+    mask = result.attrs["suppressed"]
+    cells = re.findall(r"<td>(.*?)</td>", page, flags=re.S)
+    shown = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in cells]
+    want = []
+    for (_, row), (_, hidden) in zip(result.iterrows(), mask.iterrows(), strict=True):
+        want.append("suppressed" if hidden["n"] else str(int(row["n"])))
+        want.append("suppressed" if hidden["mean"] else str(round(row["mean"], 2)))
+    assert shown == want
+    assert page.count('class="ppa-suppressed"') == int(mask.to_numpy().sum())
+    for level in result.index:
+        assert f">{level}<" in page
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ppa_kernel.plotting") is None,
+                    reason="ppa_kernel.plotting is not there yet")
+def test_panel_run_shows_a_figure(panel_run):
+    (output,) = panel_run.figure.outputs
+    page = output["data"]["text/html"]
+    assert page.startswith('<img src="data:image/png;base64,')
+    assert 'alt="Chart of mean by income_band' in page
+
+
+def test_run_spec_counts_rows(consortium, demo_data):
+    spec = QuerySpec(parties=["insurer", "hospital"], group_by=["app_user"],
+                     cohort="not (admissions_2020 > 0) or outpatient_visits >= 3",
+                     min_cell_size=12)
+    result = run_spec(spec, consortium, timeout=120, progress=False)
+    plain = join(demo_data, ["insurer", "hospital"])
+    keep = ~(plain.admissions_2020 > 0) | (plain.outpatient_visits >= 3)
+    want, mask = expected(plain[keep], ["app_user"], [[False, True]], {"n": (None, "size")},
+                          min_cell=12)
+    assert_matches(result, want, mask)
+    assert isinstance(result, pd.DataFrame) and result.attrs["plan"]["min_cell_size"] == 12
