@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import plotting  # noqa: F401  (registers the result.ppa accessor)
 from .config import ConsortiumConfig, PartyAddress, load_consortium
 from .errors import (
     ConsortiumError,

@@ -43,26 +43,12 @@ def plot_effect(table: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    means = table["mean"].unstack("app_user")
-    suppressed = table.attrs["suppressed"]["mean"].unstack("app_user")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.38
-    for i, user in enumerate(means.columns):
-        xs = [k + (i - 0.5) * width for k in range(len(means.index))]
-        label = "app users" if user else "non-users"
-        ax.bar(xs, means[user].fillna(0), width, label=label)
-        for x, gone in zip(xs, suppressed[user]):
-            if gone:
-                ax.text(x, 0, "suppressed", rotation=90, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(means.index)), [str(v) for v in means.index])
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("income band")
-    ax.set_ylabel("mean change in yearly costs, 2020 to 2021 (EUR)")
-    ax.set_title("Cost change 2020 to 2021 by income band (released aggregates)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from .plotting import plot
+
+    ax = plot(table, "mean",
+              title="Change in yearly costs 2020 to 2021 by income band and app use")
+    ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(ax.figure)
     return path
 
 
