@@ -96,7 +96,7 @@ class TextDisplay(Display):
     def __init__(self, progress: RunProgress, stream: Any = None) -> None:
         super().__init__(progress)
         self.stream = stream
-        self.shown = ""
+        self.shown = "policy check"
         self._print(f"secure run at {', '.join(progress.stages)}: policy check")
 
     def _print(self, text: str) -> None:
@@ -160,18 +160,26 @@ class WidgetDisplay(Display):
 
 
 def widget_frontend() -> bool:
-    """Whether a widget-rendering front-end (e.g. JupyterLab) is connected to this kernel.
+    """Whether the running cell was sent by a live notebook front-end that renders widgets.
 
-    JupyterLab's widget manager opens the ``jupyter.widget.control`` comm when it
-    connects; papermill and nbconvert never do.
+    JupyterLab (and Notebook 7, VS Code) send each cell's id in the execute request's
+    metadata; headless executors -- papermill, nbclient, nbconvert -- send none.
     """
     if "ipykernel" not in sys.modules:
         return False
     try:
-        from ipywidgets import Widget
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
     except ImportError:
         return False
-    return getattr(Widget, "_control_comm", None) is not None
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return False
+    try:
+        parent = kernel.get_parent("shell")
+    except TypeError:  # ipykernel before 6.21 has no channel argument
+        parent = kernel.get_parent()
+    return bool(((parent or {}).get("metadata") or {}).get("cellId"))
 
 
 def choose_mode(mode: str = "auto") -> str:

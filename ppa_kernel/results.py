@@ -152,7 +152,7 @@ def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
     shown = shown.mask(_suppressed_mask(frame), marker)
     shown.index = _escaped_index(frame.index)
     shown.columns = [html.escape(str(c)) for c in frame.columns]
-    body = shown.to_html(escape=False, classes="ppa-released", na_rep="NaN")
+    body = shown.to_html(escape=False, classes="ppa-released", border=0, na_rep="NaN")
     stamp = frame.attrs.get(RELEASE_KEY) or {}
     caption = [f"released by run {html.escape(str(stamp['run_id']))}" if stamp else
                "not a released result"]

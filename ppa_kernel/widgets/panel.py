@@ -112,6 +112,7 @@ class QueryBuilder:
                                      f"write the spec for papermill runs of {STUDY_NOTEBOOK}")
         self.status = _styled(widgets.HTML(), "ppa-status")
         self.result_html = _styled(widgets.HTML(), "ppa-result")
+        self.result_html.add_class("jp-RenderedHTMLCommon")  # JupyterLab's table style
         self.figure = _styled(widgets.Output(), "ppa-figure")
         self.code = _styled(widgets.HTML(), "ppa-code")
 

@@ -1,0 +1,157 @@
+"""The notebooks in a real browser: JupyterLab driven by Debian's Chromium through Playwright.
+
+Skipped when Chromium or Playwright is missing, unless ``PPA_REQUIRE_BROWSER=1`` (CI).
+Screenshots go to ``$PPA_SCREENSHOT_DIR`` or ``tests/output/browser/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from browser_support import (
+    CHROMIUM,
+    NOTEBOOK,
+    REPO,
+    BrowserTestError,
+    LabServer,
+    assert_no_errors,
+    chromium,
+    collapse_left_sidebar,
+    lab_server,
+    open_notebook,
+    outputs,
+    run_all_cells,
+    screenshot,
+    widget,
+)
+
+from ppa_kernel.synthetic import INCOME_BANDS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+QUICKSTART = "01-quickstart.ipynb"
+QUERY_BUILDER = "03-query-builder.ipynb"
+QUERY_TIMEOUT_MS = 150_000
+
+
+def _missing_browser() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    """JupyterLab serving a copy of ``notebooks/``."""
+    reason = _missing_browser()
+    if reason:
+        if os.environ.get("PPA_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"PPA_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("lab-root") / "notebooks"
+    shutil.copytree(REPO / "notebooks", root)
+    with lab_server(root, tmp_path_factory.mktemp("lab-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(lab: LabServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
+
+
+@pytest.fixture
+def notebook(lab: LabServer, browser: BrowserContext) -> Iterator[Callable[[str], Page]]:
+    """Open a notebook; afterwards close its page and shut its kernel (and demo) down."""
+    pages: list[Page] = []
+
+    def open_(name: str) -> Page:
+        if not (lab.root_dir / name).exists():
+            raise BrowserTestError(f"notebooks/{name} does not exist")
+        pages.append(open_notebook(browser, lab, name))
+        return pages[-1]
+
+    yield open_
+    for page in pages:
+        page.close()
+    lab.shutdown_kernels()
+
+
+def test_quickstart_runs_in_jupyterlab(lab: LabServer,
+                                       notebook: Callable[[str], Page]) -> None:
+    page = notebook(QUICKSTART)
+    cells = run_all_cells(page)
+    assert_no_errors(page, lab, QUICKSTART, cells)
+
+    first_query = page.locator(f"{NOTEBOOK} .jp-CodeCell", has=page.locator(
+        ".jp-InputArea-editor", has_text="%%secure")).first
+    table = first_query.locator(".jp-OutputArea-output table.ppa-released").first
+    progress = first_query.locator(".ppa-progress").first
+    assert progress.is_visible(), "no live progress widget in JupyterLab"
+    assert "secure run finished" in progress.inner_text()
+    assert "linkage" not in progress.inner_text() and "done" in progress.inner_text()
+    plot = outputs(page).and_(page.locator('[data-mime-type="image/png"]')).locator("img").first
+    table.scroll_into_view_if_needed()
+    assert table.is_visible(), "the first %%secure cell shows no result table"
+    assert len(table.locator("tbody tr").all()) >= 2, table.inner_text()
+    plot.scroll_into_view_if_needed()
+    assert plot.is_visible(), "no matplotlib image in any output"
+    assert plot.evaluate("img => img.complete && img.naturalWidth > 100"), "plot did not load"
+
+    collapse_left_sidebar(page)
+    path = screenshot(page, "quickstart.png", first_query, height=1300)
+    assert path.stat().st_size > 10_000
+
+
+def test_query_builder_runs_a_query_from_clicks(lab: LabServer,
+                                                notebook: Callable[[str], Page]) -> None:
+    page = notebook(QUERY_BUILDER)
+    cells = run_all_cells(page)
+    assert_no_errors(page, lab, QUERY_BUILDER, cells)
+
+    builder = page.locator(f"{NOTEBOOK} .ppa-query-builder")
+    builder.wait_for(state="visible")
+    for label in ("Parties", "Filter on", "Group by", "Outcome", "Statistic", "Run",
+                  "Show code", "Export"):
+        assert widget(page, label).is_visible(), f"no {label!r} control in the builder"
+
+    group = page.locator(".ppa-group-by select option",
+                         has_text=re.compile(r"(^|\.)income_band$"))
+    group.first.click()
+    assert group.first.evaluate("o => o.selected"), "clicking income_band did not select it"
+    outcome = page.locator(".ppa-outcome select")
+    measures = [o for o in outcome.locator("option").all_inner_texts() if "cost" in o]
+    assert measures, "no cost measure offered as Outcome"
+    outcome.select_option(label="cost_2021" if "cost_2021" in measures else measures[0])
+    page.locator(".ppa-statistic select").select_option(label="mean")
+
+    page.locator("button.ppa-run").click()
+    result = page.locator(".ppa-result table")
+    error = page.locator(".ppa-status .ppa-error")
+    result.or_(error).first.wait_for(state="visible", timeout=QUERY_TIMEOUT_MS)
+    assert not error.count(), f"the builder showed an error: {error.inner_text()}"
+    text = result.inner_text()
+    assert "income_band" in text, text
+    shown = [band for band in INCOME_BANDS if re.search(rf"\b{band}\b", text)]
+    assert shown == list(INCOME_BANDS), f"released table lacks income bands:\n{text}"
+
+    page.locator("button.ppa-show-code").click()
+    code = page.locator(".ppa-code pre")
+    code.wait_for(state="visible")
+    assert "%%secure" in code.inner_text(), code.inner_text()
+    assert "income_band" in code.inner_text(), code.inner_text()
+
+    collapse_left_sidebar(page)
+    path = screenshot(page, "query-builder.png", builder, height=1600)
+    assert path.stat().st_size > 10_000
