@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from ..errors import ConsortiumError, PPAError
-from ..plan import canonical_json, plan_hash
+from ..plan import plan_hash
 from ..progress import MODES
 from ..results import RELEASE_KEY, format_html, format_table
 from .cell import build_query
@@ -78,7 +78,7 @@ class PPAMagics(Magics):
     def ppa(self, line: str) -> Any:
         """Manage the consortium: ``%ppa demo|connect FILE|status|catalog|progress MODE|stop``."""
         args = parse_argstring(self.ppa, line)
-        if args.command != "connect" and args.command != "progress" and args.target:
+        if args.command not in ("connect", "progress") and args.target:
             raise UsageError(f"%ppa {args.command} takes no argument {args.target!r}")
         return getattr(self, f"_ppa_{args.command}")(args)
 
@@ -136,7 +136,7 @@ class PPAMagics(Magics):
         consortium = self.session.require()
         query = build_query(cell, consortium, self.shell.user_ns)
         if args.show_plan:
-            display(_plan_view(consortium.prepare(query.plan())))
+            display(_PlanView(consortium.prepare(query.plan())))
         if args.dry_run:
             digest = consortium.check(query.plan(), timeout=args.timeout)
             print(f"dry run: plan {digest[:12]} accepted by {', '.join(consortium.names)}; "
@@ -162,11 +162,6 @@ class _PlanView:
         body = html.escape(json.dumps(self.plan, indent=2))
         return (f"<details open><summary>plan <code>{self.digest}</code></summary>"
                 f"<pre>{body}</pre></details>")
-
-
-def _plan_view(plan: dict) -> _PlanView:
-    canonical_json(plan)  # fails early on anything not JSON
-    return _PlanView(plan)
 
 
 def _released_html(frame: pd.DataFrame) -> str | None:
