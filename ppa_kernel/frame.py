@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 Catalog = dict[str, dict[str, dict]]
 """party -> column -> {"kind", "levels", "min", "max", "missing"} as the parties publish it."""
 
-QUERY_KINDS = ("groupby", "agg", "histogram", "crosstab")
+QUERY_KINDS = ("groupby", "agg", "histogram", "crosstab", "model")
 
 # Display precedence, as in Python: comparisons bind loosest, then | & + - * / unary.
 _PREC_CMP, _PREC_OR, _PREC_AND, _PREC_ADD, _PREC_MUL, _PREC_UNARY, _PREC_ATOM = range(1, 8)
@@ -505,6 +505,30 @@ class SecureFrame:
                             hint="give the bin edges, e.g. bins=[0, 10, 20]")
         return [float(e) for e in np.linspace(low, high, bins + 1)]
 
+    def ttest(self, column: ColumnLike, by: ColumnLike,
+              strata: ColumnLike | list[ColumnLike] | None = None) -> Query:
+        """Welch's t-test of ``column`` between the two levels of ``by`` (per stratum).
+
+        As ``scipy.stats.ttest_ind(first_level, second_level, equal_var=False)``; opens
+        counts, means, t and df per stratum whose two cells pass disclosure control.
+        """
+        measure = self._column(column)
+        if measure.kind != "numeric":
+            raise PlanError(f"ttest needs a numeric measure, not {measure.kind} "
+                            f"{measure.name!r}")
+        keys = [] if strata is None else strata if isinstance(strata, list | tuple) \
+            else [strata]
+        entries = self.groupby([*keys, by]).entries
+        group = entries[-1][0]
+        if len(group["levels"]) != 2:
+            raise PlanError(f"ttest compares two groups; {group['name']!r} has "
+                            f"{len(group['levels'])} levels",
+                            hint="filter to two levels and group by a boolean, "
+                                 "e.g. t.assign(...) with a comparison")
+        specs = [("n", "count", measure), ("mean", "mean", measure)]
+        model = {"kind": "ttest", "measure": measure.expr, "group": group["name"]}
+        return Query(self, entries, specs, kind="model", model=model)
+
     def crosstab(self, index: ColumnLike, columns: ColumnLike) -> Query:
         """Counts by two categorical columns; ``collect()`` returns a pandas.crosstab shape."""
         entries = self.groupby([index, columns]).entries
@@ -597,13 +621,14 @@ class Query:
 
     def __init__(self, frame: SecureFrame, entries: list[tuple[dict, Column]],
                  specs: list[tuple[str, str, Column | None]], *, kind: str,
-                 min_cell_size: int | None = None) -> None:
+                 min_cell_size: int | None = None, model: dict | None = None) -> None:
         if kind not in QUERY_KINDS:
             raise ValueError(f"unknown query kind {kind!r}")
         self._frame = frame
         self._entries = entries
         self._specs = specs
         self._min_cell_size = min_cell_size
+        self._model = model
         self.kind = kind
         self.index_names = [entry["name"] for entry, _ in entries]
         self._plan = self._build()
@@ -629,6 +654,8 @@ class Query:
                                 "expr": column.expr if column is not None else None}
                                for out, stat, column in self._specs],
                 "min_cell_size": self._min_cell_size}
+        if self._model is not None:
+            plan["model"] = self._model
         return validate_plan(copy.deepcopy(plan))
 
     def with_min_cell_size(self, k: int) -> Query:
@@ -636,7 +663,7 @@ class Query:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
         return Query(self._frame, self._entries, self._specs, kind=self.kind,
-                     min_cell_size=int(k))
+                     min_cell_size=int(k), model=self._model)
 
     def plan(self) -> dict:
         """The validated analysis plan (a fresh copy) this query sends to the parties."""

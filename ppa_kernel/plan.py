@@ -11,6 +11,7 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
      "groupby": [{"name": "age", "expr": <expression>, "levels": [...],
                   "bins": [edges] | absent}],
      "aggregates": [{"name": "n", "stat": "count", "expr": <expression> | null}],
+     "model": null | {"kind": "ttest" | ..., ...},      # optional; see ppa_kernel.models
      "min_cell_size": null | int}
 
 Expressions are JSON trees: ``{"col": "party.column"}``, ``{"const": 3.5}`` and
@@ -39,7 +40,7 @@ KINDS = ("numeric", "categorical", "bool")
 _ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div", *COMPARISONS, "and", "or")},
           "neg": 1, "not": 1, "isin": 1}
 _TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
-             "min_cell_size"}
+             "model", "min_cell_size"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -104,7 +105,11 @@ def validate_plan(plan: Any) -> dict:
         if not is_boolean(plan["filter"], columns):
             raise PlanError("the filter must be a condition (comparison, isin, & | ~)")
     _check_groupby(plan.get("groupby"), columns)
-    _check_aggregates(plan.get("aggregates"), columns)
+    _check_aggregates(plan.get("aggregates"), columns, required=plan.get("model") is None)
+    if plan.get("model") is not None:
+        from .models import validate_model
+
+        validate_model(plan)
     mcs = plan.get("min_cell_size")
     if mcs is not None and (not isinstance(mcs, int) or isinstance(mcs, bool) or mcs < 1):
         raise PlanError("'min_cell_size' must be a positive integer or null")
@@ -127,6 +132,11 @@ def _check_column(name: str, meta: Any, link: list[str]) -> None:
         raise PlanError(f"column {name!r} must be named 'party.column'")
     if meta.get("kind") not in KINDS:
         raise PlanError(f"column {name!r} has unknown kind {meta.get('kind')!r}")
+
+
+def check_expr(expr: Any, columns: dict) -> None:
+    """Raise PlanError unless ``expr`` is a well-formed expression over ``columns``."""
+    _check_expr(expr, columns)
 
 
 def _check_expr(expr: Any, columns: dict) -> None:
@@ -177,9 +187,9 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
                 raise PlanError(f"group {entry['name']!r} has malformed bin edges")
 
 
-def _check_aggregates(aggregates: Any, columns: dict) -> None:
-    if not isinstance(aggregates, list) or not aggregates:
-        raise PlanError("a plan needs at least one aggregate")
+def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) -> None:
+    if not isinstance(aggregates, list) or (required and not aggregates):
+        raise PlanError("a plan needs at least one aggregate or a model")
     names = set()
     for agg in aggregates:
         if not isinstance(agg, dict) or agg.get("stat") not in STATISTICS:

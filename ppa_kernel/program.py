@@ -102,11 +102,39 @@ class Program:
         """Names of everything a run of this plan may open."""
         names = set(OPENING_NAMES)
         for m in self.measures:
-            for part in ("count", "sum", "sumsq"):
-                names.add(f"release.{part}:{m['key']}")
+            names.update(f"release.{part}:{m['key']}" for part in ("count", "sum"))
+            if m["open_square"]:
+                names.add(f"release.sumsq:{m['key']}")
         if any(a["stat"] == "size" for a in self.plan["aggregates"]):
             names.add("release.count:size")
+        if self.plan.get("model") is not None:
+            from .models import model_kind
+
+            names |= model_kind(self.plan).openings(self.plan)
         return names
+
+    def measure_entry(self, key: str) -> dict:
+        """The measure entry of a canonical expression (registered by the aggregates)."""
+        for entry in self.measures:
+            if entry["key"] == key:
+                return entry
+        raise KeyError(key)
+
+
+def cell_levels(program: Program) -> list[dict]:
+    """Each cell's level per groupby name, in the workers' cell order ([{}] if ungrouped)."""
+    per_party = [
+        [dict(zip([e["name"] for e in program.group_entries[p]], combo))
+         for combo in program.group_levels(p)]
+        for p in program.group_parties
+    ]
+    cells = []
+    for parts in itertools.product(*per_party):
+        merged: dict = {}
+        for part in parts:
+            merged.update(part)
+        cells.append(merged)
+    return cells or [{}]
 
 
 def compile_plan(plan: dict) -> Program:
@@ -141,8 +169,15 @@ def _add_measures(program: Program) -> None:
         if agg["stat"] == "size":
             continue
         key = canonical_json(agg["expr"])
-        entry = by_key.setdefault(key, {"key": key, "expr": agg["expr"], "square": False})
-        entry["square"] |= agg["stat"] in ("var", "std")
+        entry = by_key.setdefault(key, {"key": key, "expr": agg["expr"], "square": False,
+                                        "open_square": False})
+        entry["open_square"] |= agg["stat"] in ("var", "std")
+        entry["square"] |= entry["open_square"]
+    if program.plan.get("model") is not None:
+        from .models import model_kind
+
+        for expr in model_kind(program.plan).squared_measures(program.plan):
+            by_key[canonical_json(expr)]["square"] = True  # computed, never opened
     program.measures = list(by_key.values())
     for entry in program.measures:
         _add_value(program, entry["expr"], square=entry["square"])

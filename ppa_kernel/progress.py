@@ -29,7 +29,7 @@ ENV_MODE = "PPA_PROGRESS"
 
 STAGE_AFTER = {"policy check": "connecting", "connect": "linkage", "shuffle": "linkage",
                "tags": "linkage", "input": "computation", "computation": "disclosure check",
-               "disclosure": "release", "release": "done"}
+               "disclosure": "release", "model": "release", "release": "done"}
 """The stage a party is in once the named phase has ended."""
 
 STAGES = ("waiting", "policy check", "connecting", "linkage", "computation",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -17,27 +16,10 @@ import pandas as pd
 
 from .errors import PlanError
 from .plan import canonical_json, plan_hash
-from .program import SCALE_BITS, compile_plan
+from .program import SCALE_BITS, cell_levels, compile_plan
 
 SUPPRESSED = "suppressed"
 RELEASE_KEY = "release"
-
-
-def _cell_levels(plan: dict) -> list[dict]:
-    """Each cell's level per groupby name, in the workers' cell order."""
-    program = compile_plan(plan)
-    per_party = [
-        [dict(zip([e["name"] for e in program.group_entries[p]], combo))
-         for combo in program.group_levels(p)]
-        for p in program.group_parties
-    ]
-    cells = []
-    for parts in itertools.product(*per_party):
-        merged: dict = {}
-        for part in parts:
-            merged.update(part)
-        cells.append(merged)
-    return cells or [{}]
 
 
 def _statistic(stat: str, count: int | None, total: int | None, sumsq: int | None,
@@ -61,7 +43,7 @@ def _statistic(stat: str, count: int | None, total: int | None, sumsq: int | Non
 
 def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     """The released table for one plan, indexed by its groups."""
-    cells = _cell_levels(plan)
+    cells = cell_levels(compile_plan(plan))
     names = [e["name"] for e in plan["groupby"]]
     data, mask = {}, {}
     for agg in plan["aggregates"]:
@@ -85,6 +67,13 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     frame.attrs["statistics"] = {agg["name"]: agg["stat"] for agg in plan["aggregates"]}
     frame.attrs["plan_hash"] = plan_hash(plan)
     frame.attrs["plan"] = plan
+    if plan.get("model") is not None:
+        from .models import model_kind
+
+        table = model_kind(plan).table(plan, stats, frame)
+        table.attrs.update({k: v for k, v in frame.attrs.items() if k != "suppressed"},
+                           statistics={})
+        return table
     return frame
 
 

@@ -102,8 +102,14 @@ async def _run(job: dict) -> dict:
     linked = await linked_table(linkage, block, widths, value_type())
     table = await shares(linked)
     phases("input")
-    stats = await run_query(program, table, linkage.group_sizes, value_type(),
+    state = await run_query(program, table, linkage.group_sizes, value_type(),
                             job["plan"]["min_cell_size"], progress=phases)
+    stats = state.stats
+    if job["plan"].get("model") is not None:
+        from .secure.models import run_model
+
+        stats.model = await run_model(state)
+        phases("model")
     patches.allow_disconnects()
     await mpc.shutdown()
     phases("release")

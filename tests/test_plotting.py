@@ -17,8 +17,8 @@ from ppa_kernel.errors import PlanError
 from ppa_kernel.frame import SecureFrame
 from ppa_kernel.plan import canonical_json
 from ppa_kernel.plotting import SUPPRESSED_GID, plot
-from ppa_kernel.program import SCALE_BITS
-from ppa_kernel.results import _cell_levels, stamp_release, to_frame
+from ppa_kernel.program import SCALE_BITS, cell_levels, compile_plan
+from ppa_kernel.results import stamp_release, to_frame
 
 CATALOG = {
     "insurer": {
@@ -62,7 +62,7 @@ class FakeRunner:
 
     def stats(self, plan: dict) -> dict:
         """Integer counts, sums and sums of squares per cell, as parties return them."""
-        cells = _cell_levels(plan)
+        cells = cell_levels(compile_plan(plan))
         out: dict = {"counts": {}, "sums": {}, "sumsqs": {}, "scales": {}}
         for agg in plan["aggregates"]:
             key = "size" if agg["stat"] == "size" else canonical_json(agg["expr"])

@@ -9,8 +9,10 @@ can prove a run opened exactly what its plan names. Once the worker sets
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,15 +97,26 @@ MASKED_COMPARISON = "protocol.comparison_masked"
 k = 30 bits longer, statistically hiding a; they reveal nothing about a."""
 
 
-async def compare(protocol, *args, **kwargs):
-    """Run an MPyC comparison, naming the masked values its protocol opens."""
-    token = _current_name.set(MASKED_COMPARISON)
+@contextlib.contextmanager
+def masked(name: str) -> Iterator[None]:
+    """Name the statistically masked openings of MPyC protocols started in this block.
+
+    Only for protocols whose openings are masked (comparisons, truncations); a value
+    the plan releases is opened with :func:`reveal`, never inside this block.
+    """
+    token = _current_name.set(name)
     try:
-        result = protocol(*args, **kwargs)
-        await mpc.gather(result)
-        return result
+        yield
     finally:
         _current_name.reset(token)
+
+
+async def compare(protocol, *args, **kwargs):
+    """Run an MPyC comparison, naming the masked values its protocol opens."""
+    with masked(MASKED_COMPARISON):
+        result = protocol(*args, **kwargs)
+        await mpc.gather(result)
+    return result
 
 
 async def reveal(name: str, x, *, threshold: int | None = None) -> Any:

@@ -147,10 +147,24 @@ class CellStats:
     scales: dict[str, int]
     passed: dict[str, list[bool]]
     cells: int
+    model: dict | None = None
+
+
+@dataclass
+class QueryState:
+    """What a model runner may build on: secret per-cell totals and the public pass bits."""
+
+    program: Program
+    evaluator: Evaluator
+    sectype: object
+    mask: object | None  # secure 0/1 per linked row (None: every row), cohort filter
+    totals: np.ndarray  # shares, cells x value columns (see layout)
+    layout: dict[str, dict]  # measure key -> {"scale", "count", "sum", "sumsq"?}
+    stats: CellStats
 
 
 async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarray,
-                    sectype, min_cell: int, progress=None) -> CellStats:
+                    sectype, min_cell: int, progress=None) -> QueryState:
     """Mask, aggregate, check and release one plan's cells (see module docstring)."""
     m, joined = len(program.parties), len(program.link)
     # People seen at fewer parties than the join needs cannot be in it (public pattern).
@@ -194,10 +208,10 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
         stats.scales[key] = place["scale"]
         stats.sums[key] = await _release(f"release.sum:{key}", sectype,
                                          totals[:, place["sum"]], ok)
-        if "sumsq" in place:
+        if "sumsq" in place and program.measure_entry(key)["open_square"]:
             stats.sumsqs[key] = await _release(f"release.sumsq:{key}", sectype,
                                                totals[:, place["sumsq"]], ok)
-    return stats
+    return QueryState(program, ev, sectype, mask, totals, layout, stats)
 
 
 async def _release(name: str, sectype, column: np.ndarray, ok: np.ndarray) -> list[int | None]:
