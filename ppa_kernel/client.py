@@ -171,6 +171,10 @@ class Consortium:
         plan = copy.deepcopy(plan)
         requested = plan.get("min_cell_size") or 0
         plan["min_cell_size"] = max(requested, self.min_cell_size())
+        if plan.get("model") is not None:
+            strictest = max(info["policy"].get("min_residual_df", 1)
+                            for info in self.parties.values())
+            plan["min_residual_df"] = max(plan.get("min_residual_df") or 0, strictest)
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,

@@ -177,8 +177,11 @@ class PartyKernel:
             raise PlanError(f"{self.name} is not a party of this plan")
         uses = self._uses(plan)
         stats = {("count" if a["stat"] == "size" else a["stat"]) for a in plan["aggregates"]}
+        if plan.get("model") is not None:
+            stats.add(plan["model"]["kind"])
         try:
-            self.policy.check(uses, stats, plan.get("min_cell_size"))
+            self.policy.check(uses, stats, plan.get("min_cell_size"),
+                              plan.get("min_residual_df"))
         except PolicyError as exc:
             raise PolicyRefused("; ".join(exc.reasons), party=self.name) from None
         if plan.get("min_cell_size") is None:

@@ -12,7 +12,8 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
                   "bins": [edges] | absent}],
      "aggregates": [{"name": "n", "stat": "count", "expr": <expression> | null}],
      "model": null | {"kind": "ttest" | ..., ...},      # optional; see ppa_kernel.models
-     "min_cell_size": null | int}
+     "min_cell_size": null | int,
+     "min_residual_df": null | int}                     # optional; regressions only
 
 Expressions are JSON trees: ``{"col": "party.column"}``, ``{"const": 3.5}`` and
 ``{"op": OP, "args": [...]}`` with OP one of ``add sub mul div neg lt le gt ge eq ne and
@@ -40,7 +41,7 @@ KINDS = ("numeric", "categorical", "bool")
 _ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div", *COMPARISONS, "and", "or")},
           "neg": 1, "not": 1, "isin": 1}
 _TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
-             "model", "min_cell_size"}
+             "model", "min_cell_size", "min_residual_df"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -110,9 +111,11 @@ def validate_plan(plan: Any) -> dict:
         from .models import validate_model
 
         validate_model(plan)
-    mcs = plan.get("min_cell_size")
-    if mcs is not None and (not isinstance(mcs, int) or isinstance(mcs, bool) or mcs < 1):
-        raise PlanError("'min_cell_size' must be a positive integer or null")
+    for key in ("min_cell_size", "min_residual_df"):
+        value = plan.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise PlanError(f"'{key}' must be a positive integer or null")
     return plan
 
 

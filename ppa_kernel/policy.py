@@ -20,7 +20,11 @@ Keys (all optional; any other key is an error, so typos are caught):
     this. An analyst may ask for a *higher* threshold, never a lower one.
 ``statistics``
     The statistics analysts may compute, from ``count sum mean var std histogram
-    crosstab`` (default: count, sum, mean, var, std).
+    crosstab`` and the models ``ttest chi2 corr ols logit km quantile`` (default: all
+    but histogram and crosstab).
+``min_residual_df``
+    Whole number, at least 1 (default 10). A regression is refused when its residual
+    degrees of freedom (rows minus coefficients) fall below this.
 ``approval``
     How plans are approved. Only ``"automatic"`` (check against this policy, then run)
     is supported; ``"manual"`` and ``"pinned"`` are not yet available.
@@ -50,11 +54,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 USES = ("group", "filter", "measure", "link")
-STATISTICS = ("count", "sum", "mean", "var", "std", "histogram", "crosstab")
+MODELS = ("ttest", "chi2", "corr", "ols", "logit", "km", "quantile")
+STATISTICS = ("count", "sum", "mean", "var", "std", "histogram", "crosstab", *MODELS)
 APPROVALS = ("automatic",)
 _NOT_YET = ("manual", "pinned")
-_KEYS = ("min_cell_size", "statistics", "approval", "columns")
-_DEFAULT_STATISTICS = frozenset({"count", "sum", "mean", "var", "std"})
+_KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df")
+_DEFAULT_STATISTICS = frozenset({"count", "sum", "mean", "var", "std", *MODELS})
 
 
 class PolicyError(Exception):
@@ -88,6 +93,7 @@ class Policy:
     min_cell_size: int = 10
     statistics: frozenset[str] = _DEFAULT_STATISTICS
     approval: str = "automatic"
+    min_residual_df: int = 10
 
     def __post_init__(self) -> None:
         if self.columns is not None:
@@ -95,6 +101,10 @@ class Policy:
         object.__setattr__(self, "statistics", frozenset(self.statistics))
         reasons = _value_problems(self.min_cell_size, self.statistics, self.approval,
                                   self.columns)
+        if (not isinstance(self.min_residual_df, int) or isinstance(self.min_residual_df, bool)
+                or self.min_residual_df < 1):
+            reasons.append("'policy.min_residual_df' must be a whole number of at least 1, "
+                           f"got {self.min_residual_df!r}")
         if reasons:
             raise PolicyError(self.party, reasons)
 
@@ -121,6 +131,13 @@ class Policy:
                 kwargs["statistics"] = frozenset(value)
             else:
                 reasons.append("'policy.statistics' must be a list of names")
+        if "min_residual_df" in data:
+            value = data["min_residual_df"]
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                kwargs["min_residual_df"] = value
+            else:
+                reasons.append("'policy.min_residual_df' must be a whole number of at least "
+                               f"1, got {value!r}")
         if "approval" in data:
             value = data["approval"]
             if isinstance(value, str):
@@ -150,7 +167,7 @@ class Policy:
         return self.min_cell_size if requested is None else max(self.min_cell_size, requested)
 
     def check(self, uses: Mapping[str, Iterable[str]], statistics: Iterable[str],
-              min_cell_size: int | None) -> None:
+              min_cell_size: int | None, min_residual_df: int | None = None) -> None:
         """Raise :class:`PolicyError` listing every way a plan breaks this policy.
 
         ``uses`` maps this party's column names to the uses the plan makes of them;
@@ -179,6 +196,9 @@ class Policy:
         if min_cell_size is not None and min_cell_size < self.min_cell_size:
             reasons.append(f"min_cell_size {min_cell_size} is below {self.party}'s minimum "
                            f"of {self.min_cell_size}")
+        if min_residual_df is not None and min_residual_df < self.min_residual_df:
+            reasons.append(f"min_residual_df {min_residual_df} is below {self.party}'s "
+                           f"minimum of {self.min_residual_df}")
         if reasons:
             logger.info("policy of %s refused a plan: %s", self.party, "; ".join(reasons))
             raise PolicyError(self.party, reasons)
@@ -188,7 +208,8 @@ class Policy:
         columns = None if self.columns is None else {
             name: sorted(rule.uses) for name, rule in sorted(self.columns.items())}
         return {"party": self.party, "columns": columns, "min_cell_size": self.min_cell_size,
-                "statistics": sorted(self.statistics), "approval": self.approval}
+                "statistics": sorted(self.statistics), "approval": self.approval,
+                "min_residual_df": self.min_residual_df}
 
 
 def _is_str_list(value: Any) -> bool:

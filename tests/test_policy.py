@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from ppa_kernel.policy import STATISTICS, USES, ColumnRule, Policy, PolicyError
+from ppa_kernel.policy import MODELS, STATISTICS, USES, ColumnRule, Policy, PolicyError
 
 EXAMPLE = """
 [policy]
@@ -42,6 +42,7 @@ def test_documented_example_parses(policy: Policy) -> None:
     assert policy.party == "insurer"
     assert policy.min_cell_size == 10
     assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std"})
+    assert policy.min_residual_df == 10
     assert policy.approval == "automatic"
     assert policy.columns == {"age": ColumnRule(frozenset({"filter", "group", "measure"})),
                               "cost_2021": ColumnRule(frozenset({"measure", "filter"}))}
@@ -61,7 +62,8 @@ def test_missing_table_gives_defaults() -> None:
     policy = Policy.from_dict("bureau", None)
     assert policy.columns is None
     assert policy.min_cell_size == 10
-    assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std"})
+    assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std", *MODELS})
+    assert policy.min_residual_df == 10
     assert policy.approval == "automatic"
 
 
@@ -90,7 +92,7 @@ def test_extended_statistics_and_quoted_column_names() -> None:
 def test_unknown_key_names_the_key() -> None:
     err = load_error({"min_cel_size": 5})
     assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
-                            "min_cell_size, statistics, approval, columns)")]
+                            "min_cell_size, statistics, approval, columns, min_residual_df)")]
 
 
 def test_table_must_be_mapping() -> None:
@@ -197,7 +199,8 @@ def test_allow_all() -> None:
 
 def test_vocabularies() -> None:
     assert USES == ("group", "filter", "measure", "link")
-    assert set(STATISTICS) == {"count", "sum", "mean", "var", "std", "histogram", "crosstab"}
+    assert set(STATISTICS) == {"count", "sum", "mean", "var", "std", "histogram", "crosstab",
+                               "ttest", "chi2", "corr", "ols", "logit", "km", "quantile"}
 
 
 # --- checking plans ------------------------------------------------------------------
@@ -280,7 +283,7 @@ def test_summary(policy: Policy) -> None:
                                    "cost_2021": ["filter", "measure"]},
                        "min_cell_size": 10,
                        "statistics": ["count", "mean", "std", "sum", "var"],
-                       "approval": "automatic"}
+                       "approval": "automatic", "min_residual_df": 10}
     assert json.loads(json.dumps(summary)) == summary
     assert Policy.allow_all("b").summary()["columns"] is None
 
@@ -290,3 +293,13 @@ def test_policy_error_str_lists_all() -> None:
     assert err.party == "hospital"
     assert err.reasons == ["first problem", "second problem"]
     assert str(err) == "[hospital] first problem; second problem"
+
+
+def test_min_residual_df_is_checked_and_refuses_lower_plans():
+    policy = Policy.from_dict("bureau", {"min_residual_df": 25})
+    assert policy.summary()["min_residual_df"] == 25
+    policy.check({}, ["ols"], 10, 25)
+    with pytest.raises(PolicyError, match="min_residual_df 12 is below bureau's minimum of 25"):
+        policy.check({}, ["ols"], 10, 12)
+    with pytest.raises(PolicyError, match="min_residual_df"):
+        Policy.from_dict("bureau", {"min_residual_df": 0})
