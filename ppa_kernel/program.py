@@ -160,6 +160,14 @@ def compile_plan(plan: dict) -> Program:
         for level in range(program.onehot_count(party)):
             program.add(Feature(party, "onehot", key, level))
     _add_measures(program)
+    if plan.get("model") is not None:
+        from .models import model_kind
+
+        kind = model_kind(plan)
+        for expr in kind.value_inputs(plan):
+            _add_value(program, expr)
+        for expr in kind.condition_inputs(plan):
+            _add_condition(program, expr)
     return program
 
 

@@ -32,6 +32,14 @@ class ModelKind:
         """Aggregate expressions whose sums of squares the model needs (never opened)."""
         return []
 
+    def value_inputs(self, plan: dict) -> list[dict]:
+        """Numeric expressions the runner evaluates per linked row (registered as inputs)."""
+        return []
+
+    def condition_inputs(self, plan: dict) -> list[dict]:
+        """Truth-valued expressions the runner evaluates per linked row."""
+        return []
+
     def openings(self, plan: dict) -> set[str]:
         """Names of the values the model opens, beyond the plan's aggregates."""
         return set()

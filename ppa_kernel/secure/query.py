@@ -158,6 +158,8 @@ class QueryState:
     evaluator: Evaluator
     sectype: object
     mask: object | None  # secure 0/1 per linked row (None: every row), cohort filter
+    weights: object  # secure rows x cells membership (mask applied)
+    size_counts: np.ndarray  # shares of the rows per cell (released only if "size" asked)
     totals: np.ndarray  # shares, cells x value columns (see layout)
     layout: dict[str, dict]  # measure key -> {"scale", "count", "sum", "sumsq"?}
     stats: CellStats
@@ -211,7 +213,7 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
         if "sumsq" in place and program.measure_entry(key)["open_square"]:
             stats.sumsqs[key] = await _release(f"release.sumsq:{key}", sectype,
                                                totals[:, place["sumsq"]], ok)
-    return QueryState(program, ev, sectype, mask, totals, layout, stats)
+    return QueryState(program, ev, sectype, mask, weights, size_counts, totals, layout, stats)
 
 
 async def _release(name: str, sectype, column: np.ndarray, ok: np.ndarray) -> list[int | None]:
