@@ -192,11 +192,13 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
     # Check and release row counts only if the plan asks for them ("size").
     wants_size = any(a["stat"] == "size" for a in program.plan["aggregates"])
     keys = (["size"] if wants_size else []) + [entry["key"] for entry in program.measures]
-    count_matrix = np.vstack([size_counts if k == "size" else totals[:, layout[k]["count"]]
-                              for k in keys])
-    too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell,
-                              l=COMPARE_BITS, LT=True)
-    passed = np.asarray(await reveal("disclosure.pass", 1 - too_small)).astype(int) == 1
+    passed = np.zeros((0, w_shares.shape[1]), dtype=bool)
+    if keys:  # a model alone may release no table (its own checks come later)
+        count_matrix = np.vstack([size_counts if k == "size" else totals[:, layout[k]["count"]]
+                                  for k in keys])
+        too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell,
+                                  l=COMPARE_BITS, LT=True)
+        passed = np.asarray(await reveal("disclosure.pass", 1 - too_small)).astype(int) == 1
     if progress:
         progress("disclosure")
     stats = CellStats({}, {}, {}, {}, {}, w_shares.shape[1])
