@@ -19,6 +19,7 @@ from .spec import (
     run_spec,
     save_spec,
     spec_figure,
+    spec_frame,
     spec_to_code,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "run_spec",
     "save_spec",
     "spec_figure",
+    "spec_frame",
     "spec_to_code",
 ]
 

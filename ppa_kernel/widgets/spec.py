@@ -183,8 +183,8 @@ def _aggregates(spec: QuerySpec, measure: str | None) -> dict[str, Any]:
     return aggregates
 
 
-def build_query(spec: QuerySpec, consortium: Any) -> Query:
-    """The secure-frame query a spec describes, on ``consortium``'s parties."""
+def spec_frame(spec: QuerySpec, consortium: Any) -> tuple[SecureFrame, str | None]:
+    """The spec's cohort as a secure frame, and the name of its outcome column there."""
     spec = check_spec(spec)
     frame: SecureFrame = consortium.link(*spec.parties)
     measure, assigned = _measure(spec)
@@ -192,6 +192,13 @@ def build_query(spec: QuerySpec, consortium: Any) -> Query:
         frame = frame.assign(**{OUTCOME: parse_expression(spec.outcome, frame)})
     if spec.cohort.strip():
         frame = frame[parse_expression(spec.cohort, frame)]
+    return frame, measure
+
+
+def build_query(spec: QuerySpec, consortium: Any) -> Query:
+    """The secure-frame query a spec describes, on ``consortium``'s parties."""
+    spec = check_spec(spec)
+    frame, measure = spec_frame(spec, consortium)
     grouped = frame.groupby(list(spec.group_by)) if spec.group_by else frame
     query = grouped.agg(**_aggregates(spec, measure))
     if spec.min_cell_size is not None:
