@@ -205,6 +205,19 @@ class PartyKernel:
             mark(entry["expr"], "group")
         for agg in plan["aggregates"]:
             mark(agg.get("expr"), "measure")
+        if plan.get("model") is not None:
+            from .models import model_kind
+
+            kind = model_kind(plan)
+            for expr in kind.value_inputs(plan) + kind.squared_measures(plan):
+                mark(expr, "measure")
+            for expr in kind.condition_inputs(plan):  # splits rows by a column's values
+                for col in expr_columns(expr):
+                    meta = plan["columns"][col]
+                    mark({"col": col}, "filter" if meta["kind"] == "numeric" else "group")
+        for meta in plan["columns"].values():  # no column escapes the policy
+            if meta["party"] == self.name and meta["column"] not in uses:
+                uses[meta["column"]] = {"measure"}
         return uses
 
     def _check_column(self, name: str, meta: dict) -> None:
