@@ -529,6 +529,40 @@ class SecureFrame:
         model = {"kind": "ttest", "measure": measure.expr, "group": group["name"]}
         return Query(self, entries, specs, kind="model", model=model)
 
+    def chi2(self, index: ColumnLike, columns: ColumnLike) -> Query:
+        """Chi-square test of independence of two categorical columns (and their crosstab)."""
+        from .models.chi2 import chi2
+
+        return chi2(self, index, columns)
+
+    def corr(self, columns: list[ColumnLike]) -> Query:
+        """Pearson correlation matrix of numeric columns over rows where all are present."""
+        from .models.corr import corr
+
+        return corr(self, columns)
+
+    def ols(self, formula: str) -> Query:
+        """OLS linear regression with a statsmodels-style formula, e.g. ``"y ~ a * b + c"``."""
+        from .models.ols import ols
+
+        return ols(self, formula)
+
+    def kaplan_meier(self, duration: ColumnLike, event: ColumnLike,
+                     by: ColumnLike | list[ColumnLike] | None = None,
+                     step: float = 30) -> Query:
+        """Kaplan–Meier survival per group on a time grid, with the log-rank test."""
+        from .models.km import kaplan_meier
+
+        return kaplan_meier(self, duration, event, by=by, step=step)
+
+    def quantiles(self, column: ColumnLike, q: float | list[float] = (0.25, 0.5, 0.75),
+                  by: ColumnLike | list[ColumnLike] | None = None,
+                  precision: float | None = None) -> Query:
+        """Quantiles of ``column`` per group, rounded to ``precision``."""
+        from .models.quantile import quantiles
+
+        return quantiles(self, column, q=q, by=by, precision=precision)
+
     def crosstab(self, index: ColumnLike, columns: ColumnLike) -> Query:
         """Counts by two categorical columns; ``collect()`` returns a pandas.crosstab shape."""
         entries = self.groupby([index, columns]).entries

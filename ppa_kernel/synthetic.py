@@ -3,6 +3,13 @@
 The joint population is ``n_core`` IBD patients known to all three parties; each party also holds
 people the others do not know, so table sizes are uneven and the overlap is partial. A known app
 effect on healthcare costs is planted (see :data:`PLANTED_EFFECT`).
+
+The hospital also records, per patient, ``followup_days`` (whole days 1..730 from the index visit
+to the first readmission or to the end of follow-up) and ``readmitted`` (True: readmitted on that
+day; False: censored, i.e. still not readmitted when follow-up ended). Both are complete (no missing
+values). App users are readmitted later: see :data:`PLANTED_SURVIVAL`. These columns come from a
+separate random generator (``seed + 1000``), so every other column is identical to the data
+generated before they were added.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ COST_TREND = 0.04
 COST_PER_ADMISSION = 600.0
 APP_SAVING = {"Q1": 50.0, "Q2": 150.0, "Q3": 300.0, "Q4": 450.0, "Q5": 600.0}
 MEAN_INTENSITY = 3.0
+FOLLOWUP_DAYS = 730
+READMISSION_DAYS = 900.0  # mean days to readmission of a non-user at average activity
+APP_HAZARD_RATIO = 0.6
+DROPOUT_DAYS = 2500.0  # mean days to loss to follow-up
 
 PLANTED_EFFECT = """\
 Planted effect (ppa_kernel.synthetic.generate): among the IBD patients known to all three
@@ -43,6 +54,18 @@ mean cost change of non-users is +145 euro overall (+114 to +178 per band) and t
 differences (users minus non-users) are -81 (Q1), -99 (Q2), -274 (Q3), -408 (Q4) and -610 euro (Q5).
 Only 8 app users live in an 'other' household (0 to 3 per income band), so these cells must be
 suppressed at a minimum cell size of 10.
+"""
+
+PLANTED_SURVIVAL = """\
+Planted survival effect (hospital: followup_days, readmitted): days to the first readmission are
+exponential with hazard exp(0.15 * (disease_activity - 3)) / 900 per day, times 0.6 for app users
+(hazard ratio 0.6: app users are readmitted later). Follow-up ends at a random loss to follow-up
+(exponential, mean 2500 days) or at 730 days, whichever is first; readmitted is False (censored)
+when follow-up ended before readmission. followup_days is the whole number of days (rounded up,
+1..730) to the readmission or the end of follow-up.
+At the defaults (n_core=4200, seed=7) the three-way join has 4200 people, of whom 1967 were
+readmitted; the Kaplan-Meier estimate of the share not yet readmitted after 365 days is 0.62 for
+non-users and 0.76 for app users (log-rank chi-square 115.8 on 1 df, p < 1e-20).
 """
 
 
@@ -64,13 +87,14 @@ def generate(
     if n_core < 1 or min(insurer_extra, bureau_extra, hospital_extra) < 0:
         raise ValueError("n_core must be positive and the extra fractions non-negative")
     rng = np.random.default_rng(seed)
+    survival_rng = np.random.default_rng(seed + 1000)  # separate: other columns stay as they were
     groups = _group_sizes(n_core, insurer_extra, bureau_extra, hospital_extra)
     people = _people(rng, groups)
     people = _add_clinical(rng, people)
     people = _add_costs(rng, people)
     frames = {
         "insurer": _insurer(people),
-        "hospital": _hospital(rng, people),
+        "hospital": _hospital(rng, people, survival_rng),
         "bureau": _bureau(people),
     }
     frames = {name: _shuffle(rng, frame) for name, frame in frames.items()}
@@ -219,7 +243,8 @@ def _insurer(people: pd.DataFrame) -> pd.DataFrame:
     return _members(people, "core", "insurer_bureau", "insurer_only")[columns]
 
 
-def _hospital(rng: np.random.Generator, people: pd.DataFrame) -> pd.DataFrame:
+def _hospital(rng: np.random.Generator, people: pd.DataFrame,
+              survival_rng: np.random.Generator) -> pd.DataFrame:
     frame = _members(people, "core", "hospital_only")
     users = frame["app_user"].to_numpy()
     intensity = np.round(frame["true_intensity"].to_numpy(), 1)
@@ -233,8 +258,20 @@ def _hospital(rng: np.random.Generator, people: pd.DataFrame) -> pd.DataFrame:
             "app_use_intensity": intensity,
             "outpatient_visits": frame["outpatient_visits"].to_numpy(),
             "disease_activity": activity,
+            **_readmission(survival_rng, frame),
         }
     )
+
+
+def _readmission(rng: np.random.Generator, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Days to first readmission or censoring, and whether it was a readmission."""
+    n = len(frame)
+    hazard = np.exp(0.15 * (frame["disease_activity"].to_numpy() - 3)) / READMISSION_DAYS
+    hazard = hazard * np.where(frame["app_user"].to_numpy(), APP_HAZARD_RATIO, 1.0)
+    readmission = rng.exponential(1 / hazard)
+    end = np.minimum(rng.exponential(DROPOUT_DAYS, n), FOLLOWUP_DAYS)
+    days = np.clip(np.ceil(np.minimum(readmission, end)), 1, FOLLOWUP_DAYS).astype(np.int64)
+    return {"followup_days": days, "readmitted": readmission <= end}
 
 
 def _bureau(people: pd.DataFrame) -> pd.DataFrame:

@@ -107,6 +107,7 @@ def test_hospital_columns(demo: dict[str, pd.DataFrame]) -> None:
     hospital = demo["hospital"]
     assert list(hospital.columns) == [
         LINK, "app_user", "app_use_intensity", "outpatient_visits", "disease_activity",
+        "followup_days", "readmitted",
     ]
     assert hospital["app_user"].dtype == bool
     assert 0.25 < hospital["app_user"].mean() < 0.5

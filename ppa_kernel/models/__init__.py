@@ -9,6 +9,7 @@ each kind's docstring for exactly what.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pandas as pd
@@ -49,10 +50,9 @@ class ModelKind:
         raise NotImplementedError
 
 
-def _kinds() -> dict[str, ModelKind]:
-    from .ttest import TTest
-
-    return {k.kind: k for k in (TTest(),)}
+KINDS = {"ttest": "TTest", "chi2": "Chi2", "corr": "Corr", "km": "KaplanMeier",
+         "ols": "OLS", "quantile": "Quantile"}
+"""Model kind -> its class in the module of the same name (imported when used)."""
 
 
 def model_kind(plan: dict) -> ModelKind:
@@ -60,12 +60,11 @@ def model_kind(plan: dict) -> ModelKind:
     model = plan.get("model")
     if not isinstance(model, dict):
         raise PlanError("'model' must be an object with a 'kind'")
-    kinds = _kinds()
-    kind = kinds.get(model.get("kind"))
-    if kind is None:
-        raise PlanError(f"unknown model kind {model.get('kind')!r}",
-                        hint=f"kinds are {', '.join(sorted(kinds))}")
-    return kind
+    name = model.get("kind")
+    if name not in KINDS:
+        raise PlanError(f"unknown model kind {name!r}", hint=f"kinds are {', '.join(KINDS)}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    return getattr(module, KINDS[name])()
 
 
 def validate_model(plan: dict) -> None:

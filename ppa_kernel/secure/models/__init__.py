@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+
 from ..query import QueryState
+
+RUNNERS = {"ttest": "run_ttest", "chi2": "run_chi2", "corr": "run_corr", "km": "run_km",
+           "ols": "run_ols", "quantile": "run_quantile"}
+"""Model kind -> runner function in the module of the same name (imported when used)."""
 
 
 async def run_model(state: QueryState) -> dict:
     """Run the plan's model on the query's secret totals; return its opened outputs."""
-    from .ttest import run_ttest
-
-    runners = {"ttest": run_ttest}
-    return await runners[state.program.plan["model"]["kind"]](state)
+    kind = state.program.plan["model"]["kind"]
+    module = importlib.import_module(f"{__name__}.{kind}")
+    return await getattr(module, RUNNERS[kind])(state)
