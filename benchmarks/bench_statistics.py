@@ -69,7 +69,72 @@ def _ttest_compare(got: pd.DataFrame, want: pd.DataFrame) -> tuple[np.ndarray, n
     return got.to_numpy(dtype=float).ravel(), want[["t", "df"]].to_numpy(dtype=float).ravel()
 
 
-CASES = [Case("ttest", _ttest_secure, _ttest_plain, _ttest_compare)]
+def _chi2_secure(c: Consortium) -> pd.DataFrame:
+    return c.link().chi2("education", "app_user").collect(timeout=7200)
+
+
+def _chi2_plain(joined: pd.DataFrame) -> float:
+    from scipy import stats
+
+    return stats.chi2_contingency(pd.crosstab(joined.education, joined.app_user),
+                                  correction=False).statistic
+
+
+def _chi2_compare(got: pd.DataFrame, want: float) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([got.loc[0, "chi2"]], dtype=float), np.array([want])
+
+
+CORR_COLUMNS = ["cost_2020", "cost_2021", "age", "outpatient_visits"]
+
+
+def _corr_secure(c: Consortium) -> pd.DataFrame:
+    return c.link().corr(CORR_COLUMNS).collect(timeout=7200)
+
+
+def _corr_plain(joined: pd.DataFrame) -> pd.DataFrame:
+    return joined[CORR_COLUMNS].dropna().corr()
+
+
+def _corr_compare(got: pd.DataFrame, want: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    matrix = got.attrs["matrix"].loc[CORR_COLUMNS, CORR_COLUMNS]
+    return matrix.to_numpy(dtype=float).ravel(), want.to_numpy(dtype=float).ravel()
+
+
+KM_STEP = 30
+
+
+def _km_secure(c: Consortium) -> pd.DataFrame:
+    return c.link().kaplan_meier("followup_days", "readmitted", by="app_user",
+                                 step=KM_STEP).collect(timeout=7200)
+
+
+def _km_plain(joined: pd.DataFrame) -> dict:
+    from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+    time = np.maximum(np.ceil(joined.followup_days / KM_STEP), 1) * KM_STEP
+    event = joined.readmitted.astype(int)
+    curves = {}
+    for level in (False, True):
+        part = joined.app_user == level
+        curves[level] = SurvfuncRight(time[part].to_numpy(), event[part].to_numpy())
+    chi2, _ = survdiff(time, event, joined.app_user)
+    return {"curves": curves, "chi2": chi2}
+
+
+def _km_compare(got: pd.DataFrame, want: dict) -> tuple[np.ndarray, np.ndarray]:
+    mine, theirs = [got.attrs["logrank"]["chi2"]], [want["chi2"]]
+    for level, fit in want["curves"].items():
+        times = got.index[1:]
+        at = np.searchsorted(fit.surv_times, times, side="right") - 1
+        theirs += list(np.where(at >= 0, fit.surv_prob[np.maximum(at, 0)], 1.0))
+        mine += list(got[level].to_numpy()[1:])
+    return np.array(mine, dtype=float), np.array(theirs, dtype=float)
+
+
+CASES = [Case("ttest", _ttest_secure, _ttest_plain, _ttest_compare),
+         Case("chi2", _chi2_secure, _chi2_plain, _chi2_compare),
+         Case("corr", _corr_secure, _corr_plain, _corr_compare),
+         Case("km", _km_secure, _km_plain, _km_compare)]
 
 
 def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
