@@ -1,0 +1,208 @@
+"""Ordinary least squares with a formula, as ``statsmodels.formula.api.ols(...).fit()``.
+
+Plan: no groupby, no aggregates, the frame's filter, ``min_residual_df`` (filled in by the
+client from the parties' policies) and::
+
+    {"kind": "ols", "formula": "cost_change ~ app_user * income_band + age",
+     "response": {"name": "cost_change", "expr": <expression>},
+     "design": [{"name": "Intercept", "expr": null},
+                {"name": "app_user[T.True]", "expr": <0/1 condition>}, ...],
+     "complete": [<condition: a categorical factor is not missing>, ...],
+     "centered": true}
+
+The design columns (names, order and coding as patsy; see :mod:`.formula`) are plan
+expressions: a dummy is an ``eq`` condition, an interaction a ``mul``; ``null`` is the
+intercept. Rows used: the (filtered) join's rows where the response, every design column
+and every ``complete`` condition are present (listwise, as statsmodels ``missing="drop"``).
+
+Under MPC (:mod:`ppa_kernel.secure.models.ols`, :mod:`ppa_kernel.secure.linalg`): the
+per-row design values as secure integers at one common fixed-point scale, the cohort and
+complete-case mask, and one secure integer matrix product for the exact Gram matrix of
+``[1, X, y]``; then a secret power-of-two scaling of each column (from a bit
+decomposition of the Gram diagonal; only masked values are opened) that brings the Gram
+matrix into fixed point with unit-order entries, its LDL' factorisation (whose last
+pivot is the residual sum of squares RSS -- the residuals are never formed), the
+coefficients and the diagonal of ``(X'X)^-1``, and the total sum of squares TSS from the
+same matrix. Checks, each opened as one bit, in this order (a failing check stops the
+run: nothing after it is computed or opened):
+
+1. ``disclosure.pass``: n, the number of rows used, reaches the minimum cell size;
+2. ``model.ols.df_ok``: the residual degrees of freedom n - p reach ``min_residual_df``
+   (p = number of design columns, public);
+3. ``model.ols.design_ok``: the design is not (nearly) singular -- the determinant of
+   X'X scaled to unit diagonal is at least 2^-32 (an empty dummy or collinear columns
+   fail) -- and the response is not (nearly) constant (TSS / y'y at least 2^-32).
+
+Then opened, to every party and the analyst: ``model.ols.n`` (n; the residual df is
+n - p, so opening n is opening the df), ``model.ols.coef`` (the coefficients),
+``model.ols.se_squared`` (the squared standard errors sigma² (X'X)^-1_jj with
+sigma² = RSS / (n - p); a standard error is the non-negative square root, taken in the
+clear, so this is exactly the standard errors) and ``model.ols.r_squared`` (1 - RSS/TSS;
+TSS centred when the design spans a constant -- an intercept or a purely categorical
+term -- as statsmodels, otherwise y'y). Never opened: X'X, X'y, y'y, the residuals, the
+mask, the normalisers. t, p-values and 95% confidence intervals follow in the clear
+from the coefficients, standard errors and df (Student t with n - p df).
+
+A refused run raises :class:`~ppa_kernel.errors.PlanError` at the analyst naming the
+reason (too few rows, too few residual df, singular design or constant response).
+
+Result (``collect()``): one row per design column (index: patsy's term names) with
+columns ``coef``, ``std err``, ``t``, ``P>|t|``, ``[0.025``, ``0.975]`` like
+``summary().tables[1]``; ``attrs`` holds ``r_squared``, ``r_squared_adj``, ``n``,
+``df_resid``, ``df_model`` and ``formula``.
+
+Accuracy assumptions (true of realistic data): every column's values stay below
+2^(100 - 16 S) / sqrt(rows) in magnitude, S the largest scale exponent among the columns
+(1 for a party's own columns, one more per product of different parties' columns); the
+coefficients and squared standard errors below 2^50; the ratio of the response's root
+mean square to any column's below 2^25. Inputs are fixed point with 16 fraction bits,
+so results agree with statsmodels to about 1e-6 of each coefficient's standard error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..errors import PlanError
+from ..plan import check_expr, is_boolean
+from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
+from .formula import build_design
+
+if TYPE_CHECKING:
+    from ..frame import Query, SecureFrame
+
+logger = logging.getLogger(__name__)
+
+KIND = "ols"
+OUTPUTS = ("df_ok", "design_ok", "n", "coef", "se_squared", "r_squared")
+DEFAULT_MIN_RESIDUAL_DF = 10
+"""Used when a plan carries no ``min_residual_df`` (the client always fills it in)."""
+
+COLUMNS = ["coef", "std err", "t", "P>|t|", "[0.025", "0.975]"]
+
+
+class OLS(ModelKind):
+    kind = KIND
+
+    def validate(self, plan: dict) -> None:
+        model = plan["model"]
+        require_keys(model, {"formula", "response", "design", "complete", "centered"})
+        if plan["groupby"] or plan["aggregates"]:
+            raise PlanError("ols: the plan takes no groups and no aggregates")
+        columns = plan["columns"]
+        response, design = model["response"], model["design"]
+        if not isinstance(model["formula"], str) or not isinstance(model["centered"], bool):
+            raise PlanError("ols: 'formula' must be text and 'centered' true or false")
+        if not isinstance(response, dict) or set(response) != {"name", "expr"}:
+            raise PlanError("ols: 'response' must be {name, expr}")
+        check_expr(response["expr"], columns)
+        expr = response["expr"]
+        if "const" in expr or is_boolean(expr, columns) or \
+                ("col" in expr and columns[expr["col"]]["kind"] != "numeric"):
+            raise PlanError("ols: the response must be a numeric column or expression")
+        if not isinstance(design, list) or not design:
+            raise PlanError("ols: the design needs at least one column")
+        names = []
+        for i, entry in enumerate(design):
+            if not isinstance(entry, dict) or set(entry) != {"name", "expr"} \
+                    or not isinstance(entry["name"], str) or not entry["name"]:
+                raise PlanError("ols: each design column must be {name, expr}")
+            names.append(entry["name"])
+            if entry["expr"] is None:
+                if i != 0:
+                    raise PlanError("ols: only the first design column may be the intercept")
+                continue
+            check_expr(entry["expr"], columns)
+            if "const" in entry["expr"]:
+                raise PlanError(f"ols: design column {entry['name']!r} is a constant")
+        if len(set(names)) != len(names):
+            raise PlanError("ols: design column names must be distinct")
+        if not isinstance(model["complete"], list):
+            raise PlanError("ols: 'complete' must be a list of conditions")
+        for condition in model["complete"]:
+            check_expr(condition, columns)
+            if not is_boolean(condition, columns):
+                raise PlanError("ols: 'complete' holds conditions only")
+
+    def value_inputs(self, plan: dict) -> list[dict]:
+        model = plan["model"]
+        return [model["response"]["expr"]] + [e["expr"] for e in model["design"]
+                                              if e["expr"] is not None]
+
+    def condition_inputs(self, plan: dict) -> list[dict]:
+        return list(plan["model"]["complete"])
+
+    def openings(self, plan: dict) -> set[str]:
+        return {output_name(KIND, o) for o in OUTPUTS} | {MASKED_TRUNCATION}
+
+    def table(self, plan: dict, stats: dict, released: pd.DataFrame) -> pd.DataFrame:
+        opened = stats["model"]
+        if opened.get("refused"):
+            raise PlanError(refusal_message(plan, opened["refused"]))
+        return coefficient_table(plan, opened)
+
+
+def refusal_message(plan: dict, reason: str) -> str:
+    """The analyst's one-line reason for a refused regression."""
+    model = plan["model"]
+    p = len(model["design"])
+    if reason == "min_cell_size":
+        return (f"ols refused: fewer than {plan.get('min_cell_size')} complete rows "
+                f"(the minimum cell size) for {model['formula']!r}")
+    if reason == "min_residual_df":
+        return (f"ols refused: the residual degrees of freedom (complete rows - {p} "
+                f"coefficients) are below the minimum of "
+                f"{min_residual_df(plan)} for {model['formula']!r}")
+    return (f"ols refused: the design of {model['formula']!r} is singular on the rows used "
+            f"(a dummy without rows, or collinear columns) or the response is constant")
+
+
+def min_residual_df(plan: dict) -> int:
+    """The plan's minimum residual df (a default if the plan does not state it)."""
+    return plan.get("min_residual_df") or DEFAULT_MIN_RESIDUAL_DF
+
+
+def coefficient_table(plan: dict, opened: dict) -> pd.DataFrame:
+    """Coefficients, standard errors, t, p and 95% intervals, as statsmodels' summary."""
+    from scipy import stats as sps
+
+    model = plan["model"]
+    names = [e["name"] for e in model["design"]]
+    n, p = int(opened["n"]), len(names)
+    df = n - p
+    coef = np.asarray(opened["coef"], dtype=float)
+    se = np.sqrt(np.maximum(np.asarray(opened["se_squared"], dtype=float), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = coef / se
+    pvalue = 2 * sps.t.sf(np.abs(t), df)
+    half = sps.t.ppf(0.975, df) * se
+    frame = pd.DataFrame({"coef": coef, "std err": se, "t": t, "P>|t|": pvalue,
+                          "[0.025": coef - half, "0.975]": coef + half},
+                         index=pd.Index(names), columns=COLUMNS)
+    r2 = float(opened["r_squared"])
+    constant = model["centered"]
+    df_model = p - int(constant)
+    frame.attrs.update(
+        formula=model["formula"], n=n, df_resid=df, df_model=df_model, r_squared=r2,
+        r_squared_adj=1 - (n - int(constant)) / df * (1 - r2),
+        suppressed=pd.DataFrame(False, index=frame.index, columns=frame.columns))
+    return frame
+
+
+def ols(frame: SecureFrame, formula: str) -> Query:
+    """Least-squares regression ``response ~ terms`` over the frame's complete rows.
+
+    As ``statsmodels.formula.api.ols(formula, data).fit()`` (patsy's formula language:
+    ``+ - * :``, parentheses, ``- 1``; categorical and boolean columns become treatment
+    dummies; names resolve like ``frame[name]``, including assigned columns and
+    ``party.column``). See :mod:`ppa_kernel.models.ols` for what is opened and the
+    result's shape.
+    """
+    from .corr import _model_query
+
+    design = build_design(frame, formula)
+    return _model_query(frame, design.inputs, design.model(KIND))
