@@ -100,6 +100,27 @@ def _corr_compare(got: pd.DataFrame, want: pd.DataFrame) -> tuple[np.ndarray, np
     return matrix.to_numpy(dtype=float).ravel(), want.to_numpy(dtype=float).ravel()
 
 
+OLS_FORMULA = "change ~ app_user * income_band + age"
+
+
+def _ols_secure(c: Consortium) -> pd.DataFrame:
+    t = c.link()
+    return t.assign(change=t.cost_2021 - t.cost_2020).ols(OLS_FORMULA).collect(timeout=7200)
+
+
+def _ols_plain(joined: pd.DataFrame):
+    import statsmodels.formula.api as smf
+
+    return smf.ols(OLS_FORMULA, data=joined.assign(
+        change=joined.cost_2021 - joined.cost_2020)).fit()
+
+
+def _ols_compare(got: pd.DataFrame, want) -> tuple[np.ndarray, np.ndarray]:
+    mine = [*got.loc[want.params.index, "coef"], *got.loc[want.params.index, "std err"],
+            got.attrs["r_squared"]]
+    return np.array(mine, dtype=float), np.array([*want.params, *want.bse, want.rsquared])
+
+
 KM_STEP = 30
 
 
@@ -134,6 +155,7 @@ def _km_compare(got: pd.DataFrame, want: dict) -> tuple[np.ndarray, np.ndarray]:
 CASES = [Case("ttest", _ttest_secure, _ttest_plain, _ttest_compare),
          Case("chi2", _chi2_secure, _chi2_plain, _chi2_compare),
          Case("corr", _corr_secure, _corr_plain, _corr_compare),
+         Case("ols", _ols_secure, _ols_plain, _ols_compare),
          Case("km", _km_secure, _km_plain, _km_compare)]
 
 
