@@ -1,0 +1,401 @@
+"""Quantiles (median, quartiles, ...) of a measure per group, rounded to a public precision.
+
+Plan: groupby = the groups (any, or none), no aggregates, the frame's filter, and::
+
+    {"kind": "quantile", "measure": <expression>, "q": [0.25, 0.5, 0.75],
+     "precision": p, "range": [lo, hi]}
+
+``p > 0`` is the step the values are rounded to; ``[lo, hi]`` is a public range of the
+measure (the builder derives it from the catalog's published min/max, by interval
+arithmetic for expressions). The rows of a cell are those of the (filtered) join in the
+cell whose measure is present; n is their number.
+
+Definition (exact, what is released): for 0 < q < 1 let r = ceil(q n) (q is read as the
+nearest fraction with denominator at most 10^6, and q n is exact) and x_(r) the r-th
+smallest value, i.e. ``np.quantile(x, q, method="inverted_cdf")``. Released is x_(r)
+rounded to the nearest multiple of p, halves rounded down: k p with
+``k = ceil(x_(r) / p - 1/2)``, the smallest k with count(x <= t_k) >= r for the
+thresholds t_k = (k + 1/2) p. p is read as the decimal it prints as (0.1 is 1/10) and
+the comparisons x <= t_k are exact in rationals on the values as the parties encode
+them (multiples of 2^-16 for a column; products and divisions by non-integers add
+their own rounding). Values outside ``[lo, hi]`` count as lo or hi (for the catalog's
+range, which the parties round outward, none are).
+
+Under MPC (all parties make the same calls; every decision is on public values):
+
+1. n per cell (integer sums over the rows); whether n >= min_cell_size is opened per
+   cell (``disclosure.pass``), nothing else about n. Failing cells stop here.
+2. Clamp: x < lo and x > hi are the model's condition inputs -- computed by the owner
+   in the clear and input as 0/1 when the measure is one party's (then the clamp is
+   two secure multiplications per row), else two secure comparisons per row. This
+   bounds the values for step 3 whatever range the plan claims.
+3. Grid index per row: i = min{k >= 0: x <= t_(K0 + k)} with K0 the first grid point
+   at or above lo, so 0 <= i < 2^S, S = ceil(log2(grid points from lo to hi)). It is
+   floor(y / step) for a public linear y(x) and a public step (:class:`Grid`); its S
+   bits come from one secure bit decomposition per row (two when p's numerator has an
+   odd factor, e.g. p = 20: exact division by the odd part with a magic multiplier).
+   Nothing is opened (only the masked values inside MPyC's protocol).
+4. Bisection with public thresholds, vectorised over all cells and q: each passing
+   (cell, q) keeps a public interval [a, a + 2^m) of grid indices; a step tests the
+   midpoint c = a + 2^(m-1) - 1: the rows of the cell with index <= c are counted from
+   the index bit m-1 and a secret per-(row, q) "in the interval" flag (two secure
+   multiplications per row and q; the flag's update uses the public halves, spread
+   over the rows with the secret cell membership: linear), then one secure comparison
+   per (cell, q) opens ``count(x <= t_(K0 + c)) * D >= N * n`` for q = N / D, n secret
+   (``model.quantile.bisection``). Midpoints at or above the last grid point (bit
+   publicly 1) are not tested.
+
+The issue's cost model (one secure comparison per row, quantile and step, ~S Q
+comparisons per row) is replaced by steps 2-3 (about one to two comparisons' worth of
+work per row, independent of Q, the cells and S), with the same openings.
+
+Opened, to every party and the analyst: the pass bit of every cell, and for passing
+cells the bisection bits. Leakage argument: each bit is [k* <= K0 + c] for the released
+index k* and a midpoint c fixed by the earlier bits, so the bits of one (cell, q) are
+the binary digits of k* - K0, most significant first (digits whose test is skipped are
+1 by construction): they determine, and are determined by, the released rounded
+quantile. The value is computed from the bits in the clear, not opened again. Never
+opened: n, the counts, the rows' values, indices or flags.
+
+Residual disclosure: a quantile is a value of one person of the cell (rounded to p);
+extreme q in small cells come close to the minimum or maximum. The precision p (policy:
+a minimum precision) and min_cell_size are the controls; q must lie strictly in (0, 1).
+
+Result (``collect()``): a DataFrame indexed by the groups (as ``groupby(...).agg``), one
+column per q named ``f"q{q:g}"`` (``q0.25``, ``q0.5``, ``q0.75``), NaN where the cell has
+fewer than min_cell_size values (``attrs["suppressed"]``); ``attrs["precision"]`` is p.
+"""
+
+from __future__ import annotations
+
+import copy
+import decimal
+import fractions
+import functools
+import itertools
+import logging
+import math
+import numbers
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..errors import PlanError
+from ..plan import check_expr
+from . import ModelKind, output_name, require_keys
+
+if TYPE_CHECKING:
+    from ..frame import Column, Query, SecureFrame
+
+logger = logging.getLogger(__name__)
+
+KIND = "quantile"
+BISECTION = output_name(KIND, "bisection")
+PASS = "disclosure.pass"
+MAX_STEPS = 24
+"""At most 2^24 grid points between lo and hi (finer precisions are refused)."""
+MAX_DENOMINATOR = 10**6
+"""q is read as the nearest fraction with a denominator up to this; the precision, a
+decimal, may have no larger denominator."""
+DEFAULT_POINTS = 1000
+"""The default precision is the 1-2-5 step at least (hi - lo) / DEFAULT_POINTS."""
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def column_name(q: float) -> str:
+    """The result column of quantile q: ``q0.25``, ``q0.5``, ..."""
+    return f"q{q:g}"
+
+
+def fraction(q: float) -> fractions.Fraction:
+    """q as the exact fraction the parties use (r = ceil(q n))."""
+    return fractions.Fraction(q).limit_denominator(MAX_DENOMINATOR)
+
+
+def step_fraction(precision: float) -> fractions.Fraction:
+    """The precision as the exact decimal it prints as (0.1 -> 1/10)."""
+    return fractions.Fraction(repr(float(precision)))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The public search grid of a plan, at a measure's fixed-point scale.
+
+    Values are encoded as x * unit; the thresholds are (k + 1/2) p with p = num / den
+    exactly; clamped values lie in [low, high] / unit; the released index lies in
+    [first, last]; ``steps`` = ceil(log2(last - first + 1)).
+
+    A value's grid index i = min{k >= 0: x <= (first + k + 1/2) p} is floor(y / step)
+    for ``y = shifted(x * unit - low)`` >= 0 and ``step`` = 2 num unit = odd 2^shift:
+    the bits of y above ``shift`` when odd = 1, else floor(n m / 2^s) for
+    n = floor(y / 2^shift) (:meth:`division`). :meth:`index` computes it in the clear.
+    """
+
+    first: int
+    last: int
+    steps: int
+    num: int
+    den: int
+    unit: int
+    low: int
+    high: int
+
+    @property
+    def step(self) -> int:
+        return 2 * self.num * self.unit
+
+    @property
+    def top(self) -> int:
+        """The largest y of a value in [low, high]."""
+        return self.shifted(self.high - self.low)
+
+    def shifted(self, x):
+        """y = 2 den x - base + step - 1 for x = value * unit - low (linear: works on shares).
+
+        base = (2 first + 1) num unit - 2 den low lies in [0, step), so y >= 0.
+        """
+        base = (2 * self.first + 1) * self.num * self.unit - 2 * self.den * self.low
+        return 2 * self.den * x - base + self.step - 1
+
+    def division(self) -> tuple[int, int, int, int]:
+        """(shift, odd, m, s): step = odd 2^shift, and for odd > 1,
+        floor(n / odd) = floor(n m / 2^s) for all 0 <= n <= top >> shift.
+
+        m = ceil(2^s / odd) with s = bits(n) + bits(odd): n m / 2^s exceeds n / odd by
+        less than 2^-bits(odd) < 1 / odd, too little to reach the next integer
+        (Granlund and Montgomery's division by invariant integers).
+        """
+        shift = (self.step & -self.step).bit_length() - 1
+        odd = self.step >> shift
+        s = (self.top >> shift).bit_length() + odd.bit_length()
+        return shift, odd, -(-(1 << s) // odd), s
+
+    def index(self, x: int) -> int:
+        """The grid index of an encoded value x in [low, high], as the parties compute it."""
+        shift, odd, m, s = self.division()
+        n = self.shifted(x - self.low) >> shift
+        return n if odd == 1 else (n * m) >> s
+
+
+def _first_at_least(value: fractions.Fraction, p: fractions.Fraction) -> int:
+    """The smallest k with (k + 1/2) p >= value."""
+    return math.ceil(value / p - fractions.Fraction(1, 2))
+
+
+def grid(model: dict, scale: int = 1) -> Grid:
+    """The grid of a plan's model for a measure at scale exponent ``scale``."""
+    from ..program import SCALE_BITS
+
+    unit = 1 << (SCALE_BITS * scale)
+    p = step_fraction(model["precision"])
+    lo, hi = (fractions.Fraction(b) * unit for b in model["range"])
+    low, high = math.floor(lo), math.ceil(hi)
+    first = _first_at_least(fractions.Fraction(low, unit), p)
+    last = _first_at_least(fractions.Fraction(high, unit), p)
+    return Grid(first, last, (last - first).bit_length(), p.numerator, p.denominator,
+                unit, low, high)
+
+
+def range_conditions(model: dict) -> tuple[dict, dict]:
+    """``measure < low`` and ``measure > high``: the clamp's conditions (owner-side when
+    the measure is, i.e. computed in the clear by its owner and input as 0/1)."""
+    low, high = ({"const": b} for b in model["range"])
+    return ({"op": "lt", "args": [model["measure"], low]},
+            {"op": "gt", "args": [model["measure"], high]})
+
+
+def grid_value(k: int, precision: float) -> float:
+    """k p, without binary noise for decimal precisions (3 * 0.1 -> 0.3)."""
+    return float(decimal.Decimal(repr(float(precision))) * k)
+
+
+class Quantile(ModelKind):
+    kind = KIND
+
+    def validate(self, plan: dict) -> None:
+        model = plan["model"]
+        require_keys(model, {"measure", "q", "precision", "range"})
+        if plan["aggregates"]:
+            raise PlanError("quantile releases only the quantiles: leave the aggregates empty")
+        check_expr(model["measure"], plan["columns"])
+        measure = model["measure"]
+        if "const" in measure:
+            raise PlanError("quantile: the measure is a constant")
+        if "col" in measure and plan["columns"][measure["col"]]["kind"] != "numeric":
+            raise PlanError("quantile: the measure must be numeric")
+        qs = model["q"]
+        if not isinstance(qs, list) or not qs or not all(_number(q) and 0 < q < 1 for q in qs):
+            raise PlanError("quantile: q must be a non-empty list of numbers strictly "
+                            "between 0 and 1")
+        if len({column_name(q) for q in qs}) != len(qs):
+            raise PlanError("quantile: the q must be distinct")
+        precision = model["precision"]
+        if not _number(precision) or precision <= 0:
+            raise PlanError(f"quantile: precision must be a positive number, not "
+                            f"{precision!r}")
+        bounds = model["range"]
+        if not isinstance(bounds, list) or len(bounds) != 2 or \
+                not all(_number(b) for b in bounds) or bounds[0] > bounds[1]:
+            raise PlanError("quantile: range must be [low, high] with low <= high")
+        if step_fraction(precision).denominator > MAX_DENOMINATOR:
+            raise PlanError(f"quantile: precision {precision!r} has too many decimals",
+                            hint="use at most 6 digits after the decimal point")
+        if grid(model).steps > MAX_STEPS:
+            raise PlanError(f"quantile: precision {precision} is too fine for the range "
+                            f"{bounds}", hint=f"at most 2^{MAX_STEPS} steps of it")
+
+    def value_inputs(self, plan: dict) -> list[dict]:
+        return [plan["model"]["measure"]]
+
+    def condition_inputs(self, plan: dict) -> list[dict]:
+        return list(range_conditions(plan["model"]))
+
+    def openings(self, plan: dict) -> set[str]:
+        return {BISECTION, PASS}
+
+    def table(self, plan: dict, stats: dict, released: pd.DataFrame) -> pd.DataFrame:
+        model = plan["model"]
+        opened = stats["model"]["quantiles"]
+        columns = [column_name(q) for q in model["q"]]
+        values = np.array([[np.nan if v is None else v for v in row] for row in opened],
+                          dtype=float).reshape(len(opened), len(columns))
+        frame = pd.DataFrame(values, index=_index(plan), columns=columns)
+        frame.attrs["suppressed"] = frame.isna()
+        frame.attrs["precision"] = model["precision"]
+        return frame
+
+
+def _index(plan: dict) -> pd.Index:
+    """The groups in plan order, as :func:`ppa_kernel.results.to_frame` indexes them."""
+    groups = plan["groupby"]
+    if not groups:
+        return pd.RangeIndex(1)
+    combos = list(itertools.product(*(e["levels"] for e in groups)))
+    index = pd.MultiIndex.from_tuples(combos, names=[e["name"] for e in groups])
+    return index.get_level_values(0) if len(groups) == 1 else index
+
+
+# --------------------------------------------------------------------- builder
+def nice_step(width: float) -> float:
+    """The smallest 1-2-5 step (..., 0.1, 0.2, 0.5, 1, 2, 5, 10, ...) at least ``width``."""
+    if not width > 0:
+        return 1.0
+    exponent = math.floor(math.log10(width))
+    for base in (1, 2, 5, 10):
+        step = float(decimal.Decimal(base).scaleb(exponent))
+        if step >= width * (1 - 1e-12):
+            return int(step) if step.is_integer() else step
+    raise AssertionError("unreachable")
+
+
+def expression_range(frame: SecureFrame, expr: dict) -> tuple[float, float]:
+    """Bounds of an expression from the catalog's published min/max (interval arithmetic)."""
+    if "const" in expr:
+        value = expr["const"]
+        if not _number(value):
+            raise PlanError(f"quantile: {value!r} is not a number")
+        return float(value), float(value)
+    if "col" in expr:
+        party, name = expr["col"].split(".", 1)
+        meta = frame._catalog[party][name]
+        if meta.get("kind") == "bool":
+            return 0.0, 1.0
+        low, high = meta.get("min"), meta.get("max")
+        if low is None or high is None:
+            raise PlanError(f"{expr['col']!r} has no published range",
+                            hint="its party publishes no min and max for it")
+        return float(low), float(high)
+    op, args = expr["op"], expr["args"]
+    if op not in ("add", "sub", "mul", "div", "neg"):
+        return 0.0, 1.0  # a truth value
+    parts = [expression_range(frame, a) for a in args]
+    if op == "neg":
+        return -parts[0][1], -parts[0][0]
+    (a, b), (c, d) = parts
+    if op == "add":
+        return a + c, b + d
+    if op == "sub":
+        return a - d, b - c
+    if op == "div":
+        c = d = 1 / c
+    products = [a * c, a * d, b * c, b * d]
+    return min(products), max(products)
+
+
+def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] = (0.25, 0.5, 0.75),
+              by: str | Column | list[str | Column] | None = None,
+              precision: float | None = None) -> Query:
+    """Quantiles of ``column`` (per group of ``by``), rounded to multiples of ``precision``.
+
+    As ``np.quantile(x, q, method="inverted_cdf")`` rounded to the nearest multiple of
+    ``precision`` (halves down), over the rows where the measure is present. The default
+    precision is the 1-2-5 step at least 1/1000 of the measure's published range. See
+    :mod:`ppa_kernel.models.quantile` for what is opened and the result's shape.
+    """
+    measure = frame._column(column)
+    if measure.kind != "numeric":
+        raise PlanError(f"quantile needs a numeric measure, not {measure.kind} "
+                        f"{measure.name!r}")
+    qs = [q] if _number(q) else list(q)
+    qs = [float(v) if isinstance(v, float | np.floating) else v for v in qs]
+    low, high = expression_range(frame, measure.expr)
+    if precision is None:
+        precision = nice_step((high - low) / DEFAULT_POINTS)
+    elif not _number(precision) or precision <= 0:
+        raise PlanError(f"precision must be a positive number, not {precision!r}")
+    keys = [] if by is None else list(by) if isinstance(by, list | tuple) else [by]
+    entries = frame.groupby(keys).entries if keys else []
+    model = {"kind": KIND, "measure": measure.expr, "q": qs, "precision": precision,
+             "range": [low, high]}
+    logger.debug("quantile plan: q=%s precision=%s range=%s", qs, precision, [low, high])
+    return _query_class()(frame, entries, measure, model)
+
+
+@functools.cache
+def _query_class() -> type:
+    """``Query`` declares only the columns of its filter, groups and aggregates; a
+    quantile plan has no aggregates, so this subclass also declares the measure's.
+
+    (Integrator: a ``Query(..., inputs=[...])`` argument would replace it, as for corr.)
+    """
+    from ..frame import Query
+
+    class QuantileQuery(Query):
+        def __init__(self, frame: SecureFrame, entries: list, measure: Column, model: dict,
+                     min_cell_size: int | None = None) -> None:
+            self._measure = measure
+            super().__init__(frame, entries, [], kind="model", min_cell_size=min_cell_size,
+                             model=model)
+
+        def _build(self) -> dict:
+            from ..plan import PLAN_VERSION, validate_plan
+
+            condition = self._frame._filter
+            columns: dict[str, dict] = {}
+            for used in [condition, self._measure, *(c for _, c in self._entries)]:
+                if used is not None:
+                    columns.update(used.columns)
+            plan = {"ppa_plan": PLAN_VERSION,
+                    "parties": list(self._frame._parties),
+                    "link": list(self._frame._link),
+                    "columns": {name: columns[name] for name in sorted(columns)},
+                    "filter": condition.expr if condition is not None else None,
+                    "groupby": [entry for entry, _ in self._entries],
+                    "aggregates": [],
+                    "min_cell_size": self._min_cell_size,
+                    "model": self._model}
+            return validate_plan(copy.deepcopy(plan))
+
+        def with_min_cell_size(self, k: int) -> Query:
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
+            return QuantileQuery(self._frame, self._entries, self._measure, self._model,
+                                 int(k))
+
+    return QuantileQuery
