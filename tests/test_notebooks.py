@@ -156,3 +156,28 @@ def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, bui
         means = table["mean"].unstack("app_user")
         np.testing.assert_allclose(difference.iloc[:, 0].to_numpy(),
                                    (means[True] - means[False]).to_numpy())
+        check_inference(out, plain)
+
+
+def check_inference(out: Path, plain: pd.DataFrame) -> None:
+    """The study's t-tests and regression equal scipy's and statsmodels' on the same rows."""
+    import statsmodels.formula.api as smf
+    from scipy import stats
+
+    plain = plain.assign(outcome=plain.cost_2021 - plain.cost_2020)
+    ttest = pd.read_csv(out / "ttest.csv", index_col=0)
+    for band, row in ttest.dropna(subset=["t"]).iterrows():
+        rows = plain[plain.income_band == band]
+        users = rows.app_user.astype(bool)
+        want = stats.ttest_ind(rows.outcome[~users].dropna(), rows.outcome[users].dropna(),
+                               equal_var=False)
+        np.testing.assert_allclose([row["t"], row["df"]], [want.statistic, want.df],
+                                   rtol=1e-6)
+    assert ttest["t"].notna().any()
+    ols = pd.read_csv(out / "ols.csv", index_col=0)
+    fit = smf.ols("outcome ~ app_user * income_band + age", data=plain).fit()
+    np.testing.assert_allclose(ols.loc[fit.params.index, "coef"], fit.params,
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ols.loc[fit.params.index, "std err"], fit.bse, rtol=1e-5)
+    for name in ("km", "corr", "chi2", "quantiles"):
+        assert (out / f"{name}.csv").exists(), name
