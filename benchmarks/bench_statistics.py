@@ -121,6 +121,24 @@ def _ols_compare(got: pd.DataFrame, want) -> tuple[np.ndarray, np.ndarray]:
     return np.array(mine, dtype=float), np.array([*want.params, *want.bse, want.rsquared])
 
 
+def _quantile_secure(c: Consortium) -> pd.DataFrame:
+    return c.link().quantiles("cost_2021", by="income_band").collect(timeout=7200)
+
+
+def _quantile_plain(joined: pd.DataFrame) -> pd.DataFrame:
+    return joined.groupby("income_band").cost_2021.apply(
+        lambda x: pd.Series(np.quantile(x.dropna(), [0.25, 0.5, 0.75], method="inverted_cdf"),
+                            index=["q0.25", "q0.5", "q0.75"])).unstack()
+
+
+def _quantile_compare(got: pd.DataFrame, want: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Released values are rounded to the precision: compare after the same rounding."""
+    step = got.attrs["precision"]
+    mine = got.loc[want.index, ["q0.25", "q0.5", "q0.75"]].to_numpy(dtype=float)
+    nearest = np.ceil(want.to_numpy(dtype=float) / step - 0.5) * step  # halves down
+    return mine.ravel(), nearest.ravel()
+
+
 KM_STEP = 30
 
 
@@ -156,7 +174,8 @@ CASES = [Case("ttest", _ttest_secure, _ttest_plain, _ttest_compare),
          Case("chi2", _chi2_secure, _chi2_plain, _chi2_compare),
          Case("corr", _corr_secure, _corr_plain, _corr_compare),
          Case("ols", _ols_secure, _ols_plain, _ols_compare),
-         Case("km", _km_secure, _km_plain, _km_compare)]
+         Case("km", _km_secure, _km_plain, _km_compare),
+         Case("quantile", _quantile_secure, _quantile_plain, _quantile_compare)]
 
 
 def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
