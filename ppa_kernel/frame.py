@@ -655,7 +655,8 @@ class Query:
 
     def __init__(self, frame: SecureFrame, entries: list[tuple[dict, Column]],
                  specs: list[tuple[str, str, Column | None]], *, kind: str,
-                 min_cell_size: int | None = None, model: dict | None = None) -> None:
+                 min_cell_size: int | None = None, model: dict | None = None,
+                 inputs: list[Column] | None = None) -> None:
         if kind not in QUERY_KINDS:
             raise ValueError(f"unknown query kind {kind!r}")
         self._frame = frame
@@ -663,6 +664,7 @@ class Query:
         self._specs = specs
         self._min_cell_size = min_cell_size
         self._model = model
+        self._inputs = list(inputs or [])  # columns a model reads beyond groups/aggregates
         self.kind = kind
         self.index_names = [entry["name"] for entry, _ in entries]
         self._plan = self._build()
@@ -672,7 +674,7 @@ class Query:
 
     def _build(self) -> dict:
         used = [self._frame._filter] + [c for _, c in self._entries] + \
-            [c for _, _, c in self._specs]
+            [c for _, _, c in self._specs] + self._inputs
         columns: dict[str, dict] = {}
         for column in used:
             if column is not None:
@@ -697,7 +699,7 @@ class Query:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
         return Query(self._frame, self._entries, self._specs, kind=self.kind,
-                     min_cell_size=int(k), model=self._model)
+                     min_cell_size=int(k), model=self._model, inputs=self._inputs)
 
     def plan(self) -> dict:
         """The validated analysis plan (a fresh copy) this query sends to the parties."""

@@ -40,11 +40,8 @@ Result (``collect()``): long format, one row per pair i < j with columns ``x``, 
 
 from __future__ import annotations
 
-import copy
-import functools
 import itertools
 import logging
-import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -150,51 +147,8 @@ def corr(frame: SecureFrame, columns: list[str | Column]) -> Query:
     if len(measures) < 2 or len(set(names)) != len(names):
         raise PlanError("corr needs at least two different columns")
     model = {"kind": KIND, "measures": [m.expr for m in measures], "names": names}
-    return _model_query(frame, measures, model)
-
-
-def _model_query(frame: SecureFrame, inputs: list[Column], model: dict,
-                 min_cell_size: int | None = None) -> Query:
-    """A model Query whose plan also declares the columns its model's inputs read."""
-    return _inputs_query_class()(frame, inputs, model, min_cell_size)
-
-
-@functools.cache
-def _inputs_query_class() -> type:
-    """``Query`` collects plan columns from its filter, groups and aggregates only, and a
-    corr plan has neither groups nor aggregates: this subclass adds the measures' columns.
-
-    (Integrator: better a ``Query(..., inputs=[...])`` argument doing the same.)
-    """
     from ..frame import Query
-    from ..plan import PLAN_VERSION, validate_plan
 
-    class InputsQuery(Query):
-        def __init__(self, frame: SecureFrame, inputs: list[Column], model: dict,
-                     min_cell_size: int | None) -> None:
-            self._inputs = list(inputs)
-            super().__init__(frame, [], [], kind="model", min_cell_size=min_cell_size,
-                             model=model)
+    return Query(frame, [], [], kind="model", model=model, inputs=measures)
 
-        def _build(self) -> dict:
-            condition = self._frame._filter
-            columns: dict[str, dict] = {}
-            for column in [condition, *self._inputs]:
-                if column is not None:
-                    columns.update(column.columns)
-            plan = {"ppa_plan": PLAN_VERSION,
-                    "parties": list(self._frame._parties),
-                    "link": list(self._frame._link),
-                    "columns": {name: columns[name] for name in sorted(columns)},
-                    "filter": condition.expr if condition is not None else None,
-                    "groupby": [], "aggregates": [],
-                    "min_cell_size": self._min_cell_size,
-                    "model": self._model}
-            return validate_plan(copy.deepcopy(plan))
 
-        def with_min_cell_size(self, k: int) -> Query:
-            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-                raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
-            return InputsQuery(self._frame, self._inputs, self._model, int(k))
-
-    return InputsQuery

@@ -202,7 +202,8 @@ def ols(frame: SecureFrame, formula: str) -> Query:
     ``party.column``). See :mod:`ppa_kernel.models.ols` for what is opened and the
     result's shape.
     """
-    from .corr import _model_query
+    from ..frame import Query
 
     design = build_design(frame, formula)
-    return _model_query(frame, design.inputs, design.model(KIND))
+    return Query(frame, [], [], kind="model", model=design.model(KIND),
+                 inputs=design.inputs)

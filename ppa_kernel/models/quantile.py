@@ -68,10 +68,8 @@ fewer than min_cell_size values (``attrs["suppressed"]``); ``attrs["precision"]`
 
 from __future__ import annotations
 
-import copy
 import decimal
 import fractions
-import functools
 import itertools
 import logging
 import math
@@ -354,48 +352,8 @@ def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] =
     model = {"kind": KIND, "measure": measure.expr, "q": qs, "precision": precision,
              "range": [low, high]}
     logger.debug("quantile plan: q=%s precision=%s range=%s", qs, precision, [low, high])
-    return _query_class()(frame, entries, measure, model)
-
-
-@functools.cache
-def _query_class() -> type:
-    """``Query`` declares only the columns of its filter, groups and aggregates; a
-    quantile plan has no aggregates, so this subclass also declares the measure's.
-
-    (Integrator: a ``Query(..., inputs=[...])`` argument would replace it, as for corr.)
-    """
     from ..frame import Query
 
-    class QuantileQuery(Query):
-        def __init__(self, frame: SecureFrame, entries: list, measure: Column, model: dict,
-                     min_cell_size: int | None = None) -> None:
-            self._measure = measure
-            super().__init__(frame, entries, [], kind="model", min_cell_size=min_cell_size,
-                             model=model)
+    return Query(frame, entries, [], kind="model", model=model, inputs=[measure])
 
-        def _build(self) -> dict:
-            from ..plan import PLAN_VERSION, validate_plan
 
-            condition = self._frame._filter
-            columns: dict[str, dict] = {}
-            for used in [condition, self._measure, *(c for _, c in self._entries)]:
-                if used is not None:
-                    columns.update(used.columns)
-            plan = {"ppa_plan": PLAN_VERSION,
-                    "parties": list(self._frame._parties),
-                    "link": list(self._frame._link),
-                    "columns": {name: columns[name] for name in sorted(columns)},
-                    "filter": condition.expr if condition is not None else None,
-                    "groupby": [entry for entry, _ in self._entries],
-                    "aggregates": [],
-                    "min_cell_size": self._min_cell_size,
-                    "model": self._model}
-            return validate_plan(copy.deepcopy(plan))
-
-        def with_min_cell_size(self, k: int) -> Query:
-            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-                raise PlanError(f"min_cell_size must be a positive integer, not {k!r}")
-            return QuantileQuery(self._frame, self._entries, self._measure, self._model,
-                                 int(k))
-
-    return QuantileQuery
