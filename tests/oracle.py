@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Mapping
 
@@ -66,3 +67,29 @@ def assert_matches(result: pd.DataFrame, want: pd.DataFrame, want_mask: pd.DataF
         np.testing.assert_allclose(got, exp, rtol=rtol, atol=1e-6, err_msg=column)
     assert [tuple(np.atleast_1d(i)) for i in result.index] == \
         [tuple(np.atleast_1d(i)) for i in want.index]
+
+
+def run_recorded(consortium, query) -> tuple[dict, pd.DataFrame, dict[str, tuple[int, list]]]:
+    """Run a query; return its plan, the released table and what was opened, by name.
+
+    ``opened`` maps each opening name to (total count of values, the recorded values);
+    every party must have opened the same.
+    """
+    from ppa_kernel.results import to_frame
+
+    raw = consortium.run_raw(query.plan())
+    parties = list(raw.results)
+    table = to_frame(raw.plan, raw.results[parties[0]]["stats"])
+    opened = {}
+    for party, outcome in raw.results.items():
+        counts: dict = collections.defaultdict(int)
+        values: dict = collections.defaultdict(list)
+        for entry in outcome["openings"]:
+            counts[entry["name"]] += entry["count"]
+            values[entry["name"]].append(entry["values"])
+        opened[party] = {name: (counts[name], values[name]) for name in counts}
+    assert all(o.keys() == opened[parties[0]].keys() for o in opened.values())
+    assert all({k: c for k, (c, _) in o.items()} == {k: c for k, (c, _) in
+                                                      opened[parties[0]].items()}
+               for o in opened.values())
+    return raw.plan, table, opened[parties[0]]

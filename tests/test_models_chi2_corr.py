@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import join
+from oracle import join, run_recorded
 from scipy import stats
 
 from ppa_kernel.errors import PlanError
 from ppa_kernel.models.chi2 import chi2
 from ppa_kernel.models.corr import corr
-from ppa_kernel.results import to_frame
 
 PARTIES = ["insurer", "hospital", "bureau"]
 ALWAYS = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
@@ -22,19 +19,9 @@ ALWAYS = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
 
 
 def run(consortium, query):
-    """The released table and every party's opened names -> (total count, values)."""
-    raw = consortium.run_raw(query.plan())
-    result = to_frame(raw.plan, raw.results[PARTIES[0]]["stats"])
-    opened = {}
-    for party, outcome in raw.results.items():
-        counts: dict = collections.defaultdict(int)
-        values: dict = collections.defaultdict(list)
-        for entry in outcome["openings"]:
-            counts[entry["name"]] += entry["count"]
-            values[entry["name"]].append(entry["values"])
-        opened[party] = {name: (counts[name], values[name]) for name in counts}
-    assert all(o.keys() == opened[PARTIES[0]].keys() for o in opened.values())
-    return result, opened[PARTIES[0]]
+    """The released table and the opened names -> (total count, values)."""
+    _, table, opened = run_recorded(consortium, query)
+    return table, opened
 
 
 @pytest.fixture(scope="module")

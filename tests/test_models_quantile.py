@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import math
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import join
+from oracle import join, run_recorded
 
 from ppa_kernel.errors import PlanError
 from ppa_kernel.models.quantile import expression_range, grid, nice_step, quantiles, step_fraction
-from ppa_kernel.results import to_frame
 
 PARTIES = ["insurer", "hospital", "bureau"]
 ALLOWED = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
@@ -30,17 +28,9 @@ def rounded(values: np.ndarray, q: list[float], precision: float) -> np.ndarray:
 
 
 def run(consortium, query):
-    """The released table and the names (with total counts) every party opened."""
-    raw = consortium.run_raw(query.plan())
-    table = to_frame(raw.plan, raw.results[PARTIES[0]]["stats"])
-    opened = {}
-    for party, outcome in raw.results.items():
-        counts: dict = collections.defaultdict(int)
-        for entry in outcome["openings"]:
-            counts[entry["name"]] += entry["count"]
-        opened[party] = dict(counts)
-    assert all(o == opened[PARTIES[0]] for o in opened.values())
-    return raw.plan, table, opened[PARTIES[0]]
+    """The plan, the released table and the names (with total counts) every party opened."""
+    plan, table, opened = run_recorded(consortium, query)
+    return plan, table, {name: count for name, (count, _) in opened.items()}
 
 
 @pytest.fixture(scope="module")
