@@ -25,6 +25,14 @@ Keys (all optional; any other key is an error, so typos are caught):
 ``min_residual_df``
     Whole number, at least 1 (default 10). A regression is refused when its residual
     degrees of freedom (rows minus coefficients) fall below this.
+``quantile_resolution``
+    Whole number, at least 1 (default 1000). A released quantile (median, quartiles,
+    ...) is rounded to a precision p, its step; p may not be finer than a column's
+    *minimum precision*. For a numeric column without its own setting (below) that is
+    its published range divided by this number: (published max - published min) /
+    quantile_resolution, the range being the one the catalog shows (rounded outward to
+    two significant digits). E.g. ``cost_2021`` published as 38 .. 19000 with the
+    default 1000 allows steps of 18.962 or coarser.
 ``approval``
     How plans are approved. Only ``"automatic"`` (check against this policy, then run)
     is supported; ``"manual"`` and ``"pinned"`` are not yet available.
@@ -40,15 +48,38 @@ Keys (all optional; any other key is an error, so typos are caught):
     (``[policy.columns]`` with no lines) approves no column. Leaving the table out
     entirely approves **every column for every use**: convenient for demos, not for real
     data. Column names containing dots or spaces must be quoted: ``"cost.2021" = [...]``.
+``[policy.quantile_precision]``
+    A column's own minimum precision, in the column's units, instead of the one from
+    ``quantile_resolution``: ``cost_2021 = 100`` releases quantiles of ``cost_2021`` only
+    as multiples of 100 or coarser. Positive numbers; each name must be one of your
+    numeric columns (and listed in ``[policy.columns]`` when that table is given).
+
+    A quantile plan is refused when its precision is finer than the minimum of any of
+    your numeric columns its measure reads (for an expression such as ``cost_2021 /
+    1000`` the minimum stays in the column's units), and, when the measure is exactly
+    one of your columns, when the plan's range does not contain the column's published
+    range (clamping to a narrower range would resolve the values more finely). Plain
+    keys such as ``quantile_resolution`` go above the sub-tables, as TOML requires::
+
+        [policy]
+        quantile_resolution = 500
+        [policy.columns]
+        cost_2021 = ["measure"]
+        [policy.quantile_precision]
+        cost_2021 = 100
 
 Leaving out the whole ``[policy]`` table gives all defaults (every column approved).
 """
 
 from __future__ import annotations
 
+import decimal
 import logging
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -58,16 +89,19 @@ MODELS = ("ttest", "chi2", "corr", "ols", "logit", "km", "quantile")
 STATISTICS = ("count", "sum", "mean", "var", "std", "histogram", "crosstab", *MODELS)
 APPROVALS = ("automatic",)
 _NOT_YET = ("manual", "pinned")
-_KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df")
+_KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df",
+         "quantile_resolution", "quantile_precision")
+DEFAULT_QUANTILE_RESOLUTION = 1000
 _DEFAULT_STATISTICS = frozenset({"count", "sum", "mean", "var", "std", *MODELS})
 
 
 class PolicyError(Exception):
     """A policy is malformed, or refuses a plan; ``reasons`` lists every problem."""
 
-    def __init__(self, party: str, reasons: list[str]) -> None:
+    def __init__(self, party: str, reasons: list[str], hint: str | None = None) -> None:
         self.party = party
         self.reasons = list(reasons)
+        self.hint = hint
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -85,6 +119,21 @@ class ColumnRule:
 
 
 @dataclass(frozen=True)
+class QuantileRequest:
+    """A quantile plan as one party's policy sees it.
+
+    ``columns`` maps each of the party's own numeric columns that the measure reads to
+    its published (min, max); ``measure`` is the column the measure is exactly, if it
+    is one of the party's (else None); ``range`` is the plan's claimed [low, high].
+    """
+
+    precision: float
+    range: tuple[float, float]
+    columns: Mapping[str, tuple[float | None, float | None]]
+    measure: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """One party's rules for plans; ``columns=None`` approves every column for every use."""
 
@@ -94,13 +143,18 @@ class Policy:
     statistics: frozenset[str] = _DEFAULT_STATISTICS
     approval: str = "automatic"
     min_residual_df: int = 10
+    quantile_resolution: int = DEFAULT_QUANTILE_RESOLUTION
+    quantile_precision: dict[str, float] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.columns is not None:
             object.__setattr__(self, "columns", dict(self.columns))
         object.__setattr__(self, "statistics", frozenset(self.statistics))
+        object.__setattr__(self, "quantile_precision", dict(self.quantile_precision))
         reasons = _value_problems(self.min_cell_size, self.statistics, self.approval,
                                   self.columns)
+        reasons += _quantile_problems(self.quantile_resolution, self.quantile_precision,
+                                      self.columns)
         if (not isinstance(self.min_residual_df, int) or isinstance(self.min_residual_df, bool)
                 or self.min_residual_df < 1):
             reasons.append("'policy.min_residual_df' must be a whole number of at least 1, "
@@ -144,6 +198,15 @@ class Policy:
                 kwargs["approval"] = value
             else:
                 reasons.append(f"'policy.approval' must be a string, got {value!r}")
+        if "quantile_resolution" in data:
+            kwargs["quantile_resolution"] = data["quantile_resolution"]  # checked below
+        if "quantile_precision" in data:
+            value = data["quantile_precision"]
+            if isinstance(value, Mapping):
+                kwargs["quantile_precision"] = dict(value)
+            else:
+                reasons.append("'policy.quantile_precision' must be a table of "
+                               "column = minimum precision")
         columns: dict[str, ColumnRule] | None = None
         if "columns" in data:
             columns, problems = _parse_columns(data["columns"])
@@ -151,6 +214,9 @@ class Policy:
         reasons += _value_problems(kwargs.get("min_cell_size", 10),
                                    kwargs.get("statistics", _DEFAULT_STATISTICS),
                                    kwargs.get("approval", "automatic"), columns)
+        reasons += _quantile_problems(
+            kwargs.get("quantile_resolution", DEFAULT_QUANTILE_RESOLUTION),
+            kwargs.get("quantile_precision", {}), columns)
         if reasons:
             raise PolicyError(party, reasons)
         if columns is None:
@@ -166,14 +232,26 @@ class Policy:
         """The threshold a run uses: the stricter of the policy's and the plan's."""
         return self.min_cell_size if requested is None else max(self.min_cell_size, requested)
 
+    def min_precision(self, column: str, low: float | None, high: float | None) -> Fraction:
+        """The finest quantile precision allowed for ``column`` with published range
+        [low, high], exactly (decimals read as they print); 0 when no range is known."""
+        if column in self.quantile_precision:
+            return _decimal(self.quantile_precision[column])
+        if low is None or high is None:
+            return Fraction(0)
+        return (_decimal(high) - _decimal(low)) / self.quantile_resolution
+
     def check(self, uses: Mapping[str, Iterable[str]], statistics: Iterable[str],
-              min_cell_size: int | None, min_residual_df: int | None = None) -> None:
+              min_cell_size: int | None, min_residual_df: int | None = None,
+              quantile: QuantileRequest | None = None) -> None:
         """Raise :class:`PolicyError` listing every way a plan breaks this policy.
 
         ``uses`` maps this party's column names to the uses the plan makes of them;
-        an unknown use name is a caller bug and raises ValueError.
+        an unknown use name is a caller bug and raises ValueError. ``quantile`` is given
+        for a quantile plan (see :class:`QuantileRequest`).
         """
         reasons: list[str] = []
+        hints: list[str] = []
         for column in sorted(uses):
             wanted = set(uses[column])
             unknown = wanted - set(USES)
@@ -199,9 +277,43 @@ class Policy:
         if min_residual_df is not None and min_residual_df < self.min_residual_df:
             reasons.append(f"min_residual_df {min_residual_df} is below {self.party}'s "
                            f"minimum of {self.min_residual_df}")
+        if quantile is not None:
+            self._check_quantile(quantile, reasons, hints)
         if reasons:
             logger.info("policy of %s refused a plan: %s", self.party, "; ".join(reasons))
-            raise PolicyError(self.party, reasons)
+            raise PolicyError(self.party, reasons, "; ".join(hints) or None)
+
+    def _check_quantile(self, request: QuantileRequest, reasons: list[str],
+                        hints: list[str]) -> None:
+        """Add the reasons (and hints) why a quantile plan breaks the precision rules."""
+        precision = _decimal(request.precision)
+        finest = Fraction(0)
+        for column in sorted(request.columns):
+            low, high = request.columns[column]
+            minimum = self.min_precision(column, low, high)
+            finest = max(finest, minimum)
+            if precision < minimum:
+                source = ("its own setting in [policy.quantile_precision]"
+                          if column in self.quantile_precision else
+                          f"published range {_show(low)} .. {_show(high)} / "
+                          f"quantile_resolution "
+                          f"{self.quantile_resolution}")
+                reasons.append(f"quantile precision {_show(request.precision)} is finer than "
+                               f"{self.party}'s minimum of {_show_up(minimum)} for "
+                               f"{column!r} ({source})")
+        if precision < finest:
+            hints.append(f"ask for precision={_show_up(finest)} or coarser, or leave "
+                         "precision unset (the default meets every owner's minimum)")
+        if request.measure is not None:
+            low, high = request.columns.get(request.measure, (None, None))
+            claimed_low, claimed_high = request.range
+            if low is not None and high is not None and \
+                    (claimed_low > low or claimed_high < high):
+                reasons.append(f"quantile range [{_show(claimed_low)}, {_show(claimed_high)}] "
+                               f"does not contain {self.party}'s published range "
+                               f"{_show(low)} .. {_show(high)} of {request.measure!r}")
+                hints.append("leave the range as the builder sets it: the catalog's "
+                             "published range")
 
     def summary(self) -> dict:
         """A JSON-friendly description of the policy."""
@@ -209,7 +321,35 @@ class Policy:
             name: sorted(rule.uses) for name, rule in sorted(self.columns.items())}
         return {"party": self.party, "columns": columns, "min_cell_size": self.min_cell_size,
                 "statistics": sorted(self.statistics), "approval": self.approval,
-                "min_residual_df": self.min_residual_df}
+                "min_residual_df": self.min_residual_df,
+                "quantile_resolution": self.quantile_resolution,
+                "quantile_precision": dict(sorted(self.quantile_precision.items()))}
+
+
+def _decimal(value: float) -> Fraction:
+    """A number as the decimal it prints as (0.1 -> 1/10), exactly."""
+    return Fraction(repr(float(value)))
+
+
+def _show(value: float) -> str:
+    """A number as it prints, without a trailing ``.0`` (19000.0 -> 19000)."""
+    return f"{decimal.Decimal(repr(float(value))).normalize():f}"
+
+
+def _show_up(value: Fraction) -> str:
+    """A minimum for a message: exact when short, else rounded *up* to 8 digits (so a
+    value copied from the message is allowed)."""
+    context = decimal.Context(prec=8, rounding=decimal.ROUND_CEILING)
+    shown = context.divide(decimal.Decimal(value.numerator), decimal.Decimal(value.denominator))
+    return f"{shown.normalize():f}"
+
+
+def published_min_precision(value: Fraction) -> float:
+    """A minimum precision as a float whose printed decimal is at least the exact value
+    (rounded up to 12 significant digits), for the catalog."""
+    context = decimal.Context(prec=12, rounding=decimal.ROUND_CEILING)
+    return float(context.divide(decimal.Decimal(value.numerator),
+                                decimal.Decimal(value.denominator)))
 
 
 def _is_str_list(value: Any) -> bool:
@@ -229,6 +369,24 @@ def _parse_columns(value: Any) -> tuple[dict[str, ColumnRule] | None, list[str]]
             problems.append(f"'policy.columns.{name}' must be a list of uses "
                             f"(from: {', '.join(USES)})")
     return columns, problems
+
+
+def _quantile_problems(resolution: Any, precisions: Mapping[str, Any],
+                       columns: dict[str, ColumnRule] | None) -> list[str]:
+    """Problems with ``quantile_resolution`` and ``[policy.quantile_precision]``."""
+    problems = []
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+        problems.append("'policy.quantile_resolution' must be a whole number of at least 1, "
+                        f"got {resolution!r}")
+    for name, value in precisions.items():
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or \
+                not math.isfinite(value) or value <= 0:
+            problems.append(f"'policy.quantile_precision.{name}' must be a positive number, "
+                            f"got {value!r}")
+        elif columns is not None and name not in columns:
+            problems.append(f"'policy.quantile_precision.{name}' names a column that "
+                            "[policy.columns] does not list")
+    return problems
 
 
 def _value_problems(min_cell_size: Any, statistics: frozenset[str], approval: str,

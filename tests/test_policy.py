@@ -92,7 +92,8 @@ def test_extended_statistics_and_quoted_column_names() -> None:
 def test_unknown_key_names_the_key() -> None:
     err = load_error({"min_cel_size": 5})
     assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
-                            "min_cell_size, statistics, approval, columns, min_residual_df)")]
+                            "min_cell_size, statistics, approval, columns, min_residual_df, "
+                            "quantile_resolution, quantile_precision)")]
 
 
 def test_table_must_be_mapping() -> None:
@@ -283,7 +284,8 @@ def test_summary(policy: Policy) -> None:
                                    "cost_2021": ["filter", "measure"]},
                        "min_cell_size": 10,
                        "statistics": ["count", "mean", "std", "sum", "var"],
-                       "approval": "automatic", "min_residual_df": 10}
+                       "approval": "automatic", "min_residual_df": 10,
+                       "quantile_resolution": 1000, "quantile_precision": {}}
     assert json.loads(json.dumps(summary)) == summary
     assert Policy.allow_all("b").summary()["columns"] is None
 
