@@ -122,6 +122,7 @@ class Consortium:
                 columns = policy.get("columns")
                 row.update(reachable=True, rows=info["rows"],
                            min_cell_size=policy["min_cell_size"],
+                           quantile_resolution=policy.get("quantile_resolution"),
                            statistics=", ".join(policy["statistics"]),
                            approval=policy["approval"],
                            approved_columns=len(info["catalog"]) if columns is not None
@@ -140,14 +141,16 @@ class Consortium:
         return {name: info["catalog"] for name, info in self.parties.items()}
 
     def catalog_frame(self) -> pd.DataFrame:
-        """The catalog as one table: party, column, kind, levels or range, uses."""
+        """The catalog as one table: party, column, kind, levels or range, uses, and for
+        numeric columns the owner's minimum quantile precision."""
         rows = []
         for party, columns in self.catalog.items():
             for column, meta in columns.items():
                 detail = meta.get("levels") if meta["kind"] != "numeric" else \
                     f"{meta.get('min')} .. {meta.get('max')}"
                 rows.append({"party": party, "column": column, "kind": meta["kind"],
-                             "levels or range": detail, "uses": ", ".join(meta["uses"])})
+                             "levels or range": detail, "uses": ", ".join(meta["uses"]),
+                             "quantile precision": meta.get("min_precision")})
         return pd.DataFrame(rows)
 
     def min_cell_size(self) -> int:
@@ -167,7 +170,13 @@ class Consortium:
 
     # ---------------------------------------------------------------- running
     def prepare(self, plan: dict) -> dict:
-        """A copy of the plan with the consortium's minimum cell size filled in."""
+        """A copy of the plan with the consortium's minimum cell size filled in.
+
+        A model plan also gets the strictest ``min_residual_df``. A quantile plan's
+        precision is left as it is: the builder's default already meets every owner's
+        minimum (catalog ``min_precision``), and a finer one the analyst asked for is
+        for the owners to refuse, not for the client to coarsen silently.
+        """
         plan = copy.deepcopy(plan)
         requested = plan.get("min_cell_size") or 0
         plan["min_cell_size"] = max(requested, self.min_cell_size())

@@ -63,14 +63,21 @@ def _toml(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
+def _sorted_if_many(value: Any) -> Any:
+    """A collection (a column's uses) as a sorted list; a single value as it is."""
+    return sorted(value) if isinstance(value, set | frozenset | list | tuple) else value
+
+
 def _policy_toml(policy: Mapping[str, Any] | None) -> str:
     if not policy:
         return ""
     lines = ["[policy]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in policy.items() if k != "columns"]
-    if "columns" in policy:
-        lines.append("[policy.columns]")
-        lines += [f"{json.dumps(k)} = {_toml(sorted(v))}" for k, v in policy["columns"].items()]
+    lines += [f"{k} = {_toml(v)}" for k, v in policy.items() if not isinstance(v, Mapping)]
+    for key, table in policy.items():  # sub-tables: columns, quantile_precision
+        if isinstance(table, Mapping):
+            lines.append(f"[policy.{key}]")
+            lines += [f"{json.dumps(name)} = {_toml(_sorted_if_many(value))}"
+                      for name, value in table.items()]
     return "\n".join(lines) + "\n"
 
 

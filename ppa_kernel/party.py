@@ -1,7 +1,8 @@
 """The party kernel: one long-lived process per data party.
 
 It loads the party's data once (checking types and duplicate link keys), publishes a
-catalog of approved columns, and serves authenticated JSON requests from analysts'
+catalog of approved columns (for numeric ones the coarse range and the policy's minimum
+quantile precision, ``min_precision``), and serves authenticated JSON requests from analysts'
 clients (:mod:`.protocol`). For each plan it checks the policy, logs to the hash-chained
 audit log, runs the plan in a fresh MPyC worker subprocess under a deadline, and returns
 the released aggregates. It never executes analyst text.
@@ -30,7 +31,7 @@ from .config import PartyConfig
 from .datasource import DataSourceError, describe_columns, load_table
 from .errors import DataError, PartyFailed, PlanError, PolicyRefused, PPAError, RunTimeout
 from .plan import expr_columns, plan_hash
-from .policy import Policy, PolicyError
+from .policy import Policy, PolicyError, QuantileRequest, published_min_precision
 from .program import compile_plan
 from .protocol import MAX_MESSAGE, seal, unseal
 
@@ -82,6 +83,7 @@ class PartyKernel:
         except PolicyError as exc:
             raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
         self.frame, described = load_party_data(config)
+        self._check_policy_columns(described)
         self.catalog = self._catalog(described)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         # Linkage seeds live only as long as this kernel: a restart forces a fresh linkage.
@@ -96,6 +98,18 @@ class PartyKernel:
         self.server: asyncio.base_events.Server | None = None
         self.stopped = asyncio.Event()
 
+    def _check_policy_columns(self, described: dict[str, dict]) -> None:
+        """Refuse to start when ``[policy.quantile_precision]`` names no numeric column."""
+        problems = [f"'policy.quantile_precision.{name}' names "
+                    + ("no column of the data" if name not in described else
+                       f"a {described[name]['kind']} column (numeric only)")
+                    for name in sorted(self.policy.quantile_precision)
+                    if described.get(name, {}).get("kind") != "numeric"]
+        if problems:
+            numeric = sorted(c for c, m in described.items() if m["kind"] == "numeric")
+            raise PolicyRefused("invalid policy: " + "; ".join(problems), party=self.name,
+                                hint=f"numeric columns: {', '.join(numeric) or 'none'}")
+
     def _catalog(self, described: dict[str, dict]) -> dict[str, dict]:
         rules = self.policy.columns
         out = {}
@@ -106,6 +120,8 @@ class PartyKernel:
             entry["missing"] = bool(meta.get("missing"))  # whether, not how many
             if entry["kind"] == "numeric":
                 entry["min"], entry["max"] = _coarse(meta["min"], False), _coarse(meta["max"], True)
+                entry["min_precision"] = published_min_precision(
+                    self.policy.min_precision(column, entry["min"], entry["max"]))
             entry["uses"] = sorted(rules[column].uses) if rules is not None else \
                 ["filter", "group", "measure"]
             out[column] = entry
@@ -181,9 +197,10 @@ class PartyKernel:
             stats.add(plan["model"]["kind"])
         try:
             self.policy.check(uses, stats, plan.get("min_cell_size"),
-                              plan.get("min_residual_df"))
+                              plan.get("min_residual_df"), self._quantile_request(plan))
         except PolicyError as exc:
-            raise PolicyRefused("; ".join(exc.reasons), party=self.name) from None
+            raise PolicyRefused("; ".join(exc.reasons), party=self.name,
+                                hint=exc.hint) from None
         if plan.get("min_cell_size") is None:
             raise PlanError("the plan must state its minimum cell size")
         for name, meta in plan["columns"].items():
@@ -219,6 +236,24 @@ class PartyKernel:
             if meta["party"] == self.name and meta["column"] not in uses:
                 uses[meta["column"]] = {"measure"}
         return uses
+
+    def _quantile_request(self, plan: dict) -> QuantileRequest | None:
+        """For a quantile plan: its precision and range, with the published range of each
+        of this party's numeric columns its measure reads (see :class:`QuantileRequest`)."""
+        model = plan.get("model")
+        if model is None or model.get("kind") != "quantile":
+            return None
+        columns: dict[str, tuple[float | None, float | None]] = {}
+        for name in expr_columns(model["measure"]):
+            meta = plan["columns"][name]
+            entry = self.catalog.get(meta["column"])
+            if meta["party"] == self.name and entry is not None and \
+                    entry["kind"] == "numeric":
+                columns[meta["column"]] = (entry["min"], entry["max"])
+        measure = model["measure"].get("col")
+        own = measure is not None and plan["columns"][measure]["party"] == self.name
+        return QuantileRequest(model["precision"], tuple(model["range"]), columns,
+                               plan["columns"][measure]["column"] if own else None)
 
     def _check_column(self, name: str, meta: dict) -> None:
         column = meta["column"]
