@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from oracle import join, run_recorded
 
-from ppa_kernel.errors import PlanError
+from ppa_kernel.errors import ConsortiumError, PlanError
 from ppa_kernel.models.quantile import expression_range, grid, nice_step, quantiles, step_fraction
 
 PARTIES = ["insurer", "hospital", "bureau"]
@@ -47,8 +47,8 @@ def runs(consortium):
     return {
         "cost": run(consortium, quantiles(t, "cost_2021", by="income_band")),
         "age": run(consortium, quantiles(t, "age")),
-        "thousands": run(consortium, quantiles(t[t.age >= 60], t.cost_2021 / 1000,
-                                               q=[0.5], by="income_band", precision=0.05)),
+        "halves": run(consortium, quantiles(t[t.age >= 60], t.cost_2021 / 2,
+                                            q=[0.5], by="income_band", precision=25)),
         "product": run(consortium, quantiles(cohort, t.cost_2021 * t.outpatient_visits,
                                              q=[0.1, 0.5, 0.9], by="region")),
     }
@@ -96,14 +96,15 @@ def test_age_quartiles_overall(runs, plain):
 
 
 def test_filtered_frame_and_suppressed_small_cells(runs, plain, consortium):
-    plan, table, opened = runs["thousands"]
+    plan, table, opened = runs["halves"]
     old = plain[plain.age >= 60]
     levels = consortium.catalog["bureau"]["income_band"]["levels"]
-    groups = by(old, "income_band", old.cost_2021 / 1000, levels)
+    groups = by(old, "income_band", old.cost_2021 / 2, levels)
     assert check(plan, table, groups, False) == 1  # Q3 has exactly 10 values, others fewer
     assert table.attrs["suppressed"].sum().sum() == 4
     assert opened["disclosure.pass"] == 5
-    assert opened["model.quantile.bisection"] <= 1 * 9  # one cell and q, ceil(log2(380)) steps
+    # one cell and q; grid 1..380 of steps 25 (odd factor: magic division) -> 9 steps
+    assert opened["model.quantile.bisection"] <= 1 * 9
 
 
 def test_cross_party_measure_and_filter(runs, plain):
@@ -122,6 +123,42 @@ def test_only_named_openings(runs):
     steps = math.ceil(math.log2((19000 - 38) / 20 + 1))
     assert opened["disclosure.pass"] == 5
     assert 0 < opened["model.quantile.bisection"] <= 5 * 3 * steps
+
+
+def test_default_policy_minimum_is_published_and_enforced(consortium):
+    """Default policy: the minimum is the published range / 1000, in the column's units."""
+    t = consortium.link()
+    assert consortium.catalog["insurer"]["cost_2021"]["min_precision"] == 18.962
+    assert consortium.catalog["insurer"]["age"]["min_precision"] == 0.072
+    consortium.check(quantiles(t, "cost_2021", precision=18.962).plan())  # exactly allowed
+    with pytest.raises(ConsortiumError) as info:
+        consortium.check(quantiles(t, "cost_2021", precision=10).plan())
+    text = str(info.value)
+    assert "[insurer] quantile precision 10 is finer than insurer's minimum of 18.962 " \
+        "for 'cost_2021' (published range 38 .. 19000 / quantile_resolution 1000)" in text
+    assert "ask for precision=18.962 or coarser" in text
+    assert [e.party for e in info.value.errors] == ["insurer"]
+    # an expression: the column's minimum applies in its own units, whatever the scale
+    with pytest.raises(ConsortiumError, match=r"precision 0\.05 is finer .* 'cost_2021'"):
+        consortium.check(quantiles(t, t.cost_2021 / 1000, precision=0.05).plan())
+    # a measure over two owners' columns: each owner checks its own (only insurer refuses)
+    with pytest.raises(ConsortiumError) as info:
+        consortium.check(quantiles(t, t.cost_2021 * t.outpatient_visits, precision=1).plan())
+    assert [e.party for e in info.value.errors] == ["insurer"]
+
+
+def test_narrower_range_than_published_is_refused(consortium):
+    t = consortium.link()
+    plan = quantiles(t, "cost_2021").plan()
+    assert plan["model"]["range"] == [38.0, 19000.0]
+    consortium.check(dict(plan, model=dict(plan["model"], range=[0, 20000])))  # wider: fine
+    narrow = dict(plan, model=dict(plan["model"], range=[38.0, 5000.0]))
+    with pytest.raises(ConsortiumError, match=r"\[insurer\] quantile range \[38, 5000\] does "
+                       r"not contain insurer's published range 38 \.\. 19000 of 'cost_2021'"):
+        consortium.check(narrow)
+    # for an expression only the precision rule applies
+    half = quantiles(t, t.cost_2021 / 2, precision=20).plan()
+    consortium.check(dict(half, model=dict(half["model"], range=[100, 200])))
 
 
 def test_builder_checks(consortium):

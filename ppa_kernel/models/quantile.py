@@ -58,8 +58,20 @@ quantile. The value is computed from the bits in the clear, not opened again. Ne
 opened: n, the counts, the rows' values, indices or flags.
 
 Residual disclosure: a quantile is a value of one person of the cell (rounded to p);
-extreme q in small cells come close to the minimum or maximum. The precision p (policy:
-a minimum precision) and min_cell_size are the controls; q must lie strictly in (0, 1).
+extreme q in small cells come close to the minimum or maximum. The precision p and
+min_cell_size are the controls; q must lie strictly in (0, 1).
+
+Policy (:mod:`ppa_kernel.policy`): every owner sets a *minimum precision* for each of
+its numeric columns, ``[policy.quantile_precision]`` (absolute, in the column's units)
+or else the published range / ``quantile_resolution`` (default 1000), and publishes it
+in its catalog as ``min_precision``. An owner refuses a plan whose p is below the
+minimum of any of its columns the measure reads (for an expression such as
+``cost_2021 / 1000`` too: the minimum stays in the column's units), and, when the
+measure is exactly one of its columns, a plan whose range does not contain the
+column's published range (clamping to a narrower range would resolve values more
+finely). Without an explicit precision the builder takes the smallest 1-2-5 step at
+or above the strictest of these minimums (for an expression, at least 1/1000 of its
+range as well), so the default is never refused.
 
 Result (``collect()``): a DataFrame indexed by the groups (as ``groupby(...).agg``), one
 column per q named ``f"q{q:g}"`` (``q0.25``, ``q0.5``, ``q0.75``), NaN where the cell has
@@ -81,7 +93,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import check_expr
+from ..plan import check_expr, expr_columns
+from ..policy import DEFAULT_QUANTILE_RESOLUTION
 from . import ModelKind, output_name, require_keys
 
 if TYPE_CHECKING:
@@ -98,7 +111,7 @@ MAX_DENOMINATOR = 10**6
 """q is read as the nearest fraction with a denominator up to this; the precision, a
 decimal, may have no larger denominator."""
 DEFAULT_POINTS = 1000
-"""The default precision is the 1-2-5 step at least (hi - lo) / DEFAULT_POINTS."""
+"""For an expression, the default precision is also at least (hi - lo) / DEFAULT_POINTS."""
 
 
 def _number(value: object) -> bool:
@@ -280,16 +293,53 @@ def _index(plan: dict) -> pd.Index:
 
 
 # --------------------------------------------------------------------- builder
-def nice_step(width: float) -> float:
-    """The smallest 1-2-5 step (..., 0.1, 0.2, 0.5, 1, 2, 5, 10, ...) at least ``width``."""
-    if not width > 0:
-        return 1.0
-    exponent = math.floor(math.log10(width))
-    for base in (1, 2, 5, 10):
-        step = float(decimal.Decimal(base).scaleb(exponent))
-        if step >= width * (1 - 1e-12):
-            return int(step) if step.is_integer() else step
+def nice_step(width: float | fractions.Fraction) -> int | float:
+    """The smallest 1-2-5 step (..., 0.1, 0.2, 0.5, 1, 2, 5, 10, ...) at least ``width``.
+
+    Exact: a float width is read as the decimal it prints as (0.1 is 1/10), so the step
+    is never below it; 1 for a width of 0 or less.
+    """
+    exact = width if isinstance(width, fractions.Fraction) else step_fraction(width)
+    if exact <= 0:
+        return 1
+    exponent = math.floor(math.log10(exact))
+    for power in (exponent - 1, exponent, exponent + 1):  # log10 of a float may be off by one
+        for base in (1, 2, 5):
+            step = decimal.Decimal(base).scaleb(power)
+            if fractions.Fraction(step) >= exact:
+                return int(step) if step == step.to_integral_value() else float(step)
     raise AssertionError("unreachable")
+
+
+def owner_minimum(frame: SecureFrame, expr: dict) -> fractions.Fraction:
+    """The strictest (largest) minimum precision the owners publish for the numeric
+    columns ``expr`` reads (catalog ``min_precision``), exactly; 0 when there is none.
+
+    A party that publishes no ``min_precision`` counts with the default policy:
+    its published range / 1000.
+    """
+    strictest = fractions.Fraction(0)
+    for name in expr_columns(expr):
+        party, column = name.split(".", 1)
+        meta = frame._catalog[party][column]
+        if meta.get("kind") != "numeric":
+            continue
+        minimum = meta.get("min_precision")
+        if minimum is not None:
+            strictest = max(strictest, step_fraction(minimum))
+        elif meta.get("min") is not None and meta.get("max") is not None:
+            width = step_fraction(meta["max"]) - step_fraction(meta["min"])
+            strictest = max(strictest, width / DEFAULT_QUANTILE_RESOLUTION)
+    return strictest
+
+
+def default_precision(frame: SecureFrame, expr: dict, low: float, high: float) -> int | float:
+    """The smallest 1-2-5 step at or above every owner's minimum for the columns the
+    measure reads, and for an expression also at least its range / DEFAULT_POINTS."""
+    width = owner_minimum(frame, expr)
+    if "col" not in expr:
+        width = max(width, (step_fraction(high) - step_fraction(low)) / DEFAULT_POINTS)
+    return nice_step(width)
 
 
 def expression_range(frame: SecureFrame, expr: dict) -> tuple[float, float]:
@@ -333,8 +383,10 @@ def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] =
 
     As ``np.quantile(x, q, method="inverted_cdf")`` rounded to the nearest multiple of
     ``precision`` (halves down), over the rows where the measure is present. The default
-    precision is the 1-2-5 step at least 1/1000 of the measure's published range. See
-    :mod:`ppa_kernel.models.quantile` for what is opened and the result's shape.
+    precision is the smallest 1-2-5 step at or above the strictest minimum precision the
+    owners' policies set for the columns the measure reads (see :func:`default_precision`),
+    so the parties never refuse it; a finer explicit precision is refused by the owner.
+    See :mod:`ppa_kernel.models.quantile` for what is opened and the result's shape.
     """
     measure = frame._column(column)
     if measure.kind != "numeric":
@@ -344,7 +396,7 @@ def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] =
     qs = [float(v) if isinstance(v, float | np.floating) else v for v in qs]
     low, high = expression_range(frame, measure.expr)
     if precision is None:
-        precision = nice_step((high - low) / DEFAULT_POINTS)
+        precision = default_precision(frame, measure.expr, low, high)
     elif not _number(precision) or precision <= 0:
         raise PlanError(f"precision must be a positive number, not {precision!r}")
     keys = [] if by is None else list(by) if isinstance(by, list | tuple) else [by]
