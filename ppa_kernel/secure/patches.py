@@ -8,6 +8,9 @@
   ``secrets.randbelow`` call (one system call each, 40% of linkage time). We draw them in
   bulk from ``os.urandom``, each 64 bits longer than the modulus, so each is within
   statistical distance 2^-64 of uniform.
+- **Cheap truncation.** Fixed-point truncation masks with pseudorandom shares instead of
+  random bits (:mod:`.truncation`): a product of 100,000 fixed-point values took 160 s
+  and now takes under 1 s.
 - **A lost peer is an error, not a hang.** MPyC raises inside an asyncio callback when a
   connection drops, and then waits forever; we record the loss and stop the worker's
   event loop so it fails promptly, naming the peer.
@@ -23,6 +26,8 @@ from itertools import repeat
 import numpy as np
 from mpyc import asyncoro, thresha
 from mpyc import runtime as mpyc_runtime
+
+from . import truncation
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +144,4 @@ def install() -> None:
     mpyc_runtime.pickle = WireCodec
     thresha.np_random_split = np_random_split
     asyncoro.MessageExchanger.connection_lost = _connection_lost
+    truncation.install()
