@@ -28,8 +28,9 @@ In the value field; all but :func:`gram` on small matrices (a row and column per
   before calling :func:`solve`: at least ``tolerance`` keeps every value of the solve
   below ``4 / tolerance``.
 
-Fixed-point products truncate, and each truncation costs 56 random bits; sums of
-products are therefore taken as matrix products (one truncation per result). All
+Fixed-point products truncate (one opening of a masked value each, see
+:mod:`.truncation`); sums of products are taken as matrix products (one truncation per
+result). Bit decompositions cost one random bit per bit decomposed. All
 fixed-point arithmetic runs inside :func:`~.fixed.compute` (named masked openings).
 Nothing here opens a value in the clear; callers open what their model releases.
 """
@@ -45,6 +46,7 @@ from ..models import MASKED_TRUNCATION
 from .fixed import FRAC_BITS, compute, fixed_type
 from .openings import MASKED_COMPARISON, masked
 from .runtime import mpc, shares, value_type, wrap
+from .truncation import carry_bound
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +88,20 @@ def random_bits(count: int):
 async def bits(values: np.ndarray, length: int, random=None) -> np.ndarray:
     """Shares of the bits (low to high, shape n x length) of secure integers
     0 <= x < 2^length given as shares; opens only x masked by a longer random number.
-    ``random``: n (length + 30) shared random bits from :func:`random_bits` (optional)."""
+    ``random``: n length shared random bits from :func:`random_bits` (optional).
+
+    The mask is ``r_low + 2^length r_high``: ``r_low`` from random bits (its bits are
+    needed), ``r_high`` a pseudorandom sharing (no communication, see
+    :mod:`.truncation`) of a sum of terms each uniform below 2^30, which hides x
+    statistically whatever the other terms are."""
     sectype = value_type()
     values = np.asarray(values, dtype=object).reshape(-1)
     n, k = len(values), mpc.options.sec_param
     if random is None:
-        random = await random_bits(n * (length + k))
-    r = np.asarray(random.value, dtype=object).reshape(n, length + k)
-    low, high = r[:, :length], r[:, length:]
+        random = await random_bits(n * length)
+    low = np.asarray(random.value, dtype=object).reshape(n, length)
     r_low = low @ np.array([1 << i for i in range(length)], dtype=object)
-    r_high = high @ np.array([1 << i for i in range(k)], dtype=object)
+    r_high = await pseudorandom(n, k)
     with masked(MASKED_COMPARISON):  # c = x - r_low + 2^length (r_high + 1) hides x
         opened = await mpc.output(wrap(sectype, values - r_low + ((r_high + 1) << length)))
     c = np.array([int(v) % (1 << length) for v in np.asarray(opened).reshape(-1).tolist()],
@@ -115,6 +121,16 @@ async def bits(values: np.ndarray, length: int, random=None) -> np.ndarray:
     carry = np.zeros_like(g)
     carry[:, 1:] = g[:, :-1]
     return propagate + carry - 2 * await _times(propagate, carry)
+
+
+async def pseudorandom(count: int, bits: int) -> np.ndarray:
+    """Shares of ``count`` sums of ``d`` pseudorandom terms each uniform below 2^bits
+    (d from :func:`~.truncation.carry_bound`), without communication."""
+    field = value_type().field
+    values = mpc._np_randoms(field, count, carry_bound() << bits)
+    if mpc.options.no_prss:
+        values = await values
+    return np.asarray(values.value, dtype=object)
 
 
 async def highest_bit(values: np.ndarray, length: int, start: int = 0,
@@ -258,16 +274,15 @@ async def factorise(matrix: np.ndarray, empty: np.ndarray, tolerance: float) -> 
     p = m - 1
     scale = quarter_reciprocal(fixed(np.diagonal(a)[:p] + np.asarray(empty)))  # overlaps
     floor = int(np.ceil(-np.log2(tolerance))) + 3  # accepted pivots are >= tolerance / 4
-    k = mpc.options.sec_param
-    random = await random_bits(p * (RECIPROCAL_BITS + k))  # for all pivots at once
+    random = await random_bits(p * RECIPROCAL_BITS)  # for all pivots at once
     lower = np.zeros((m, p), dtype=object)
     spread = np.zeros((m, p), dtype=object)  # U = L D on and below the diagonal
     weight = np.zeros(p, dtype=object)
     for j in range(p):
         column = _column(a, spread, lower, j)
         u = await compute(column) if j else column()
-        w = await reciprocal(u[0:1], floor, random[j * (RECIPROCAL_BITS + k):
-                                                   (j + 1) * (RECIPROCAL_BITS + k)])
+        w = await reciprocal(u[0:1], floor, random[j * RECIPROCAL_BITS:
+                                                   (j + 1) * RECIPROCAL_BITS])
         below = await compute(lambda u=u, w=w: u[1:] * w)
         spread[j:, j] = await shares(u)
         lower[j + 1:, j] = await shares(below)
