@@ -547,6 +547,12 @@ class SecureFrame:
 
         return ols(self, formula)
 
+    def logit(self, formula: str, maxiter: int = 8) -> Query:
+        """Logistic regression of a truth value with a formula, e.g. ``"readmitted ~ a + b"``."""
+        from .models.logit import logit
+
+        return logit(self, formula, maxiter=maxiter)
+
     def kaplan_meier(self, duration: ColumnLike, event: ColumnLike,
                      by: ColumnLike | list[ColumnLike] | None = None,
                      step: float = 30) -> Query:

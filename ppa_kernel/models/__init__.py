@@ -51,7 +51,7 @@ class ModelKind:
 
 
 KINDS = {"ttest": "TTest", "chi2": "Chi2", "corr": "Corr", "km": "KaplanMeier",
-         "ols": "OLS", "quantile": "Quantile"}
+         "ols": "OLS", "logit": "Logit", "quantile": "Quantile"}
 """Model kind -> its class in the module of the same name (imported when used)."""
 
 

@@ -398,16 +398,21 @@ def _product(exprs: list[dict]) -> dict | None:
     return out
 
 
-def build_design(frame: SecureFrame, text: str) -> Design:
+def build_design(frame: SecureFrame, text: str, response_kind: str = "numeric") -> Design:
     """Parse a formula and resolve its names on ``frame`` (``frame[name]``) into plan
-    expressions; PlanError for unknown names (with the frame's suggestion), a
-    non-numeric response, or a formula without columns."""
+    expressions; PlanError for unknown names (with the frame's suggestion), a response
+    not of ``response_kind`` ("numeric" or "bool"), or a formula without columns."""
     formula = parse_formula(text)
     response = frame._column(formula.response)
-    if response.kind != "numeric":
-        raise PlanError(f"the response {formula.response!r} must be numeric, not "
-                        f"{response.kind}", hint="a boolean response needs logistic "
-                                                 "regression")
+    if response.kind != response_kind:
+        hint = None
+        if response.kind == "bool":
+            hint = "a boolean response needs logistic regression (logit)"
+        elif response_kind == "bool":
+            hint = ("logit needs a truth value: assign a condition, e.g. "
+                    "t.assign(high=t.cost > 5000)")
+        raise PlanError(f"the response {formula.response!r} must be {response_kind}, not "
+                        f"{response.kind}", hint=hint)
     factors = {name: frame._column(name) for name in formula.factors}
     numeric = {n for n, c in factors.items() if c.kind == "numeric"}
     levels = {n: _levels(c) for n, c in factors.items() if n not in numeric}
@@ -420,7 +425,9 @@ def build_design(frame: SecureFrame, text: str) -> Design:
     exprs = [_product([factors[p.factor].expr if p.numeric else _dummy(factors[p.factor],
                                                                       p.level)
                        for p in column.parts]) for column in columns]
-    present = (_present(factors[name], found) for name, found in levels.items())
+    present = [_present(factors[name], found) for name, found in levels.items()]
+    if response_kind == "bool":  # a missing truth value is not False: drop the row
+        present.append(_present(response, [False, True]))
     complete = [condition for condition in present if condition is not None]
     return Design(formula, response, columns, exprs, complete,
                   has_constant(formula, numeric), [response, *factors.values()])

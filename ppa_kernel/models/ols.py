@@ -89,44 +89,14 @@ class OLS(ModelKind):
     kind = KIND
 
     def validate(self, plan: dict) -> None:
-        model = plan["model"]
-        require_keys(model, {"formula", "response", "design", "complete", "centered"})
-        if plan["groupby"] or plan["aggregates"]:
-            raise PlanError("ols: the plan takes no groups and no aggregates")
-        columns = plan["columns"]
-        response, design = model["response"], model["design"]
-        if not isinstance(model["formula"], str) or not isinstance(model["centered"], bool):
-            raise PlanError("ols: 'formula' must be text and 'centered' true or false")
-        if not isinstance(response, dict) or set(response) != {"name", "expr"}:
-            raise PlanError("ols: 'response' must be {name, expr}")
-        check_expr(response["expr"], columns)
-        expr = response["expr"]
+        validate_regression(plan, {"formula", "response", "design", "complete", "centered"})
+        model, columns = plan["model"], plan["columns"]
+        if not isinstance(model["centered"], bool):
+            raise PlanError("ols: 'centered' must be true or false")
+        expr = model["response"]["expr"]
         if "const" in expr or is_boolean(expr, columns) or \
                 ("col" in expr and columns[expr["col"]]["kind"] != "numeric"):
             raise PlanError("ols: the response must be a numeric column or expression")
-        if not isinstance(design, list) or not design:
-            raise PlanError("ols: the design needs at least one column")
-        names = []
-        for i, entry in enumerate(design):
-            if not isinstance(entry, dict) or set(entry) != {"name", "expr"} \
-                    or not isinstance(entry["name"], str) or not entry["name"]:
-                raise PlanError("ols: each design column must be {name, expr}")
-            names.append(entry["name"])
-            if entry["expr"] is None:
-                if i != 0:
-                    raise PlanError("ols: only the first design column may be the intercept")
-                continue
-            check_expr(entry["expr"], columns)
-            if "const" in entry["expr"]:
-                raise PlanError(f"ols: design column {entry['name']!r} is a constant")
-        if len(set(names)) != len(names):
-            raise PlanError("ols: design column names must be distinct")
-        if not isinstance(model["complete"], list):
-            raise PlanError("ols: 'complete' must be a list of conditions")
-        for condition in model["complete"]:
-            check_expr(condition, columns)
-            if not is_boolean(condition, columns):
-                raise PlanError("ols: 'complete' holds conditions only")
 
     def value_inputs(self, plan: dict) -> list[dict]:
         model = plan["model"]
@@ -146,18 +116,66 @@ class OLS(ModelKind):
         return coefficient_table(plan, opened)
 
 
+def validate_regression(plan: dict, keys: set[str]) -> None:
+    """PlanError unless the plan's regression model has exactly ``keys`` and a well formed
+    formula, response (checked as an expression only), design and ``complete`` list."""
+    model = plan["model"]
+    kind = model["kind"]
+    require_keys(model, keys)
+    if plan["groupby"] or plan["aggregates"]:
+        raise PlanError(f"{kind}: the plan takes no groups and no aggregates")
+    columns = plan["columns"]
+    response, design = model["response"], model["design"]
+    if not isinstance(model["formula"], str):
+        raise PlanError(f"{kind}: 'formula' must be text")
+    if not isinstance(response, dict) or set(response) != {"name", "expr"}:
+        raise PlanError(f"{kind}: 'response' must be {{name, expr}}")
+    check_expr(response["expr"], columns)
+    if not isinstance(design, list) or not design:
+        raise PlanError(f"{kind}: the design needs at least one column")
+    names = []
+    for i, entry in enumerate(design):
+        if not isinstance(entry, dict) or set(entry) != {"name", "expr"} \
+                or not isinstance(entry["name"], str) or not entry["name"]:
+            raise PlanError(f"{kind}: each design column must be {{name, expr}}")
+        names.append(entry["name"])
+        if entry["expr"] is None:
+            if i != 0:
+                raise PlanError(f"{kind}: only the first design column may be the intercept")
+            continue
+        check_expr(entry["expr"], columns)
+        if "const" in entry["expr"]:
+            raise PlanError(f"{kind}: design column {entry['name']!r} is a constant")
+    if len(set(names)) != len(names):
+        raise PlanError(f"{kind}: design column names must be distinct")
+    if not isinstance(model["complete"], list):
+        raise PlanError(f"{kind}: 'complete' must be a list of conditions")
+    for condition in model["complete"]:
+        check_expr(condition, columns)
+        if not is_boolean(condition, columns):
+            raise PlanError(f"{kind}: 'complete' holds conditions only")
+
+
 def refusal_message(plan: dict, reason: str) -> str:
     """The analyst's one-line reason for a refused regression."""
     model = plan["model"]
+    kind, formula = model["kind"], model["formula"]
     p = len(model["design"])
     if reason == "min_cell_size":
-        return (f"ols refused: fewer than {plan.get('min_cell_size')} complete rows "
-                f"(the minimum cell size) for {model['formula']!r}")
+        return (f"{kind} refused: fewer than {plan.get('min_cell_size')} complete rows "
+                f"(the minimum cell size) for {formula!r}")
     if reason == "min_residual_df":
-        return (f"ols refused: the residual degrees of freedom (complete rows - {p} "
+        return (f"{kind} refused: the residual degrees of freedom (complete rows - {p} "
                 f"coefficients) are below the minimum of "
-                f"{min_residual_df(plan)} for {model['formula']!r}")
-    return (f"ols refused: the design of {model['formula']!r} is singular on the rows used "
+                f"{min_residual_df(plan)} for {formula!r}")
+    if reason == "not_converged":
+        return (f"{kind} refused: Newton's method did not converge for {formula!r} in "
+                f"{model.get('maxiter')} iterations (the outcome may be perfectly "
+                f"separated by the design, or more iterations are needed: maxiter=...)")
+    if kind == "logit":
+        return (f"{kind} refused: the design of {formula!r} is singular on the rows used "
+                f"(a dummy without rows, or collinear columns)")
+    return (f"{kind} refused: the design of {formula!r} is singular on the rows used "
             f"(a dummy without rows, or collinear columns) or the response is constant")
 
 

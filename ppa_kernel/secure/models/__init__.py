@@ -7,7 +7,7 @@ import importlib
 from ..query import QueryState
 
 RUNNERS = {"ttest": "run_ttest", "chi2": "run_chi2", "corr": "run_corr", "km": "run_km",
-           "ols": "run_ols", "quantile": "run_quantile"}
+           "ols": "run_ols", "logit": "run_logit", "quantile": "run_quantile"}
 """Model kind -> runner function in the module of the same name (imported when used)."""
 
 
