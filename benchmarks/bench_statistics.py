@@ -121,6 +121,26 @@ def _ols_compare(got: pd.DataFrame, want) -> tuple[np.ndarray, np.ndarray]:
     return np.array(mine, dtype=float), np.array([*want.params, *want.bse, want.rsquared])
 
 
+LOGIT_FORMULA = "readmitted ~ app_user * income_band + age + cost_2020"
+
+
+def _logit_secure(c: Consortium) -> pd.DataFrame:
+    return c.link().logit(LOGIT_FORMULA).collect(timeout=7200)
+
+
+def _logit_plain(joined: pd.DataFrame):
+    import statsmodels.formula.api as smf
+
+    data = joined.assign(readmitted=joined.readmitted.astype(int))
+    return smf.logit(LOGIT_FORMULA, data=data).fit(disp=0, tol=1e-12)
+
+
+def _logit_compare(got: pd.DataFrame, want) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and standard errors (so a coefficient near 0 is judged by itself)."""
+    mine = [*got.loc[want.params.index, "coef"], *got.loc[want.params.index, "std err"]]
+    return np.array(mine, dtype=float), np.array([*want.params, *want.bse])
+
+
 def _quantile_secure(c: Consortium) -> pd.DataFrame:
     return c.link().quantiles("cost_2021", by="income_band").collect(timeout=7200)
 
@@ -174,6 +194,7 @@ CASES = [Case("ttest", _ttest_secure, _ttest_plain, _ttest_compare),
          Case("chi2", _chi2_secure, _chi2_plain, _chi2_compare),
          Case("corr", _corr_secure, _corr_plain, _corr_compare),
          Case("ols", _ols_secure, _ols_plain, _ols_compare),
+         Case("logit", _logit_secure, _logit_plain, _logit_compare),
          Case("km", _km_secure, _km_plain, _km_compare),
          Case("quantile", _quantile_secure, _quantile_plain, _quantile_compare)]
 

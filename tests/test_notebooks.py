@@ -160,7 +160,7 @@ def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, bui
 
 
 def check_inference(out: Path, plain: pd.DataFrame) -> None:
-    """The study's t-tests and regression equal scipy's and statsmodels' on the same rows."""
+    """The study's t-tests and regressions equal scipy's and statsmodels' on the same rows."""
     import statsmodels.formula.api as smf
     from scipy import stats
 
@@ -179,5 +179,11 @@ def check_inference(out: Path, plain: pd.DataFrame) -> None:
     np.testing.assert_allclose(ols.loc[fit.params.index, "coef"], fit.params,
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ols.loc[fit.params.index, "std err"], fit.bse, rtol=1e-5)
+    logit = pd.read_csv(out / "logit.csv", index_col=0)
+    fit = smf.logit("readmitted ~ app_user * income_band + age",
+                    data=plain.assign(readmitted=plain.readmitted.astype(int))).fit(disp=0)
+    np.testing.assert_allclose(logit.loc[fit.params.index, "coef"], fit.params,
+                               rtol=1e-5, atol=1e-5 * fit.bse.min())
+    np.testing.assert_allclose(logit.loc[fit.params.index, "std err"], fit.bse, rtol=1e-5)
     for name in ("km", "corr", "chi2", "quantiles"):
         assert (out / f"{name}.csv").exists(), name
