@@ -89,6 +89,39 @@ def test_dry_run_computes_nothing(shell, consortium):
     assert [e["event"] for e in new] == ["plan_checked"]
 
 
+STATISTICS = {
+    "ttest": 't.ttest("cost_change", by="app_user", strata="income_band")',
+    "chi2": 't.chi2("education", "app_user")',
+    "corr": 't.corr(["cost_2020", "cost_2021", "age"])',
+    "ols": 't.ols("cost_change ~ app_user * income_band + age")',
+    "logit": 't.logit("readmitted ~ app_user + age")',
+    "km": 't.kaplan_meier("followup_days", "readmitted", by="app_user")',
+    "quantile": 't.quantiles("cost_2021", by="income_band")',
+}
+
+
+@pytest.mark.parametrize("kind", list(STATISTICS))
+def test_every_statistic_compiles_in_a_secure_cell(shell, kind, capsys):
+    """Each statistic is secure-frame code: the cell builds its plan and every party's
+    policy accepts it (a dry run computes nothing)."""
+    body = [*HEADLINE.strip().splitlines()[:2], STATISTICS[kind]]
+    assert run(shell, "%%secure --dry-run --show-plan\n" + "\n".join(body)).success
+    assert f'"kind": "{kind}"' in capsys.readouterr().out
+
+
+def test_logistic_regression_in_a_secure_cell(shell, demo_data):
+    import statsmodels.formula.api as smf
+
+    body = "t = link(insurer, hospital, bureau)\nt.logit('readmitted ~ app_user + age')"
+    assert run(shell, "%%secure -o fit\n" + body).success
+    got = shell.user_ns["fit"]
+    plain = join(demo_data, PARTIES)
+    want = smf.logit("readmitted ~ app_user + age",
+                     data=plain.assign(readmitted=plain.readmitted.astype(int))).fit(disp=0)
+    pd.testing.assert_series_equal(got["coef"], want.params, check_names=False, rtol=1e-6)
+    pd.testing.assert_series_equal(got["std err"], want.bse, check_names=False, rtol=1e-6)
+
+
 def _audit_events(folder) -> list[dict]:
     files = sorted(folder.glob("**/*.jsonl"))
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
