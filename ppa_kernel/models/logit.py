@@ -57,9 +57,8 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..plan import is_boolean
-from . import MASKED_TRUNCATION, ModelKind, output_name
 from .formula import build_design
-from .ols import refusal_message, validate_regression
+from .regression import Regression, validate_regression
 
 if TYPE_CHECKING:
     from ..frame import Query, SecureFrame
@@ -73,8 +72,9 @@ MAX_ITERATIONS = 50
 COLUMNS = ["coef", "std err", "z", "P>|z|", "[0.025", "0.975]"]
 
 
-class Logit(ModelKind):
+class Logit(Regression):
     kind = KIND
+    outputs = OUTPUTS
 
     def validate(self, plan: dict) -> None:
         validate_regression(plan, {"formula", "response", "design", "complete", "maxiter"})
@@ -89,21 +89,7 @@ class Logit(ModelKind):
             raise PlanError("logit: the response must be a truth value (a boolean column or "
                             "a condition such as cost > 5000)")
 
-    def value_inputs(self, plan: dict) -> list[dict]:
-        model = plan["model"]
-        return [model["response"]["expr"]] + [e["expr"] for e in model["design"]
-                                              if e["expr"] is not None]
-
-    def condition_inputs(self, plan: dict) -> list[dict]:
-        return list(plan["model"]["complete"])
-
-    def openings(self, plan: dict) -> set[str]:
-        return {output_name(KIND, o) for o in OUTPUTS} | {MASKED_TRUNCATION}
-
-    def table(self, plan: dict, stats: dict, released: pd.DataFrame) -> pd.DataFrame:
-        opened = stats["model"]
-        if opened.get("refused"):
-            raise PlanError(refusal_message(plan, opened["refused"]))
+    def coefficients(self, plan: dict, opened: dict) -> pd.DataFrame:
         return coefficient_table(plan, opened)
 
 

@@ -9,18 +9,21 @@ except :func:`check_size`, which opens two pass bits (see its docstring).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import PlanError
 from ...models import output_name
-from ...models.ols import min_residual_df
+from ...models.regression import min_residual_df
 from ...plan import canonical_json, is_boolean
 from ...program import SCALE_BITS, Program
 from ..openings import compare, reveal
 from ..query import Evaluator, QueryState, Secret
 from ..runtime import COMPARE_BITS, mpc, shares, wrap
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,19 @@ async def design_rows(state: QueryState) -> DesignRows:
     masked = _MaskedValues(ev, wrap(sectype, mask), model["kind"])
     values = [await masked.value(e) for e in [*exprs, response]]
     return DesignRows(mask, mask.sum(), values)
+
+
+async def checked_rows(state: QueryState) -> tuple[DesignRows, str | None]:
+    """The regression's rows, and the reason they were refused (after opening the
+    failing size bit, see :func:`check_size`) or None."""
+    plan = state.program.plan
+    model = plan["model"]
+    rows = await design_rows(state)
+    refused = await check_size(model["kind"], state.sectype, rows.n, len(model["design"]),
+                               plan)
+    if refused:
+        logger.info("%s refused: %s", model["kind"], refused)
+    return rows, refused
 
 
 async def common_scale(mask: np.ndarray, values: list[Secret | None]) -> tuple[np.ndarray, int]:

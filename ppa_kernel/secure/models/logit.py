@@ -20,7 +20,7 @@ from ..logistic import logistic
 from ..openings import compare, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, value_type, wrap
-from .design import check_size, common_scale, design_rows
+from .design import checked_rows, common_scale
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,10 @@ async def run_logit(state: QueryState) -> dict:
     plan = state.program.plan
     model = plan["model"]
     sectype = state.sectype
-    rows = await design_rows(state)
-    p = len(model["design"])
-    refused = await check_size(KIND, sectype, rows.n, p, plan)
+    rows, refused = await checked_rows(state)
     if refused:
-        logger.info("logit refused: %s", refused)
         return {"refused": refused}
+    p = len(model["design"])
     intercept = model["design"][0]["expr"] is None
     x, top = await common_scale(rows.mask, [None] * intercept + rows.values[:-1])
     response = rows.values[-1]

@@ -26,7 +26,7 @@ from ..linalg import (
 from ..openings import compare, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, wrap
-from .design import check_size, common_scale, design_rows
+from .design import checked_rows, common_scale
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ async def run_ols(state: QueryState) -> dict:
     plan = state.program.plan
     model = plan["model"]
     sectype = state.sectype
-    rows = await design_rows(state)
-    p = len(model["design"])
-    refused = await check_size(KIND, sectype, rows.n, p, plan)
+    rows, refused = await checked_rows(state)
     if refused:
-        logger.info("ols refused: %s", refused)
         return {"refused": refused}
+    p = len(model["design"])
     intercept = model["design"][0]["expr"] is None
     extra = not intercept and model["centered"]  # a ones column for the centred TSS
     ones = 0 if intercept else p + 1 if extra else None
