@@ -26,7 +26,8 @@ Checks, each opened as one bit, in this order (a failing check stops the run):
 3. ``model.logit.design_ok``: X'X scaled to unit diagonal has determinant at least
    2^-32 (checked on the first Hessian, X'X / 4);
 4. ``model.logit.converged``, after every step from the third: the step moved every
-   coefficient by less than 2^-20 of its standard error. The first 1 stops the
+   coefficient by less than 2^-20 of its standard error, and every row's linear
+   predictor was within the secure logistic function's range (|eta| < 177). The first 1 stops the
    iteration; a 0 after ``maxiter`` steps refuses the fit (perfect separation, where
    the coefficients run off, or too few steps). So the number of steps taken is
    revealed (a number from 3 to ``maxiter``, as statsmodels reports it).
@@ -42,8 +43,8 @@ Result (``collect()``): one row per design column with ``coef``, ``std err``, ``
 ``df_resid``, ``df_model``, ``formula`` and ``iterations`` (Newton steps taken).
 
 Accuracy: the probabilities are computed to about 2^-40 relative error for |eta| < 177
-(beyond that the exponent's bits wrap; a fit that reaches such values fails to
-converge); the assumptions of OLS on the columns' magnitudes apply to X' diag(w) X.
+(beyond that the exponent's bits wrap, which the convergence bit includes, so such a fit
+is refused); the assumptions of OLS on the columns' magnitudes apply to X' diag(w) X.
 Results agree with statsmodels to about 1e-7 of each coefficient's standard error.
 """
 

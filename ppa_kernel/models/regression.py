@@ -96,7 +96,8 @@ def refusal_message(plan: dict, reason: str) -> str:
     if reason == "not_converged":
         return (f"{kind} refused: Newton's method did not converge for {formula!r} in "
                 f"{model.get('maxiter')} iterations (the outcome may be perfectly "
-                f"separated by the design, or more iterations are needed: maxiter=...)")
+                f"separated by the design, a linear predictor may exceed 177 in size, "
+                f"or more iterations are needed: maxiter=...)")
     if kind == "logit":
         return (f"{kind} refused: the design of {formula!r} is singular on the rows used "
                 f"(a dummy without rows, or collinear columns)")

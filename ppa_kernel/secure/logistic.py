@@ -20,7 +20,11 @@ constants (exact decimals, so every party derives identical integers).
 
 Accuracy: relative error of ``p`` and ``1 - p`` below about 2^-40 for ``|u| < 2^(B-1)``
 (|eta| < 177 for B = 9). Outside that range the bits wrap and p is wrong (but stays
-bounded); the regression's convergence check catches it.
+bounded); the function also returns a secret sum that is 0 exactly when every row was
+in range, which the regression checks before it releases anything.
+
+Every product is reduced and truncated in one opening
+(:func:`~.fixed.truncate_product`); independent products share a round.
 
 Leakage: nothing is opened in the clear. Truncations open values masked by random
 numbers 30 bits longer (``protocol.truncation_masked``) and the bit decomposition opens
@@ -35,11 +39,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..models import MASKED_TRUNCATION
-from .fixed import FRAC_BITS
+from .fixed import FRAC_BITS, truncate_product
 from .linalg import bits
-from .openings import masked
-from .runtime import mpc, shares, value_type, wrap
+from .runtime import mpc, value_type
 from .truncation import carry_bound
 
 EXPONENT_BITS = 9
@@ -58,16 +60,6 @@ LN2 = "0.693147180559945309417232121458176568075500134360255254120680009"
 def _raw(value: Fraction | Decimal | int) -> int:
     """A public constant as a raw fixed-point integer (round half to even)."""
     return round(Fraction(value) * ONE)
-
-
-def _mul(a, b):
-    """Fixed-point product of secure raw values (a pending secure array)."""
-    return mpc.np_trunc(a * b, f=FRAC_BITS, l=PRODUCT_BITS)
-
-
-def _times_public(a, raw: int):
-    """Fixed-point product of secure raw values with a public raw constant."""
-    return mpc.np_trunc(a * raw, f=FRAC_BITS, l=PRODUCT_BITS)
 
 
 class _Constants:
@@ -109,18 +101,18 @@ def constants() -> _Constants:
     return _Constants(carry_bound())
 
 
-async def logistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+async def logistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shares of ``p = 1 / (1 + 2^u)`` and ``p (1 - p)`` (raw fixed point) for shares of
-    raw fixed-point ``u`` (n values); see the module docstring."""
-    sectype = value_type()
+    raw fixed-point ``u`` (n values), and of the out-of-range sum: 0 exactly when every
+    ``|u| < 2^(B-1)`` (a 1-element array; see :func:`_out_of_range`)."""
     c = constants()
     u = np.asarray(u, dtype=object)
-    with masked(MASKED_TRUNCATION):
-        k = await shares(mpc.np_trunc(wrap(sectype, u), f=FRAC_BITS, l=FRAC_BITS + 64))
-    g = wrap(sectype, u - k * ONE)
+    k = await truncate_product(u, FRAC_BITS, FRAC_BITS + 64)
+    g = u - k * ONE
     offset = 1 << (EXPONENT_BITS - 1)
     digits = await bits(k + offset, EXPONENT_BITS)
     sign, low = digits[:, -1], digits[:, :-1]
+    spill = await _out_of_range(k + offset, digits)
     drop = np.array(c.drop, dtype=object)
     # 2^-k = prod 2^-(b_i 2^i) for k >= 0 (low = k); for k < 0, low = 2^(B-1) + k and
     # 2^k = 2^-(1 + sum (1 - b_i) 2^i) = 1/2 prod 2^-((1 - b_i) 2^i)
@@ -128,43 +120,68 @@ async def logistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     negative = ONE - (1 - low) * drop
     quarter = ONE >> 2  # the extra 1/2 in the first: (ONE - drop_0 (1 - b_0)) / 2
     negative[:, 0] = quarter + low[:, 0] * quarter
-    with masked(MASKED_TRUNCATION):
-        factors = wrap(sectype, np.stack([positive, negative]))
-        while factors.shape[2] > 1:
-            half = factors.shape[2] // 2
-            factors = _mul(factors[:, :, :half], factors[:, :, half:2 * half])
-        powers = await shares(factors)
-        power, inverse_power = powers[0, :, 0], powers[1, :, 0]
-        exp_g = _power_of_two(g, c)
-        s = wrap(sectype, sign)
-        numerator = ONE + s * wrap(sectype, power - ONE)
-        other = ONE + (1 - s) * wrap(sectype, inverse_power - ONE)
-        excess = _mul(exp_g, other)  # D - N
-        reciprocal = _goldschmidt(numerator + excess, c)
-        p = _mul(numerator, reciprocal)
-        q = _mul(excess, reciprocal)
-        w = _mul(p, q)
-        p, w = await shares(p), await shares(w)
-    return p, w
-
-
-def _power_of_two(g, c: _Constants):
-    """2^g for g in [-d, 1] (pending secure raw values)."""
-    t = _times_public(g - c.centre, c.step)
+    factors = np.stack([positive, negative])
+    (t,) = await _products((g - c.centre, c.step))
     y = c.taylor[-1]
-    for coefficient in reversed(c.taylor[:-1]):
-        y = (_mul(y, t) if not isinstance(y, int) else _times_public(t, y)) + coefficient
+    for coefficient in reversed(c.taylor[:-1]):  # Horner; the factors' halvings ride along
+        pairs = [(t, y)]
+        if factors.shape[2] > 1:
+            half = factors.shape[2] // 2
+            pairs.append((factors[:, :, :half], factors[:, :, half:]))
+        done = await _products(*pairs)
+        y = done[0] + coefficient
+        factors = done[1] if len(done) > 1 else factors
+    while factors.shape[2] > 1:  # (only if the polynomial were shorter than the halvings)
+        half = factors.shape[2] // 2
+        (factors,) = await _products((factors[:, :, :half], factors[:, :, half:]))
     for _ in range(c.squarings):
-        y = _mul(y, y)
-    return _times_public(y, c.power_of_centre)
+        (y,) = await _products((y, y))
+    power, inverse_power = factors[0, :, 0], factors[1, :, 0]
+    exp_g, numerator, other = await _products(
+        (y, c.power_of_centre), (sign * ONE, power - ONE), ((1 - sign) * ONE, inverse_power - ONE))
+    numerator, other = numerator + ONE, other + ONE
+    (excess,) = await _products((exp_g, other))  # D - N
+    reciprocal = await _goldschmidt(numerator + excess, c)
+    p, q = await _products((numerator, reciprocal), (excess, reciprocal))
+    (w,) = await _products((p, q))
+    modulus = value_type().field.modulus
+    return p % modulus, w % modulus, spill
 
 
-def _goldschmidt(d, c: _Constants):
-    """1/d for d in [2^-carry, 3) (pending secure raw values)."""
-    y = c.alpha - _times_public(d, c.beta)
-    error = ONE - _mul(d, y)
+async def _out_of_range(values: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """Shares of sum_i (v_i - bits(v_i))^2: the bit decomposition gives v mod 2^B, so
+    this is 0 exactly when every 0 <= v_i < 2^B (the squares of a local product summed,
+    then one resharing of a single value; nothing is opened)."""
+    field = value_type().field
+    weights = np.array([1 << i for i in range(digits.shape[1])], dtype=object)
+    gap = (np.asarray(values, dtype=object) - digits @ weights) % field.modulus
+    local = int(np.sum(gap * gap)) % field.modulus  # degree 2t
+    reshared = await mpc._reshare(field.array(np.array([local], dtype=object), check=False))
+    return np.asarray(reshared.value, dtype=object)
+
+
+async def _products(*pairs: tuple[np.ndarray, np.ndarray | int]) -> list[np.ndarray]:
+    """Fixed-point products of pairs of raw shares (or a share and a public raw
+    constant), all in one round (:func:`~.fixed.truncate_product`)."""
+    local = [np.asarray(a, dtype=object) * b for a, b in pairs]
+    flat = await truncate_product(np.concatenate([x.reshape(-1) for x in local]),
+                                  FRAC_BITS, PRODUCT_BITS)
+    out, start = [], 0
+    for x in local:
+        out.append(flat[start:start + x.size].reshape(x.shape))
+        start += x.size
+    return out
+
+
+async def _goldschmidt(d: np.ndarray, c: _Constants) -> np.ndarray:
+    """1/d for d in [2^-carry, 3) (raw shares); the two products of a step in one round."""
+    (scaled,) = await _products((d, c.beta))
+    y = c.alpha - scaled
+    (dy,) = await _products((d, y))
+    error = ONE - dy
     for step in range(c.goldschmidt):
-        y = _mul(y, ONE + error)
         if step < c.goldschmidt - 1:
-            error = _mul(error, error)
+            y, error = await _products((y, ONE + error), (error, error))
+        else:
+            (y,) = await _products((y, ONE + error))
     return y

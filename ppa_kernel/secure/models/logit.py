@@ -35,7 +35,8 @@ FIRST_CHECK = 3
 (and after the last)."""
 
 COMPARE_LENGTH = 200
-"""Bit bound of the convergence comparison (steps below 2^43 normalised units)."""
+"""Bit bound of the convergence comparison (steps below 2^43 normalised units; the
+out-of-range sum below 2^199)."""
 
 LOG2E = "1.442695040888963407359924681001892137426645954152985934135449407"
 MINUS_LOG2E = -round(Fraction(Decimal(LOG2E)) * (1 << FRAC_BITS))
@@ -50,6 +51,7 @@ class _Step:
     normalised_step: np.ndarray  # raw fixed point: delta in the normalised system
     normalised_inverse: np.ndarray  # raw fixed point: diag(H~^-1)
     determinant: object  # secure fixed point: det of H scaled to unit diagonal
+    spill: np.ndarray  # shares of a sum that is 0 iff every row's exponent was in range
 
 
 async def run_logit(state: QueryState) -> dict:
@@ -106,7 +108,7 @@ async def _newton_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, scale: in
     u = design @ with_slope  # -eta log2(e) * 2^(56 + scale)
     if scale:
         u = await compute(lambda: mpc.np_trunc(u, f=scale, l=FRAC_BITS + scale + 64))
-    probability, weight = await logistic(await shares(u))
+    probability, weight, spill = await logistic(await shares(u))
     gradient = await shares(design.transpose() @ wrap(sectype, y - probability))
     weighted = design * wrap(sectype, weight).reshape(-1, 1)
     hessian = await shares(design.transpose() @ weighted)  # H * 2^(56 + 2 scale)
@@ -129,7 +131,7 @@ async def _newton_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, scale: in
     rho = await from_scaled(q, HALF_BITS - FRAC_BITS // 2 - scale)
     step, se_squared = await compute(lambda: (rho * delta, rho * rho * inverse))
     return _Step(await shares(step), await shares(se_squared), await shares(delta),
-                 await shares(inverse), factor.determinant)
+                 await shares(inverse), factor.determinant, spill)
 
 
 async def _design_ok(step: _Step) -> bool:
@@ -141,15 +143,17 @@ async def _design_ok(step: _Step) -> bool:
 
 
 async def _converged(step: _Step) -> bool:
-    """Open whether the last step was below 2^-20 standard errors in every coefficient:
-    in the normalised system, delta~_j^2 < 2^-40 (H~^-1)_jj (the same ratio)."""
+    """Open whether the last step was below 2^-20 standard errors in every coefficient
+    (in the normalised system, delta~_j^2 < 2^-40 (H~^-1)_jj: the same ratio) and every
+    row's linear predictor was within the logistic function's range (spill == 0)."""
     sectype = value_type()
     delta = wrap(sectype, step.normalised_step)
     excess = await shares(delta * delta)  # raw at 2^112
     gap = excess - step.normalised_inverse * (1 << (FRAC_BITS - 2 * CONVERGENCE_BITS))
-    below = await compare(mpc.np_sgn, wrap(sectype, gap), l=COMPARE_LENGTH, LT=True)
+    tests = np.concatenate([gap, step.spill - 1])  # spill is a sum of squares: < 1 iff 0
+    below = await compare(mpc.np_sgn, wrap(sectype, tests), l=COMPARE_LENGTH, LT=True)
     every = below[0:1]
-    for j in range(1, len(gap)):
+    for j in range(1, len(tests)):
         every = every * below[j:j + 1]
     opened = await reveal(output_name(KIND, "converged"), every)
     return int(np.asarray(opened).reshape(-1)[0]) == 1
