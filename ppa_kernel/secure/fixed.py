@@ -6,9 +6,10 @@ so this is a local reinterpretation plus at most one truncation -- and finishes 
 ``SecFxp(112, 56)`` keeps 56 fraction bits (relative error about 1e-13 on divisions)
 and integer parts below 2^55; models scale their totals into that range first.
 
-Fixed-point products and divisions truncate, and MPyC's truncation opens ``a + r`` for
-a random ``r`` 30 bits longer than ``a`` (statistically hiding ``a``). Such openings are
-named ``protocol.truncation_masked`` and happen only inside :func:`compute`.
+Fixed-point products and divisions truncate, and a truncation opens ``a + r`` for a
+random ``r`` 30 bits longer than ``a`` (statistically hiding ``a``; see
+:mod:`.truncation`). Such openings are named ``protocol.truncation_masked`` and happen
+only inside :func:`compute`.
 """
 
 from __future__ import annotations
