@@ -129,3 +129,8 @@ async def reveal(name: str, x, *, threshold: int | None = None) -> Any:
         return await mpc.output(x, threshold=threshold)
     finally:
         _current_name.reset(token)
+
+
+def as_floats(opened: Any) -> list[float]:
+    """An opened secure array as a flat list of Python floats."""
+    return [float(v) for v in np.asarray(opened).reshape(-1).tolist()]

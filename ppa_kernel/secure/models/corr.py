@@ -12,7 +12,7 @@ from ...errors import PlanError
 from ...models import output_name
 from ...models.corr import UNDEFINED
 from ..fixed import compute, fixed_type, from_scaled
-from ..openings import MASKED_COMPARISON, masked, reveal
+from ..openings import MASKED_COMPARISON, as_floats, masked, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, value_type, wrap
 from .chi2 import by_column, by_row, total_passes
@@ -64,7 +64,7 @@ async def run_corr(state: QueryState) -> dict:
     r = await _correlations(sectype, centred)
     opened_r = await reveal(output_name("corr", "r"), r)
     return {"n": int(np.asarray(opened_n).reshape(-1)[0]),
-            "r": [float(v) for v in np.asarray(opened_r).reshape(-1).tolist()]}
+            "r": as_floats(opened_r)}
 
 
 async def _product(factors: list, rows: int, sectype) -> np.ndarray:

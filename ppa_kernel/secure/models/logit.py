@@ -17,7 +17,7 @@ from ...program import SCALE_BITS
 from ..fixed import FRAC_BITS, TRUNC_BITS, compute, from_scaled
 from ..linalg import HALF_BITS, NORM_BITS, factorise, fixed, power_normalisers, solve
 from ..logistic import logistic
-from ..openings import compare, reveal
+from ..openings import as_floats, compare, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, value_type, wrap
 from .design import checked_rows, common_scale
@@ -87,7 +87,7 @@ async def run_logit(state: QueryState) -> dict:
     coef = await reveal(output_name(KIND, "coef"), fixed(beta))
     se_squared = await reveal(output_name(KIND, "se_squared"), fixed(step.se_squared))
     return {"refused": None, "n": int(np.asarray(opened_n).reshape(-1)[0]),
-            "coef": _floats(coef), "se_squared": _floats(se_squared), "iterations": steps}
+            "coef": as_floats(coef), "se_squared": as_floats(se_squared), "iterations": steps}
 
 
 async def _newton_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, scale: int) -> _Step:
@@ -157,7 +157,3 @@ async def _converged(step: _Step) -> bool:
         every = every * below[j:j + 1]
     opened = await reveal(output_name(KIND, "converged"), every)
     return int(np.asarray(opened).reshape(-1)[0]) == 1
-
-
-def _floats(opened) -> list[float]:
-    return [float(v) for v in np.asarray(opened).reshape(-1).tolist()]

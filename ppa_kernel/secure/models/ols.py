@@ -23,7 +23,7 @@ from ..linalg import (
     reciprocal,
     solve,
 )
-from ..openings import compare, reveal
+from ..openings import as_floats, compare, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, wrap
 from .design import checked_rows, common_scale
@@ -114,7 +114,7 @@ async def _release(fit: _Fit, df: int) -> tuple[list[float], list[float], float]
 
     opened = [await reveal(output_name(KIND, name), value) for name, value in
               zip(("coef", "se_squared", "r_squared"), await compute(finish))]
-    values = [[float(v) for v in np.asarray(o).reshape(-1).tolist()] for o in opened]
+    values = [as_floats(o) for o in opened]
     return values[0], values[1], values[2][0]
 
 
