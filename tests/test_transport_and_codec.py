@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -17,10 +16,8 @@ def test_sealed_messages_round_trip_and_reject_tampering():
     assert unseal(line, b"k") == {"op": "hello", "n": 1}
     with pytest.raises(ProtocolError, match="authentication"):
         unseal(line, b"other")
-    outer = json.loads(line)
-    outer["body"]["n"] = 2
     with pytest.raises(ProtocolError, match="authentication"):
-        unseal(json.dumps(outer).encode(), b"k")
+        unseal(line.replace(b'"n":1', b'"n":2'), b"k")
     with pytest.raises(ProtocolError, match="malformed"):
         unseal(b"not json", b"k")
 
