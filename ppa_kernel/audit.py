@@ -7,7 +7,8 @@ JSON without ``hash``. Editing, deleting or reordering lines breaks the chain, w
 :meth:`AuditLog.verify` detects. Removing lines from the *end* cannot be detected from the
 file alone; keep the last hash elsewhere to detect that.
 
-The log assumes one writer (one :class:`AuditLog` in one process) per file.
+The log assumes one writer (one :class:`AuditLog` in one process) per file. The file is
+readable and writable by its owner only (mode 0600).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+FILE_MODE = 0o600
+"""Permissions of the log file: owner only."""
 _RESERVED = ("seq", "time", "event", "prev", "hash")
 
 
@@ -55,6 +58,8 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            os.chmod(self.path, FILE_MODE)
         self._lock = threading.Lock()
         self._seq = 0
         self._prev = GENESIS
@@ -77,7 +82,8 @@ class AuditLog:
                       "event": event, **fields, "prev": self._prev}
             record["hash"] = _record_hash(record)
             line = _canonical(record) + "\n"
-            with open(self.path, "a", encoding="utf-8") as fh:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(line)
                 fh.flush()
             self._seq, self._prev = record["seq"], record["hash"]

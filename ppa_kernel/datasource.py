@@ -18,6 +18,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from .limits import VALUE_LIMIT
+
 logger = logging.getLogger(__name__)
 
 CSV_SUFFIXES = frozenset({".csv"})
@@ -27,6 +29,8 @@ SUPPORTED_SUFFIXES = CSV_SUFFIXES | PARQUET_SUFFIXES | SQLITE_SUFFIXES
 MAX_CATEGORICAL_INT_LEVELS = 12
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _MAX_EXAMPLES = 3
+NUMERIC_TEXT_SHARE = 0.9
+"""A text column whose values are at least this share numbers gets a note (stray text)."""
 
 Source = pd.DataFrame | str | os.PathLike
 
@@ -206,6 +210,7 @@ def _validate(df: pd.DataFrame, label: str, link: str | None) -> None:
     _check_mixed_types(df, label)
     if link is not None:
         _check_link(df, label, link)
+    _check_values(df, label, link)
 
 
 def _empty_error(label: str) -> DataSourceError:
@@ -230,6 +235,49 @@ def _value_kind(value: object) -> str:
     if isinstance(value, (numbers.Number, np.number)):
         return "number"
     return "other"
+
+
+def _check_values(df: pd.DataFrame, label: str, link: str | None) -> None:
+    """Refuse infinite numbers and numbers too large to encode for MPC (the link is exempt)."""
+    for column in df.columns:
+        values = None if column == link else _numbers(df[column])
+        if values is None or not len(values):
+            continue
+        magnitude = np.abs(values)
+        for bad, problem, fix in (
+            (magnitude == np.inf, "infinite value(s)", "secure computation needs finite "
+             "numbers: replace them, or leave them empty to mean missing"),
+            (magnitude >= VALUE_LIMIT, "value(s) too large for secure computation",
+             f"values must be below 2**46 (about {VALUE_LIMIT:.3g}) in absolute value: "
+             "rescale the column (e.g. thousands of euros instead of euros) or drop it"),
+        ):
+            if bad.any():
+                raise DataSourceError(
+                    f"{label}: column {column!r} has {int(bad.sum())} {problem} "
+                    f"(e.g. {_number_text(values[bad][0])}); {fix}"
+                )
+
+
+def _numbers(series: pd.Series) -> np.ndarray | None:
+    """The non-missing numbers of a numeric (or all-number object) column; None for others."""
+    dtype = series.dtype
+    if _is_bool(series) or pd.api.types.is_complex_dtype(dtype):
+        return None
+    if pd.api.types.is_numeric_dtype(dtype):
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+        return values[~np.isnan(values)]
+    if pd.api.types.is_object_dtype(dtype):
+        return np.array([v for v in series.dropna() if _value_kind(v) == "number"
+                         and not isinstance(v, (bool, np.bool_))], dtype=object)
+    return None
+
+
+def _number_text(value: object) -> str:
+    try:
+        return f"{float(value):.15g}"  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):  # e.g. an integer of 400 digits
+        text = str(value)
+        return text if len(text) <= 20 else f"{text[:6]}... ({len(text)} digits)"
 
 
 def _check_link(df: pd.DataFrame, label: str, link: str) -> None:
@@ -269,7 +317,8 @@ def describe_columns(
     """Describe every non-link column as numeric, categorical or bool (JSON-friendly).
 
     Integer columns named in ``categorical`` with at most 12 distinct values are categorical;
-    text columns with more than ``max_levels`` distinct values get ``"levels": None``.
+    text columns with more than ``max_levels`` distinct values get ``"levels": None``, and
+    text columns of mostly numbers get a ``"note"`` (also logged as a warning).
     """
     if link not in df.columns:
         raise DataSourceError(f"link column {link!r} not in the table; pass the key column name")
@@ -296,7 +345,31 @@ def _describe(series: pd.Series, max_levels: int, as_categorical: bool) -> dict[
                 MAX_CATEGORICAL_INT_LEVELS,
             )
         return _numeric(series, missing)
-    return _categorical(series, max_levels, missing)
+    entry = _categorical(series, max_levels, missing)
+    note = _numeric_text_note(series)
+    if note is not None:
+        logger.warning("%s", note)
+        entry["note"] = note
+    return entry
+
+
+def _numeric_text_note(series: pd.Series) -> str | None:
+    """A note when a text column is mostly numbers, i.e. a few stray text values made it
+    categorical (e.g. 'unknown' or '12,5' among numbers)."""
+    values = series.dropna()
+    if not len(values) or not all(isinstance(v, str) for v in values):
+        return None
+    values = values.astype(object)
+    uniques = pd.Series(pd.unique(values), dtype=object)
+    is_number = pd.to_numeric(uniques, errors="coerce").notna().to_numpy()
+    n_numbers = int(values.isin(set(uniques[is_number])).sum())
+    n_text = len(values) - n_numbers
+    if n_text == 0 or n_numbers < 2 or n_numbers < NUMERIC_TEXT_SHARE * len(values):
+        return None
+    examples = ", ".join(repr(v) for v in uniques[~is_number][:_MAX_EXAMPLES])
+    return (f"column {series.name!r} looks numeric but {n_text} of {len(values)} values are "
+            f"text (e.g. {examples}), so it is treated as categorical; fix those values, or "
+            "leave them empty to mean missing")
 
 
 def _is_bool(series: pd.Series) -> bool:

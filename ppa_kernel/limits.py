@@ -1,0 +1,52 @@
+"""Bounds on everything that crosses a boundary: data values, plan sizes, thresholds.
+
+Both sides import these numbers (the client to build plans that pass, the parties to
+refuse those that do not); they are part of the contract and documented in the README.
+This module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+SCALE_BITS = 16
+"""Numbers are encoded as round(x * 2**SCALE_BITS) inside MPC."""
+
+COMPARE_BITS = 64
+"""Secure comparisons assume the compared encoded value satisfies |v| < 2**(COMPARE_BITS-1)."""
+
+VALUE_LIMIT = 2.0 ** 46
+"""Largest magnitude (exclusive) of a value in a party's numeric column, about 7.0e13:
+encoded it stays below 2**62, so a difference of two values still compares correctly."""
+
+FIELD_BITS = 256
+"""Bit length of the value field; sums must stay below 2**(FIELD_BITS - 2) in magnitude."""
+
+MAX_ROWS = 1 << 30
+"""Most rows one party may hold (bounds every sum over rows)."""
+
+MAX_THRESHOLD = 1_000_000
+"""Largest minimum cell size or residual degrees of freedom a plan may ask for."""
+
+MAX_PLAN_BYTES = 256 * 1024
+"""Largest canonical JSON text of a plan."""
+
+MAX_COLUMNS = 256
+MAX_GROUPBY = 8
+MAX_LEVELS = 1000
+"""Most levels (or bins) of one grouping column."""
+
+MAX_CELLS = 10_000
+"""Most cells (the product of the grouping columns' levels) a plan may release."""
+
+MAX_AGGREGATES = 64
+MAX_EXPR_DEPTH = 32
+MAX_EXPR_NODES = 2000
+"""Most nodes of all expressions in one plan together."""
+
+MAX_LIST = 1000
+"""Most values in an ``isin`` list or any other list a plan carries."""
+
+MAX_NAME = 200
+"""Longest name (column, aggregate, group, level text) a plan may carry."""
+
+MAX_CONSTANT = 1e15
+"""Largest magnitude of a numeric constant in a plan."""
