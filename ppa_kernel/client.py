@@ -32,7 +32,8 @@ from .errors import (
     RunTimeout,
     error_from_dict,
 )
-from .plan import plan_hash
+from .plan import DISCLOSURE_RULES, plan_hash
+from .program import compile_plan
 from .progress import ProgressCallback, make_display
 from .protocol import Channel
 from .results import stamp_release, to_frame
@@ -69,7 +70,6 @@ class Consortium:
                  on_close: Callable[[], None] | None = None):
         self.config = config
         self.connect_timeout = connect_timeout
-        self.linkage_id = secrets.token_hex(8)  # link once per session, reuse after
         self._on_close = on_close
         self._closed = False
         self.parties: dict[str, dict] = {}
@@ -157,6 +157,18 @@ class Consortium:
         """The strictest minimum cell size of all parties' policies."""
         return max(info["policy"]["min_cell_size"] for info in self.parties.values())
 
+    def disclosure_rules(self, requested: dict | None = None) -> dict[str, int]:
+        """The strictest dominance, p-ratio and history rules of all parties' policies
+        (and of ``requested``): each party refuses a plan laxer than its own."""
+        rules = [info["policy"]["disclosure"] for info in self.parties.values()]
+        if requested:
+            rules.append(requested)
+        return {"dominance_n": max(r["dominance_n"] for r in rules),
+                "dominance_k": min(r["dominance_k"] for r in rules),
+                "p_ratio": max(r["p_ratio"] for r in rules),
+                "history_limit": min(r["history_limit"] for r in rules),
+                "differencing": any(r["differencing"] for r in rules)}
+
     def link(self, *parties: str):
         """A secure frame over the inner join of the named parties (default: all)."""
         from .frame import SecureFrame
@@ -180,10 +192,15 @@ class Consortium:
         plan = copy.deepcopy(plan)
         requested = plan.get("min_cell_size") or 0
         plan["min_cell_size"] = max(requested, self.min_cell_size())
+        requested = plan.get("disclosure")
+        if requested is None or (isinstance(requested, dict)
+                                 and set(requested) == set(DISCLOSURE_RULES)):
+            plan["disclosure"] = self.disclosure_rules(requested)
         if plan.get("model") is not None:
             strictest = max(info["policy"].get("min_residual_df", 1)
                             for info in self.parties.values())
             plan["min_residual_df"] = max(plan.get("min_residual_df") or 0, strictest)
+        compile_plan(plan)  # the parties' own checks, here first: errors before anything is sent
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,
@@ -212,7 +229,7 @@ class Consortium:
         plan = self.prepare(plan)
         run_id = secrets.token_hex(8)
         request = {"op": "run", "run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
-                   "linkage_id": self.linkage_id, "timeout": timeout or DEFAULT_RUN_TIMEOUT}
+                   "timeout": timeout or DEFAULT_RUN_TIMEOUT}
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
         callback, display = _display(progress, self.names)
@@ -276,6 +293,10 @@ class Consortium:
             failed.set()
         except (OSError, ConnectionError) as exc:
             outcome.fail(party.name, PartyFailed(f"connection lost: {exc}", party=party.name))
+            failed.set()
+        except PPAError as exc:  # a reply that failed the protocol's checks
+            exc.party = exc.party or party.name
+            outcome.fail(party.name, exc)
             failed.set()
         finally:
             channel.close()

@@ -341,6 +341,10 @@ class SecureFrame:
         qualified = f"{party}.{column}"
         desc: dict[str, Any] = {"party": party, "column": column, "kind": kind,
                                 "missing": bool(meta.get("missing", True))}
+        if kind == "numeric":  # the owner checks it is the published range
+            low, high = meta.get("min"), meta.get("max")
+            desc["range"] = [0.0, 0.0] if low is None or high is None else \
+                [float(low), float(high)]
         if kind == "bool":
             desc["levels"] = list(meta.get("levels") or [False, True])
         elif kind == "categorical":

@@ -15,10 +15,10 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,10 @@ from .audit import AuditLog
 from .config import PartyConfig
 from .datasource import DataSourceError, describe_columns, load_table
 from .errors import DataError, PartyFailed, PlanError, PolicyRefused, PPAError, RunTimeout
-from .plan import expr_columns, plan_hash
+from .plan import canonical_json, expr_columns, plan_hash
 from .policy import Policy, PolicyError, QuantileRequest, published_min_precision
 from .program import compile_plan
-from .protocol import MAX_MESSAGE, seal, unseal
+from .protocol import MAX_REQUEST, LineReader, idle_timeout, seal, unseal
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,31 @@ class PartyKernel:
         self.frame, described = load_party_data(config)
         self._check_policy_columns(described)
         self.catalog = self._catalog(described)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        # Linkage seeds live only as long as this kernel: a restart forces a fresh linkage.
-        shutil.rmtree(config.state_dir / "linkage", ignore_errors=True)
-        self.snapshot = config.state_dir / "snapshot.parquet"
-        self.frame.to_parquet(self.snapshot)
-        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        # The state folder holds a full copy of the data: owner only (0700, files 0600).
+        state = config.state_dir
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        # The data epoch (state/epoch: linkage and release history) outlives restarts; the
+        # workers start a new one when any party's data changed. Remove an old layout's.
+        shutil.rmtree(state / "linkage", ignore_errors=True)
+        self.jobs = state / "jobs"  # one folder per run, holding its job file (link salt)
+        self.jobs.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.jobs, 0o700)
+        leftovers = list(self.jobs.iterdir())
+        for folder in leftovers:  # left by a kernel killed mid-run
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("party %s: removed %d job folder(s) left by interrupted runs",
+                        self.name, len(leftovers))
+        self.snapshot = state / "snapshot.parquet"
+        fd = os.open(self.snapshot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode on open
+        with os.fdopen(fd, "wb") as fh:
+            self.frame.to_parquet(fh)
+        self.audit = AuditLog(state / "audit.jsonl")
         self.audit.append("kernel_started", party=self.name, rows=len(self.frame),
                           policy=self.policy.summary())
         self.lock = asyncio.Lock()
@@ -131,7 +150,7 @@ class PartyKernel:
     async def serve(self) -> None:
         address = self.config.address
         self.server = await asyncio.start_server(self._connection, address.host, address.port,
-                                                 limit=MAX_MESSAGE)
+                                                 limit=MAX_REQUEST)
         print(f"{READY_MARKER} {self.name} {address.host}:{address.port}", flush=True)
         logger.info("party %s serving on %s:%s", self.name, address.host, address.port)
         async with self.server:
@@ -139,17 +158,43 @@ class PartyKernel:
         await self._kill_all()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        """Answer request lines until the client closes, idles or sends an oversized line.
+
+        Every failure of a request gets a sealed error reply; the idle timeout bounds only
+        the wait for the next line, never a run streaming its progress.
+        """
         secret = self.config.consortium.secret
+        lines, idle = LineReader(reader, MAX_REQUEST), idle_timeout()
+
+        async def reply_error(exc: PPAError) -> None:
+            exc.party = exc.party or self.name
+            await self._send(writer, {"event": "error", "error": exc.to_dict()})
+
         try:
-            while line := await reader.readline():
+            while True:
                 try:
-                    request = unseal(line, secret)
-                    await self._dispatch(request, writer)
+                    line = await asyncio.wait_for(lines.readline(), idle)
+                except TimeoutError:
+                    logger.info("party %s: closing a connection idle for %g s", self.name, idle)
+                    break
+                except PPAError as exc:  # an oversized line: answer, drop the rest, close
+                    await reply_error(exc)
+                    writer.write_eof()
+                    await lines.discard()
+                    break
+                if not line:
+                    break
+                try:
+                    await self._dispatch(unseal(line, secret, MAX_REQUEST), writer)
                 except PPAError as exc:
-                    if not exc.party:
-                        exc.party = self.name
-                    await self._send(writer, {"event": "error", "error": exc.to_dict()})
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+                    await reply_error(exc)
+                except ConnectionError:
+                    raise
+                except Exception as exc:
+                    logger.exception("party %s: request failed", self.name)
+                    await reply_error(PartyFailed(f"internal error ({type(exc).__name__})",
+                                                  hint="see the party kernel's log"))
+        except ConnectionError:
             pass
         finally:
             writer.close()
@@ -184,29 +229,48 @@ class PartyKernel:
     def check_plan(self, request: dict) -> tuple[dict, str]:
         """Validate a plan and check it against this party's policy."""
         plan = request.get("plan")
-        program = compile_plan(plan)
+        compile_plan(plan)  # validates, derives the layout and checks every bound
         digest = plan_hash(plan)
         if request.get("plan_hash") != digest:
             raise PlanError("plan hash does not match the plan",
                             hint="the plan was altered in transit or built inconsistently")
-        if self.name not in program.parties:
-            raise PlanError(f"{self.name} is not a party of this plan")
+        self._check_layout(plan)
+        if plan.get("min_cell_size") is None:
+            raise PlanError("the plan must state its minimum cell size")
+        if plan.get("disclosure") is None:
+            raise PlanError("the plan must state its disclosure rules ('disclosure')",
+                            hint="build plans through the client, which fills them in")
         uses = self._uses(plan)
         stats = {("count" if a["stat"] == "size" else a["stat"]) for a in plan["aggregates"]}
         if plan.get("model") is not None:
             stats.add(plan["model"]["kind"])
         try:
             self.policy.check(uses, stats, plan.get("min_cell_size"),
-                              plan.get("min_residual_df"), self._quantile_request(plan))
+                              plan.get("min_residual_df"), self._quantile_request(plan),
+                              plan["disclosure"])
         except PolicyError as exc:
             raise PolicyRefused("; ".join(exc.reasons), party=self.name,
                                 hint=exc.hint) from None
-        if plan.get("min_cell_size") is None:
-            raise PlanError("the plan must state its minimum cell size")
         for name, meta in plan["columns"].items():
             if meta["party"] == self.name:
                 self._check_column(name, meta)
+        for entry in plan["groupby"]:
+            if plan["columns"][entry["expr"]["col"]]["party"] == self.name:
+                self._check_levels(entry)
         return plan, digest
+
+    def _check_layout(self, plan: dict) -> None:
+        """Refuse a plan whose parties or link disagree with the consortium file: the MPC
+        order and every party's input layout follow from it, never from the plan."""
+        names = [p.name for p in self.config.consortium.parties]
+        if plan["parties"] != names:
+            raise PlanError("'parties' must list the consortium's parties in its order: "
+                            + ", ".join(names), party=self.name,
+                            hint="build plans from the consortium the parties run")
+        if plan["link"] != [n for n in names if n in plan["link"]]:
+            raise PlanError("'link' must list its parties in the consortium's order: "
+                            + ", ".join(n for n in names if n in plan["link"]),
+                            party=self.name)
 
     def _uses(self, plan: dict) -> dict[str, set[str]]:
         uses: dict[str, set[str]] = {}
@@ -260,67 +324,117 @@ class PartyKernel:
         if column not in self.catalog:
             raise PlanError(f"unknown column {name!r}", party=self.name,
                             hint=f"{self.name} offers {', '.join(sorted(self.catalog))}")
-        if self.catalog[column]["kind"] != meta["kind"]:
-            raise PlanError(f"column {name!r} is {self.catalog[column]['kind']}, "
+        entry = self.catalog[column]
+        if entry["kind"] != meta["kind"]:
+            raise PlanError(f"column {name!r} is {entry['kind']}, "
                             f"not {meta['kind']}", party=self.name)
+        if entry["kind"] == "numeric":
+            published = [entry.get("min"), entry.get("max")]
+            if None in published:
+                published = [0.0, 0.0]  # no values: every row is missing
+            if meta.get("range") is None or [float(b) for b in meta["range"]] != published:
+                raise PlanError(f"column {name!r} must carry its published range "
+                                f"{published[0]:g} .. {published[1]:g}", party=self.name,
+                                hint="refresh the catalog and rebuild the plan")
+
+    def _check_levels(self, entry: dict) -> None:
+        """A group on one of this party's columns uses exactly its published levels (or
+        bins of a numeric column); extra levels would only cost inputs."""
+        meta = self.catalog[entry["expr"]["col"].split(".", 1)[1]]
+        if entry.get("bins") is not None:
+            if meta["kind"] != "numeric":
+                raise PlanError(f"group {entry['name']!r}: only numeric columns are binned",
+                                party=self.name)
+            return
+        published = meta.get("levels")
+        if published is None or sorted(map(canonical_json, entry["levels"])) != \
+                sorted(map(canonical_json, published)):
+            raise PlanError(f"group {entry['name']!r} must use the published levels of its "
+                            "column", party=self.name,
+                            hint="refresh the catalog and rebuild the plan")
 
     async def _check(self, request: dict, writer: asyncio.StreamWriter) -> None:
-        _, digest = self.check_plan(request)
+        _, digest = await asyncio.to_thread(self.check_plan, request)
         self.audit.append("plan_checked", run_id=str(request.get("run_id")), plan_hash=digest)
         await self._send(writer, {"event": "checked", "plan_hash": digest})
 
     # ------------------------------------------------------------------ running
     async def _run(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        """Check, run and release one plan; every accepted plan gets one outcome record."""
         run_id = str(request.get("run_id"))
         try:
-            plan, digest = self.check_plan(request)
+            if not re.fullmatch(r"[0-9a-f]{8,64}", run_id):  # names the run's job folder
+                raise PlanError(f"malformed run_id {run_id[:80]!r}", party=self.name,
+                                hint="a run_id is 8 to 64 lowercase hex digits, "
+                                     "e.g. secrets.token_hex(8)")
+            try:
+                timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
+            except (TypeError, ValueError):
+                timeout = math.nan
+            if not 0 < timeout < math.inf:
+                raise PlanError(f"malformed timeout {request.get('timeout')!r}",
+                                party=self.name, hint="give the timeout in seconds, above 0")
+            plan, digest = await asyncio.to_thread(self.check_plan, request)
         except PPAError as exc:
             self.audit.append("plan_refused", run_id=run_id, reason=str(exc),
                               plan=request.get("plan") if isinstance(request.get("plan"), dict)
                               else None)
             raise
         self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan)
-        timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
-        if self.lock.locked():
-            # Queueing could pair this run's worker with another run's workers at the
-            # other parties (they share MPC ports); refusing keeps runs apart.
-            raise PartyFailed("busy with another run", party=self.name,
-                              hint="runs go one at a time per consortium; retry when it ends")
-        await self._send(writer, {"event": "progress", "phase": "policy check", "elapsed": 0})
-        async with self.lock:
-            try:
+        try:
+            if self.lock.locked():
+                # Queueing could pair this run's worker with another run's workers at the
+                # other parties (they share MPC ports); refusing keeps runs apart.
+                raise PartyFailed("busy with another run", party=self.name,
+                                  hint="runs go one at a time per consortium; retry when it ends")
+            async with self.lock:  # taken without yielding right after the check above
+                await self._send(writer, {"event": "progress", "phase": "policy check",
+                                          "elapsed": 0})
                 result = await self._run_worker(run_id, plan, request, timeout, writer)
-            except PPAError as exc:
-                self.audit.append("run_failed", run_id=run_id, plan_hash=digest, reason=str(exc))
-                raise
-        counts = result["stats"]["counts"].values()
-        released = sum(sum(v is not None for v in col) for col in counts)
+            counts = result["stats"]["counts"].values()
+            released = sum(sum(v is not None for v in col) for col in counts)
+            openings = [{"name": e["name"], "count": e["count"]} for e in result["openings"]]
+        except asyncio.CancelledError:  # the client went away or the kernel is stopping
+            self.audit.append("run_failed", run_id=run_id, plan_hash=digest, reason="cancelled")
+            raise
+        except PPAError as exc:
+            self.audit.append("run_failed", run_id=run_id, plan_hash=digest, reason=str(exc))
+            raise
+        except Exception as exc:
+            self.audit.append("run_failed", run_id=run_id, plan_hash=digest,
+                              reason=f"{type(exc).__name__}: {exc}")
+            raise
         self.audit.append("run_completed", run_id=run_id, plan_hash=digest,
                           released_counts=released, multiplicity=result["multiplicity"],
-                          openings=[{"name": e["name"], "count": e["count"]}
-                                    for e in result["openings"]])
+                          openings=openings)
         if not self.config.extra.get("record_openings"):
-            result["openings"] = [{"name": e["name"], "count": e["count"]}
-                                  for e in result["openings"]]
+            result["openings"] = openings
         await self._send(writer, {"event": "result", "run_id": run_id, "plan_hash": digest,
                                   "result": result})
 
     async def _run_worker(self, run_id: str, plan: dict, request: dict, timeout: float,
                           writer: asyncio.StreamWriter) -> dict:
+        """Run the plan in a worker whose job folder ``state_dir/jobs/<run_id>`` (0700)
+        lives only as long as the run; the worker is killed if the run ends early."""
         consortium = self.config.consortium
-        with tempfile.TemporaryDirectory(prefix=f"ppa-{self.name}-") as tmp:
+        folder = self.config.state_dir / "jobs" / run_id
+        folder.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # never read a stale result
+        folder.mkdir(mode=0o700)
+        try:
             job = {"party": self.name, "index": consortium.index(self.name),
                    "names": [p.name for p in consortium.parties],
                    "addresses": [f"{p.host}:{p.mpc_port}" for p in consortium.parties],
                    "plan": plan, "run_id": run_id,
-                   "linkage_id": str(request.get("linkage_id") or "default"),
                    "snapshot": str(self.snapshot), "link_column": self.config.data["link"],
                    "link_salt": consortium.link_salt, "state_dir": str(self.config.state_dir),
                    "record_openings": bool(self.config.extra.get("record_openings")),
                    "connect_timeout": min(WORKER_CONNECT_TIMEOUT, timeout),
-                   "result_path": str(Path(tmp) / "result.json")}
-            job_path = Path(tmp) / "job.json"
-            job_path.write_text(json.dumps(job))
+                   "result_path": str(folder / "result.json")}
+            job_path = folder / "job.json"
+            fd = os.open(job_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(job, fh)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ppa_kernel.cli", "--log-level",
                 self.config.worker_log_level, "worker", str(job_path),
@@ -332,9 +446,14 @@ class PartyKernel:
                 await self._kill(run_id)
                 raise RunTimeout(f"run did not finish within {timeout:g} s", party=self.name,
                                  hint="raise the timeout, or check the other parties") from None
+            except BaseException:  # cancelled, or the client's connection broke
+                await self._kill(run_id)
+                raise
             finally:
                 self.workers.pop(run_id, None)
             return self._worker_result(proc, Path(job["result_path"]))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _follow(self, proc: asyncio.subprocess.Process, writer) -> None:
         assert proc.stdout is not None
@@ -347,11 +466,19 @@ class PartyKernel:
         await proc.wait()
 
     def _worker_result(self, proc: asyncio.subprocess.Process, path: Path) -> dict:
+        """The worker's result, or its error (a missing or unreadable result: PartyFailed)."""
         if path.exists():
-            result = json.loads(path.read_text())
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError):
+                raise PartyFailed("MPC worker left an unreadable result", party=self.name,
+                                  hint="see the party kernel's log") from None
+            if not isinstance(result, dict):
+                raise PartyFailed("MPC worker left a malformed result", party=self.name)
             if "error" in result:
-                err = result["error"]
-                raise PartyFailed(err["message"], party=self.name, hint=err.get("hint"))
+                err = result["error"] if isinstance(result["error"], dict) else {}
+                raise PartyFailed(str(err.get("message", "MPC worker failed")),
+                                  party=self.name, hint=err.get("hint"))
             return result
         code = proc.returncode
         cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"

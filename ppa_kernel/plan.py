@@ -6,19 +6,25 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
      "parties": ["bureau", "hospital", "insurer"],      # the consortium, in MPC order
      "link": ["bureau", "hospital", "insurer"],         # parties whose inner join is analysed
      "columns": {"insurer.age": {"party": "insurer", "column": "age", "kind": "numeric",
-                                 "missing": false}},   # "missing" optional, default true
+                                 "missing": false,      # optional, default true
+                                 "range": [18, 90]}},   # numeric: the published range
      "filter": <expression> | null,
      "groupby": [{"name": "age", "expr": <expression>, "levels": [...],
                   "bins": [edges] | absent}],
      "aggregates": [{"name": "n", "stat": "count", "expr": <expression> | null}],
      "model": null | {"kind": "ttest" | ..., ...},      # optional; see ppa_kernel.models
      "min_cell_size": null | int,
-     "min_residual_df": null | int}                     # optional; regressions only
+     "min_residual_df": null | int,                     # optional; regressions only
+     "disclosure": {"dominance_n": 2, "dominance_k": 90, "p_ratio": 10,
+                    "history_limit": 1000, "differencing": true}}  # set by the client
 
 Expressions are JSON trees: ``{"col": "party.column"}``, ``{"const": 3.5}`` and
 ``{"op": OP, "args": [...]}`` with OP one of ``add sub mul div neg lt le gt ge eq ne and
 or not isin`` (``isin`` carries ``"values"``). Parties interpret plans with their own
 code; nothing in a plan is ever executed.
+
+Every size and number a plan carries is bounded (:mod:`ppa_kernel.limits`), checked in
+linear time before anything else, so a hostile plan costs its receiver little.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import math
 from typing import Any
 
+from . import limits
 from .errors import PlanError
 
 PLAN_VERSION = 1
@@ -40,8 +47,13 @@ OPERATORS = (*ARITHMETIC, *COMPARISONS, *LOGICAL, "isin")
 KINDS = ("numeric", "categorical", "bool")
 _ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div", *COMPARISONS, "and", "or")},
           "neg": 1, "not": 1, "isin": 1}
+_COLUMN_KEYS = {"party", "column", "kind", "levels", "missing", "range"}
 _TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
-             "model", "min_cell_size", "min_residual_df"}
+             "model", "min_cell_size", "min_residual_df", "disclosure"}
+DISCLOSURE_RULES = {"dominance_n": (1, 10), "dominance_k": (1, 100), "p_ratio": (0, 100),
+                    "history_limit": (1, 100_000), "differencing": (False, True)}
+"""Keys of a plan's ``disclosure`` rules and their allowed ranges (whole numbers, or
+true/false for ``differencing``)."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -85,6 +97,7 @@ def validate_plan(plan: Any) -> dict:
     """Check a plan's structure; return it unchanged or raise :class:`PlanError`."""
     if not isinstance(plan, dict):
         raise PlanError("a plan must be a JSON object")
+    check_json_bounds(plan)
     if plan.get("ppa_plan") != PLAN_VERSION:
         raise PlanError(f"unsupported plan version {plan.get('ppa_plan')!r}",
                         hint=f"this party understands version {PLAN_VERSION}")
@@ -99,6 +112,7 @@ def validate_plan(plan: Any) -> dict:
     columns = plan.get("columns")
     if not isinstance(columns, dict):
         raise PlanError("'columns' must be an object")
+    _at_most(len(columns), limits.MAX_COLUMNS, "'columns'", "columns")
     for name, meta in columns.items():
         _check_column(name, meta, link)
     if plan.get("filter") is not None:
@@ -114,9 +128,118 @@ def validate_plan(plan: Any) -> dict:
     for key in ("min_cell_size", "min_residual_df"):
         value = plan.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
-            raise PlanError(f"'{key}' must be a positive integer or null")
+                                  or not 1 <= value <= limits.MAX_THRESHOLD):
+            raise PlanError(f"'{key}' must be a whole number from 1 to "
+                            f"{limits.MAX_THRESHOLD:,} or null, got {value!r}")
+    _check_disclosure(plan.get("disclosure"))
+    _check_expression_sizes(plan)
     return plan
+
+
+def _check_disclosure(rules: Any) -> None:
+    if rules is None:
+        return
+    if not isinstance(rules, dict) or set(rules) != set(DISCLOSURE_RULES):
+        raise PlanError("'disclosure' must give " + ", ".join(sorted(DISCLOSURE_RULES)))
+    for key, (low, high) in DISCLOSURE_RULES.items():
+        value = rules[key]
+        if isinstance(low, bool):
+            if not isinstance(value, bool):
+                raise PlanError(f"'disclosure.{key}' must be true or false, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise PlanError(f"'disclosure.{key}' must be a whole number from {low} to {high}, "
+                            f"got {value!r}")
+
+
+def _at_most(count: int, limit: int, field: str, what: str) -> None:
+    if count > limit:
+        raise PlanError(f"{field} has {count:,} {what}; at most {limit:,} are allowed")
+
+
+def check_json_bounds(value: Any) -> None:
+    """Refuse JSON that is too deep, too long or holds unbounded numbers (iteratively).
+
+    Runs before any other check, in time linear in the size of ``value``; errors name
+    the offending field (e.g. ``groupby[0].levels``).
+    """
+    max_depth = 2 * limits.MAX_EXPR_DEPTH + 8
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    nodes = size = 0
+    while stack:
+        item, depth, path = stack.pop()
+        where = f"'{path}'" if path else "the plan"
+        nodes += 1
+        if depth > max_depth:
+            raise PlanError(f"{where} is nested more than {max_depth} levels deep")
+        if nodes > 50 * limits.MAX_EXPR_NODES:
+            raise PlanError("the plan has too many elements")
+        if isinstance(item, dict):
+            _at_most(len(item), limits.MAX_LIST, where, "keys")
+            for key, child in item.items():
+                if not isinstance(key, str) or len(key) > limits.MAX_NAME:
+                    raise PlanError(f"{where} has a key that is too long or not text")
+                size += len(key)
+                stack.append((child, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            _at_most(len(item), limits.MAX_LIST, where, "items")
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str):
+            size += len(item)
+            if len(item) > 20 * limits.MAX_NAME:
+                raise PlanError(f"{where} holds a text of {len(item):,} characters")
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int | float):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise PlanError(f"{where} holds the non-finite number {item!r}")
+            if abs(item) > limits.MAX_CONSTANT:
+                raise PlanError(f"{where} is out of range ({str(item)[:24]})",
+                                hint=f"numbers in plans are at most {limits.MAX_CONSTANT:g} "
+                                     "in magnitude")
+        else:
+            raise PlanError(f"{where} holds a {type(item).__name__}, which is not JSON")
+        if size > limits.MAX_PLAN_BYTES:
+            raise PlanError(f"the plan is larger than {limits.MAX_PLAN_BYTES:,} bytes")
+
+
+def _expr_nodes(expr: Any) -> tuple[int, int]:
+    """Number of nodes and depth of an expression tree (iteratively; no recursion)."""
+    nodes, deepest = 0, 0
+    stack = [(expr, 1)]
+    while stack:
+        item, depth = stack.pop()
+        nodes, deepest = nodes + 1, max(deepest, depth)
+        if isinstance(item, dict) and isinstance(item.get("args"), list):
+            stack.extend((arg, depth + 1) for arg in item["args"])
+    return nodes, deepest
+
+
+def plan_expressions(plan: dict) -> list[dict]:
+    """Every expression a plan carries: filter, groups, aggregates and the model's."""
+    found: list[dict] = []
+    stack: list[Any] = [plan.get("filter"), plan.get("groupby"), plan.get("aggregates"),
+                        plan.get("model")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "op" in item or "col" in item or "const" in item:
+                found.append(item)
+            else:
+                stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _check_expression_sizes(plan: dict) -> None:
+    total = 0
+    for expr in plan_expressions(plan):
+        nodes, depth = _expr_nodes(expr)
+        if depth > limits.MAX_EXPR_DEPTH:
+            raise PlanError(f"an expression is nested {depth} levels deep; at most "
+                            f"{limits.MAX_EXPR_DEPTH} are allowed")
+        total += nodes
+    _at_most(total, limits.MAX_EXPR_NODES, "the plan's expressions", "nodes")
 
 
 def _str_list(value: Any) -> bool:
@@ -124,8 +247,14 @@ def _str_list(value: Any) -> bool:
 
 
 def _check_column(name: str, meta: Any, link: list[str]) -> None:
-    if not isinstance(meta, dict) or set(meta) - {"party", "column", "kind", "levels", "missing"}:
+    if not isinstance(meta, dict) or set(meta) - _COLUMN_KEYS:
         raise PlanError(f"column {name!r} has a malformed description")
+    bounds = meta.get("range")
+    if bounds is not None and not (
+            meta.get("kind") == "numeric" and isinstance(bounds, list) and len(bounds) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+            and bounds[0] <= bounds[1]):
+        raise PlanError(f"column {name!r}: 'range' must be [low, high] of a numeric column")
     if not isinstance(meta.get("missing", True), bool):
         raise PlanError(f"column {name!r}: 'missing' must be true or false")
     if meta.get("party") not in link:
@@ -158,7 +287,11 @@ def _check_expr(expr: Any, columns: dict) -> None:
         return
     op, args = expr.get("op"), expr.get("args")
     if op not in OPERATORS or not isinstance(args, list) or len(args) != _ARITY[op]:
-        raise PlanError(f"malformed expression with operator {op!r}")
+        raise PlanError(f"malformed expression with operator {str(op)[:40]!r}")
+    if op == "div" and not (isinstance(args[1], dict) and "const" in args[1]
+                            and isinstance(args[1]["const"], int | float)
+                            and not isinstance(args[1]["const"], bool) and args[1]["const"]):
+        raise PlanError("division is only by a nonzero numeric constant")
     allowed = {"op", "args", "values"} if op == "isin" else {"op", "args"}
     if set(expr) - allowed:
         raise PlanError(f"unexpected keys in expression {op!r}")
@@ -171,6 +304,8 @@ def _check_expr(expr: Any, columns: dict) -> None:
 def _check_groupby(groupby: Any, columns: dict) -> None:
     if not isinstance(groupby, list):
         raise PlanError("'groupby' must be a list")
+    _at_most(len(groupby), limits.MAX_GROUPBY, "'groupby'", "entries")
+    cells = 1
     for entry in groupby:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise PlanError("each groupby entry needs a name")
@@ -182,6 +317,12 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         if not isinstance(levels, list) or not levels:
             raise PlanError(f"group {entry['name']!r} needs its list of levels",
                             hint="group only by categorical columns or binned numbers")
+        _at_most(len(levels), limits.MAX_LEVELS, f"group {entry['name']!r}", "levels")
+        cells *= len(levels)
+        _at_most(cells, limits.MAX_CELLS, "the grouping", "cells")
+        if not all(isinstance(v, str | int | float | bool) for v in levels) or \
+                len({canonical_json(v) for v in levels}) != len(levels):
+            raise PlanError(f"group {entry['name']!r}: levels must be distinct plain values")
         bins = entry.get("bins")
         if bins is not None:
             if not (isinstance(bins, list) and len(bins) == len(levels) + 1
@@ -193,6 +334,7 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
 def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) -> None:
     if not isinstance(aggregates, list) or (required and not aggregates):
         raise PlanError("a plan needs at least one aggregate or a model")
+    _at_most(len(aggregates), limits.MAX_AGGREGATES, "'aggregates'", "entries")
     names = set()
     for agg in aggregates:
         if not isinstance(agg, dict) or agg.get("stat") not in STATISTICS:

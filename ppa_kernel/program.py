@@ -17,15 +17,18 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from . import bounds
 from .errors import PlanError
+from .limits import SCALE_BITS
 from .plan import COMPARISONS, canonical_json, expr_columns, expr_parties, is_boolean, validate_plan
 
-SCALE_BITS = 16
-"""Numbers are encoded as round(x * 2**SCALE_BITS); secure products add scale exponents."""
+__all__ = ["SCALE_BITS", "Feature", "Program", "cell_levels", "compile_plan"]
 
-OPENING_NAMES = ("linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
-                 "linkage.equality_masked", "disclosure.pass",
-                 "protocol.comparison_masked")
+OPENING_NAMES = ("linkage.ready", "linkage.epoch", "linkage.party_sizes", "linkage.prf_masked",
+                 "linkage.equality_masked", "disclosure.pass", "disclosure.reason",
+                 "disclosure.union", "protocol.comparison_masked")
+SUM_STATISTICS = ("sum", "mean", "var", "std")
+"""Statistics that release a measure's sum (and so fall under the dominance rules)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Program:
     group_entries: dict[str, list[dict]] = field(default_factory=dict)
     measures: list[dict] = field(default_factory=list)  # unique measure expressions
     implied_last: dict[str, bool] = field(default_factory=dict)  # last one-hot not input
+    _known: set[Feature] = field(default_factory=set, repr=False)
 
     @property
     def parties(self) -> list[str]:
@@ -89,9 +93,9 @@ class Program:
         return sum(len(v) for v in self.features.values())
 
     def add(self, feature: Feature) -> Feature:
-        own = self.features.setdefault(feature.party, [])
-        if feature not in own:
-            own.append(feature)
+        if feature not in self._known:  # a set: linear in the number of features
+            self._known.add(feature)
+            self.features.setdefault(feature.party, []).append(feature)
         return feature
 
     def group_levels(self, party: str) -> list[tuple]:
@@ -102,7 +106,9 @@ class Program:
         """Names of everything a run of this plan may open."""
         names = set(OPENING_NAMES)
         for m in self.measures:
-            names.update(f"release.{part}:{m['key']}" for part in ("count", "sum"))
+            names.add(f"release.count:{m['key']}")
+            if m["open_sum"]:
+                names.add(f"release.sum:{m['key']}")
             if m["open_square"]:
                 names.add(f"release.sumsq:{m['key']}")
         if any(a["stat"] == "size" for a in self.plan["aggregates"]):
@@ -165,6 +171,7 @@ def compile_plan(plan: dict) -> Program:
 
         kind = model_kind(plan)
         for expr in kind.value_inputs(plan):
+            bounds.check_sum(expr, program.columns, squared=True)  # models form products
             _add_value(program, expr)
         for expr in kind.condition_inputs(plan):
             _add_condition(program, expr)
@@ -178,9 +185,15 @@ def _add_measures(program: Program) -> None:
             continue
         key = canonical_json(agg["expr"])
         entry = by_key.setdefault(key, {"key": key, "expr": agg["expr"], "square": False,
-                                        "open_square": False})
+                                        "open_square": False, "open_sum": False,
+                                        "dominance": False})
         entry["open_square"] |= agg["stat"] in ("var", "std")
-        entry["square"] |= entry["open_square"]
+        entry["open_sum"] |= agg["stat"] in SUM_STATISTICS
+        # Released sums of non-negative magnitudes fall under the dominance and p-ratio
+        # rules, which need the (never opened) sum of squares per cell.
+        entry["dominance"] = entry["open_sum"] and not is_boolean(agg["expr"], program.columns) \
+            and bounds.is_magnitude(agg["expr"], program.columns)
+        entry["square"] |= entry["open_square"] or entry["dominance"]
     if program.plan.get("model") is not None:
         from .models import model_kind
 
@@ -188,6 +201,7 @@ def _add_measures(program: Program) -> None:
             by_key[canonical_json(expr)]["square"] = True  # computed, never opened
     program.measures = list(by_key.values())
     for entry in program.measures:
+        bounds.check_sum(entry["expr"], program.columns, squared=entry["square"])
         _add_value(program, entry["expr"], square=entry["square"])
 
 
@@ -228,6 +242,8 @@ def _add_condition(program: Program, expr: dict) -> None:
             if "col" in arg and program.columns[arg["col"]]["kind"] == "categorical":
                 raise PlanError("categories of different parties cannot be compared",
                                 hint="compare numbers, or filter each party's column alone")
+        bounds.check_comparison(expr["args"][0], expr["args"][1], program.columns)
+        for arg in expr["args"]:
             _add_value(program, arg)
     else:
         raise PlanError(f"operator {op!r} cannot combine columns of different parties")

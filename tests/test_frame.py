@@ -180,11 +180,11 @@ def test_groupby_plan_shape():
         "hospital.app_user": {"party": "hospital", "column": "app_user", "kind": "bool",
                               "missing": False, "levels": [False, True]},
         "hospital.visits": {"party": "hospital", "column": "visits", "kind": "numeric",
-                            "missing": False},
+                            "missing": False, "range": [0.0, 50.0]},
         "insurer.cost_2020": {"party": "insurer", "column": "cost_2020", "kind": "numeric",
-                              "missing": True},
+                              "missing": True, "range": [0.0, 9e4]},
         "insurer.cost_2021": {"party": "insurer", "column": "cost_2021", "kind": "numeric",
-                              "missing": True},
+                              "missing": True, "range": [0.0, 9e4]},
     }
     assert plan["min_cell_size"] is None
     assert query.kind == "groupby" and query.index_names == ["income_band", "app_user"]
