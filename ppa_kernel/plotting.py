@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import PlanError
-from .results import released_plan
+from .results import reason_text, released_plan, suppression_reasons
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,6 +51,7 @@ class _Grid:
     series_name: str | None
     edges: list[float] | None = None
     ticks: list[str] | None = None  # tick texts, when not the levels themselves
+    reasons: set[str] = field(default_factory=set)  # why cells were suppressed
 
 
 # ------------------------------------------------------------------------------ public API
@@ -68,6 +69,7 @@ def plot(result: pd.DataFrame, y: str | None = None, *, kind: str = "auto",
     crosstab = _is_crosstab(result, plan)
     column = _choose_column(result, plan, y, crosstab=crosstab)
     grid = _grid(result, plan, column, crosstab=crosstab, every_column=y is None)
+    grid.reasons = suppression_reasons(result)
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -345,7 +347,8 @@ def _legend(ax: Axes, grid: _Grid, k: int | None) -> None:
 
     handles, labels = ax.get_legend_handles_labels()
     if grid.suppressed.any():
-        why = f"suppressed (fewer than {k} rows)" if k else "suppressed"
+        shown = [reason_text(r, k) for r in sorted(grid.reasons)]
+        why = f"suppressed ({', '.join(shown)})" if shown else "suppressed"
         lines = any(isinstance(a, Line2D) and a.get_gid() == SUPPRESSED_GID
                     for a in ax.get_lines())
         proxy = (Line2D([], [], linestyle="none", marker="x", color="0.3") if lines else

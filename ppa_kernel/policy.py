@@ -33,6 +33,23 @@ Keys (all optional; any other key is an error, so typos are caught):
     quantile_resolution, the range being the one the catalog shows (rounded outward to
     two significant digits). E.g. ``cost_2021`` published as 38 .. 19000 with the
     default 1000 allows steps of 18.962 or coarser.
+``dominance_n``, ``dominance_k``
+    Whole numbers (defaults 2 and 90, ACRO's): a released sum or mean of a column that
+    is never negative is suppressed when its n largest contributions could make up more
+    than k percent of the cell's total (checked inside MPC with a sound bound).
+``p_ratio``
+    Whole number of percent (default 10): such a cell is also suppressed when the total
+    less its two largest contributions could be below p percent of the largest (so a
+    contributor could estimate another's value to within p percent).
+``differencing``
+    true or false (default true): suppress a cell whose rows differ from a cell released
+    earlier on the same data by at least one and fewer than ``min_cell_size`` rows
+    (subtracting the two would describe those few people). Switch it off only for test
+    data: without it, two overlapping queries can reveal one person.
+``differencing_history``
+    Whole number (default 1000): how many released row sets the parties keep per data
+    epoch for the differencing rule. When it is full, releases are refused until the
+    owners start a new epoch.
 ``approval``
     How plans are approved. Only ``"automatic"`` (check against this policy, then run)
     is supported; ``"manual"`` and ``"pinned"`` are not yet available.
@@ -90,7 +107,14 @@ STATISTICS = ("count", "sum", "mean", "var", "std", "histogram", "crosstab", *MO
 APPROVALS = ("automatic",)
 _NOT_YET = ("manual", "pinned")
 _KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df",
-         "quantile_resolution", "quantile_precision")
+         "quantile_resolution", "quantile_precision", "dominance_n", "dominance_k", "p_ratio",
+         "differencing_history", "differencing")
+DISCLOSURE_KEYS = {"dominance_n": ("dominance_n", 2, 1, 10),
+                   "dominance_k": ("dominance_k", 90, 1, 100),
+                   "p_ratio": ("p_ratio", 10, 0, 100),
+                   "history_limit": ("differencing_history", 1000, 1, 100_000),
+                   "differencing": ("differencing", True, False, True)}
+"""Plan ``disclosure`` key -> (policy key, default, lowest, highest)."""
 DEFAULT_QUANTILE_RESOLUTION = 1000
 _DEFAULT_STATISTICS = frozenset({"count", "sum", "mean", "var", "std", *MODELS})
 
@@ -145,6 +169,11 @@ class Policy:
     min_residual_df: int = 10
     quantile_resolution: int = DEFAULT_QUANTILE_RESOLUTION
     quantile_precision: dict[str, float] = field(default_factory=dict, hash=False)
+    dominance_n: int = 2
+    dominance_k: int = 90
+    p_ratio: int = 10
+    differencing_history: int = 1000
+    differencing: bool = True
 
     def __post_init__(self) -> None:
         if self.columns is not None:
@@ -159,8 +188,22 @@ class Policy:
                 or self.min_residual_df < 1):
             reasons.append("'policy.min_residual_df' must be a whole number of at least 1, "
                            f"got {self.min_residual_df!r}")
+        for key, _default, low, high in DISCLOSURE_KEYS.values():
+            value = getattr(self, key)
+            if isinstance(low, bool):
+                if not isinstance(value, bool):
+                    reasons.append(f"'policy.{key}' must be true or false, got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or \
+                    not low <= value <= high:
+                reasons.append(f"'policy.{key}' must be a whole number from {low} to {high}, "
+                               f"got {value!r}")
         if reasons:
             raise PolicyError(self.party, reasons)
+
+    @property
+    def disclosure(self) -> dict[str, int]:
+        """The plan ``disclosure`` rules this policy asks for at the least."""
+        return {rule: getattr(self, key) for rule, (key, *_) in DISCLOSURE_KEYS.items()}
 
     @classmethod
     def from_dict(cls, party: str, data: Mapping[str, Any] | None) -> Policy:
@@ -200,6 +243,9 @@ class Policy:
                 reasons.append(f"'policy.approval' must be a string, got {value!r}")
         if "quantile_resolution" in data:
             kwargs["quantile_resolution"] = data["quantile_resolution"]  # checked below
+        for key, *_ in DISCLOSURE_KEYS.values():
+            if key in data:
+                kwargs[key] = data[key]  # checked when the policy is built
         if "quantile_precision" in data:
             value = data["quantile_precision"]
             if isinstance(value, Mapping):
@@ -243,7 +289,8 @@ class Policy:
 
     def check(self, uses: Mapping[str, Iterable[str]], statistics: Iterable[str],
               min_cell_size: int | None, min_residual_df: int | None = None,
-              quantile: QuantileRequest | None = None) -> None:
+              quantile: QuantileRequest | None = None,
+              disclosure: Mapping[str, int] | None = None) -> None:
         """Raise :class:`PolicyError` listing every way a plan breaks this policy.
 
         ``uses`` maps this party's column names to the uses the plan makes of them;
@@ -279,6 +326,8 @@ class Policy:
                            f"minimum of {self.min_residual_df}")
         if quantile is not None:
             self._check_quantile(quantile, reasons, hints)
+        if disclosure is not None:
+            self._check_disclosure(disclosure, reasons)
         if reasons:
             logger.info("policy of %s refused a plan: %s", self.party, "; ".join(reasons))
             raise PolicyError(self.party, reasons, "; ".join(hints) or None)
@@ -315,6 +364,19 @@ class Policy:
                 hints.append("leave the range as the builder sets it: the catalog's "
                              "published range")
 
+    def _check_disclosure(self, rules: Mapping[str, int], reasons: list[str]) -> None:
+        """Add a reason for each of the plan's disclosure rules laxer than this policy's."""
+        own = self.disclosure
+        laxer = {"dominance_n": rules["dominance_n"] < own["dominance_n"],
+                 "dominance_k": rules["dominance_k"] > own["dominance_k"],
+                 "p_ratio": rules["p_ratio"] < own["p_ratio"],
+                 "history_limit": rules["history_limit"] > own["history_limit"],
+                 "differencing": own["differencing"] and not rules["differencing"]}
+        for rule, lax in laxer.items():
+            if lax:
+                reasons.append(f"disclosure rule {rule} = {rules[rule]} is laxer than "
+                               f"{self.party}'s {DISCLOSURE_KEYS[rule][0]} = {own[rule]}")
+
     def summary(self) -> dict:
         """A JSON-friendly description of the policy."""
         columns = None if self.columns is None else {
@@ -323,7 +385,8 @@ class Policy:
                 "statistics": sorted(self.statistics), "approval": self.approval,
                 "min_residual_df": self.min_residual_df,
                 "quantile_resolution": self.quantile_resolution,
-                "quantile_precision": dict(sorted(self.quantile_precision.items()))}
+                "quantile_precision": dict(sorted(self.quantile_precision.items())),
+                "disclosure": self.disclosure}
 
 
 def _decimal(value: float) -> Fraction:

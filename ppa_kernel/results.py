@@ -2,7 +2,9 @@
 
 Parties return integer sufficient statistics per cell (counts, sums, sums of squares at
 a known fixed-point scale). Means and variances are computed here exactly from them.
-Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``.
+Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``; why each
+was suppressed (minimum size, dominance, p-ratio, differencing) is in
+``df.attrs["reasons"]`` (None where released).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     """The released table for one plan, indexed by its groups."""
     cells = cell_levels(compile_plan(plan))
     names = [e["name"] for e in plan["groupby"]]
-    data, mask = {}, {}
+    data, mask, reasons = {}, {}, {}
     for agg in plan["aggregates"]:
         key = "size" if agg["stat"] == "size" else canonical_json(agg["expr"])
         counts = stats["counts"][key]
@@ -55,6 +57,10 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         data[agg["name"]] = [_statistic(agg["stat"], c, s, q, scale)
                              for c, s, q in zip(counts, sums, sumsqs)]
         mask[agg["name"]] = [c is None for c in counts]
+        known = (stats.get("reasons") or {}).get(key)  # absent: the minimum size only
+        why = known or ["minimum size"] * len(counts)
+        reasons[agg["name"]] = [(w or "disclosure control") if c is None else None
+                                for c, w in zip(counts, why)]
     if names:
         index = pd.MultiIndex.from_tuples([tuple(c[n] for n in names) for c in cells],
                                           names=names)
@@ -64,6 +70,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         index = pd.RangeIndex(1)
     frame = pd.DataFrame(data, index=index)
     frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
+    frame.attrs["reasons"] = pd.DataFrame(reasons, index=index, dtype=object)
     frame.attrs["statistics"] = {agg["name"]: agg["stat"] for agg in plan["aggregates"]}
     frame.attrs["plan_hash"] = plan_hash(plan)
     frame.attrs["plan"] = plan
@@ -71,7 +78,8 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         from .models import model_kind
 
         table = model_kind(plan).table(plan, stats, frame)
-        table.attrs.update({k: v for k, v in frame.attrs.items() if k != "suppressed"},
+        table.attrs.update({k: v for k, v in frame.attrs.items()
+                            if k not in ("suppressed", "reasons")},
                            statistics={})
         return table
     return frame
@@ -126,19 +134,46 @@ def _shown(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
     return shown
 
 
+def suppression_reasons(frame: pd.DataFrame) -> set[str]:
+    """The reasons for which cells of a released table were suppressed."""
+    reasons = frame.attrs.get("reasons")
+    if not isinstance(reasons, pd.DataFrame):
+        return {"minimum size"} if _suppressed_mask(frame).to_numpy().any() else set()
+    return {r for r in reasons.to_numpy().reshape(-1).tolist() if r}
+
+
+def reason_text(reason: str, k: int | None) -> str:
+    """A suppression reason as a reader sees it (the minimum size with its k)."""
+    return f"fewer than {k} rows" if reason == "minimum size" and k else reason
+
+
+def _markers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, ``suppressed`` or ``suppressed (reason)`` for reasons beyond minimum size."""
+    mask = _suppressed_mask(frame)
+    reasons = frame.attrs.get("reasons")
+    if not isinstance(reasons, pd.DataFrame):
+        return mask.map(lambda gone: SUPPRESSED if gone else "")
+    reasons = reasons.reindex_like(frame)
+    return pd.DataFrame([[SUPPRESSED if r in (None, "minimum size") or pd.isna(r) else
+                          f"{SUPPRESSED} ({r})" for r in row] for row in reasons.to_numpy()],
+                        index=frame.index, columns=frame.columns)
+
+
 def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
-    """Text rendering with suppressed cells marked."""
-    return _shown(frame, digits).mask(_suppressed_mask(frame), SUPPRESSED).to_string()
+    """Text rendering with suppressed cells marked (with their reason beyond size)."""
+    return _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
 
 
 def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
     """HTML rendering: suppressed cells marked (class ``ppa-suppressed``), with a caption."""
     k = (frame.attrs.get("plan") or {}).get("min_cell_size")
-    why = f"fewer than {k} rows" if k else "disclosure control"
-    marker = (f'<span class="ppa-suppressed" title="suppressed: {why}" '
-              f'style="color:#888;font-style:italic">{SUPPRESSED}</span>')
+    why = ", ".join(reason_text(r, k) for r in sorted(suppression_reasons(frame))) or \
+        "disclosure control"
+    markers = _markers(frame).map(
+        lambda text: f'<span class="ppa-suppressed" title="{html.escape(text)}" '
+                     f'style="color:#888;font-style:italic">{html.escape(text)}</span>')
     shown = _shown(frame, digits).map(lambda v: html.escape(str(v)))
-    shown = shown.mask(_suppressed_mask(frame), marker)
+    shown = shown.mask(_suppressed_mask(frame), markers)
     shown.index = _escaped_index(frame.index)
     shown.columns = [html.escape(str(c)) for c in frame.columns]
     body = shown.to_html(escape=False, classes="ppa-released", border=0, na_rep="NaN")

@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import resource
+import secrets
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -60,30 +62,62 @@ async def _start(mpc, job: dict) -> None:
         ) from None
 
 
-async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
-    """Reuse this session's linkage if every party still has it; otherwise link again."""
+EPOCH_FOLDER = "epoch"
+"""Folder under the state directory for the current data epoch (linkage and history)."""
+
+
+def data_fingerprint(frame: pd.DataFrame, keys) -> str:
+    """Digest of this party's data as loaded: its link keys and every column's values."""
     from .secure import linkage as lk
+
+    body = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+    return lk.fingerprint(keys, "\x1f".join(map(str, frame.columns)).encode() + body)
+
+
+async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
+    """The data epoch's linkage and history; link again when any party's data changed.
+
+    Every party inputs whether its stored epoch matches its data, the epoch's token and
+    how many released row sets it recorded (``linkage.ready``). All reuse the epoch when
+    all match; the history is cut to the shortest (sets beyond it were never released,
+    see :meth:`.secure.query._Disclosure._record`). Otherwise they agree on a new random
+    token (``linkage.epoch``), link, and start an empty history.
+    """
+    from .secure import linkage as lk
+    from .secure.history import History
     from .secure.openings import reveal
     from .secure.runtime import mpc
 
-    folder = Path(job["state_dir"]) / "linkage" / job["linkage_id"]
+    folder = Path(job["state_dir"]) / EPOCH_FOLDER
     keys = lk.hash_keys(frame[job["link_column"]].tolist(), job["link_salt"])
+    digest = data_fingerprint(frame, keys)
     stored = lk.Linkage.load(folder)
-    if stored is not None and stored.fingerprint != lk.fingerprint(keys):
+    if stored is not None and stored.fingerprint != digest:
         stored = None
-    secint = mpc.SecInt(8)
-    ready = await reveal("linkage.ready", mpc.input(secint(int(stored is not None))))
-    if stored is not None and all(int(r) == 1 for r in ready):
-        return stored, False
-    linkage = await lk.link(keys, job["linkage_id"], progress=phases)
+    history = History(folder) if stored is not None else None
+    secint = mpc.SecInt(64)
+    mine = [int(stored is not None), stored.epoch if stored else 0,
+            len(history) if history is not None else 0]
+    inputs = mpc.input([secint(v) for v in mine])
+    ready = [int(v) for v in await reveal("linkage.ready", [x for row in inputs for x in row])]
+    rows = [ready[i:i + 3] for i in range(0, len(ready), 3)]
+    if stored is not None and all(r[0] == 1 and r[1] == stored.epoch for r in rows):
+        history.truncate(min(r[2] for r in rows))
+        return stored, history, False
+    shutil.rmtree(folder, ignore_errors=True)
+    token_parts = mpc.input(secint(secrets.randbits(20)))
+    parts = [int(v) for v in await reveal("linkage.epoch", token_parts)]
+    epoch = sum(v << (20 * i) for i, v in enumerate(parts)) % (1 << 60) or 1
+    linkage = await lk.link(keys, epoch, digest, progress=phases)
     linkage.save(folder)
-    return linkage, True
+    return linkage, History(folder), True
 
 
 async def _run(job: dict) -> dict:
     from .owner import feature_matrix
     from .program import compile_plan
     from .secure import patches
+    from .secure.disclosure import Rules
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER
     from .secure.query import run_query
@@ -97,13 +131,13 @@ async def _run(job: dict) -> dict:
     block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
     await _start(mpc, job)
     phases("connect")
-    linkage, relinked = await _linkage(job, frame, phases)
+    linkage, history, relinked = await _linkage(job, frame, phases)
     widths = [len(program.features.get(p, [])) for p in program.parties]
     linked = await linked_table(linkage, block, widths, value_type())
     table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),
-                            job["plan"]["min_cell_size"], progress=phases)
+                            Rules.from_plan(job["plan"]), progress=phases, history=history)
     stats = state.stats
     if job["plan"].get("model") is not None:
         from .secure.models import run_model

@@ -93,7 +93,8 @@ def test_unknown_key_names_the_key() -> None:
     err = load_error({"min_cel_size": 5})
     assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
                             "min_cell_size, statistics, approval, columns, min_residual_df, "
-                            "quantile_resolution, quantile_precision)")]
+                            "quantile_resolution, quantile_precision, dominance_n, "
+                            "dominance_k, p_ratio, differencing_history, differencing)")]
 
 
 def test_table_must_be_mapping() -> None:
@@ -285,7 +286,9 @@ def test_summary(policy: Policy) -> None:
                        "min_cell_size": 10,
                        "statistics": ["count", "mean", "std", "sum", "var"],
                        "approval": "automatic", "min_residual_df": 10,
-                       "quantile_resolution": 1000, "quantile_precision": {}}
+                       "quantile_resolution": 1000, "quantile_precision": {},
+                       "disclosure": {"dominance_n": 2, "dominance_k": 90, "p_ratio": 10,
+                                      "history_limit": 1000, "differencing": True}}
     assert json.loads(json.dumps(summary)) == summary
     assert Policy.allow_all("b").summary()["columns"] is None
 
@@ -305,3 +308,23 @@ def test_min_residual_df_is_checked_and_refuses_lower_plans():
         policy.check({}, ["ols"], 10, 12)
     with pytest.raises(PolicyError, match="min_residual_df"):
         Policy.from_dict("bureau", {"min_residual_df": 0})
+
+
+@pytest.mark.parametrize("key, value", [("dominance_n", 0), ("dominance_k", 101),
+                                        ("p_ratio", -1), ("differencing_history", 0),
+                                        ("differencing", 1), ("dominance_k", 2.5)])
+def test_disclosure_keys_are_bounded(key: str, value: object) -> None:
+    err = load_error({key: value})
+    assert any(f"'policy.{key}'" in r for r in err.reasons)
+
+
+def test_plans_laxer_than_the_disclosure_rules_are_refused() -> None:
+    policy = Policy.from_dict("insurer", {"dominance_k": 80, "p_ratio": 20})
+    strict = {**policy.disclosure}
+    policy.check({}, set(), 10, disclosure=strict)
+    for rule, value in (("dominance_k", 85), ("p_ratio", 15), ("dominance_n", 1),
+                        ("history_limit", 5000), ("differencing", False)):
+        with pytest.raises(PolicyError, match=f"disclosure rule {rule}"):
+            policy.check({}, set(), 10, disclosure={**strict, rule: value})
+    policy.check({}, set(), 10, disclosure={**strict, "dominance_k": 50, "p_ratio": 40,
+                                             "dominance_n": 3, "history_limit": 10})

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, PartyFailed
+from ..errors import PartyFailed
 from .openings import reveal
 from .prf import legendre_tags, zero_sharing
 from .runtime import link_type, mpc, shares, wrap
@@ -51,13 +51,14 @@ def hash_keys(keys, salt: str) -> np.ndarray:
 
 @dataclass
 class Linkage:
-    """What one party keeps of a linkage: sizes, its secret seeds, the public grouping."""
+    """What one party keeps of a data epoch's linkage: sizes, its secret seeds, the public
+    grouping, the epoch's public token and a fingerprint of this party's data."""
 
-    linkage_id: str
+    epoch: int  # public token all parties agreed on when they linked
     sizes: list[int]
     seeds: dict[Subset, str]
     groups: np.ndarray  # group index of each shuffled row (public)
-    fingerprint: str  # hash of this party's own keys, to detect changed data
+    fingerprint: str  # hash of this party's own data, to detect a changed epoch
 
     @property
     def group_sizes(self) -> np.ndarray:
@@ -69,32 +70,38 @@ class Linkage:
         return {k: int(c) for k, c in enumerate(counts) if k and c}
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"linkage_id": self.linkage_id, "sizes": self.sizes,
+        """Write the linkage (files 0600 in a 0700 folder); the seeds are secret."""
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        meta = {"epoch": self.epoch, "sizes": self.sizes,
                 "seeds": {",".join(map(str, s)): v for s, v in self.seeds.items()},
                 "fingerprint": self.fingerprint}
-        path = folder / "linkage.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
+        fd = os.open(folder / "groups.npy", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, self.groups, allow_pickle=False)
+        fd = os.open(folder / "linkage.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:  # written last: its presence marks a complete save
             json.dump(meta, fh)
-        np.save(folder / "groups.npy", self.groups)
 
     @classmethod
     def load(cls, folder: Path) -> Linkage | None:
+        """The stored linkage, or None when there is none (or it is unreadable)."""
         path = folder / "linkage.json"
-        if not path.exists():
+        try:
+            meta = json.loads(path.read_text())
+            seeds = {tuple(int(i) for i in k.split(",")): v for k, v in meta["seeds"].items()}
+            groups = np.load(folder / "groups.npy", allow_pickle=False)
+            return cls(int(meta["epoch"]), meta["sizes"], seeds, groups, meta["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        meta = json.loads(path.read_text())
-        seeds = {tuple(int(i) for i in k.split(",")): v for k, v in meta["seeds"].items()}
-        return cls(meta["linkage_id"], meta["sizes"], seeds,
-                   np.load(folder / "groups.npy"), meta["fingerprint"])
 
 
-def fingerprint(hashed_keys: np.ndarray) -> str:
-    """Digest of a party's own hashed keys in row order."""
+def fingerprint(hashed_keys: np.ndarray, data: bytes = b"") -> str:
+    """Digest of a party's own hashed keys in row order (and of its other data)."""
     h = hashlib.sha256()
     for k in hashed_keys.tolist():
         h.update(int(k).to_bytes(KEY_BITS // 8, "big"))
+    h.update(hashlib.sha256(data).digest())
     return h.hexdigest()
 
 
@@ -105,7 +112,8 @@ async def exchange_sizes(own_rows: int) -> list[int]:
     return [int(v) for v in await reveal("linkage.party_sizes", inputs)]
 
 
-async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linkage:
+async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
+               progress=None) -> Linkage:
     """Link all parties' rows. Opens party sizes and PRF tags (see module docstring)."""
     sizes = await exchange_sizes(len(hashed_keys))
     stacked = None
@@ -113,7 +121,7 @@ async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linka
         mine = hashed_keys.reshape(-1, 1) if mpc.pid == party else None
         rows = await _stack_one(mine, sizes, party, 1, link_type())
         stacked = rows if stacked is None else stacked + rows
-    seeds = derive_seeds(linkage_id.encode())
+    seeds = derive_seeds(epoch.to_bytes(8, "big"))
     shuffled = await shuffle_rows(stacked, seeds)
     if progress:
         progress("shuffle")
@@ -123,7 +131,7 @@ async def link(hashed_keys: np.ndarray, linkage_id: str, progress=None) -> Linka
     groups = await resolve_groups(link_type(), x_share, tags)
     if progress:
         progress("tags")
-    linkage = Linkage(linkage_id, sizes, seeds, groups, fingerprint(hashed_keys))
+    linkage = Linkage(epoch, sizes, seeds, groups, data_fingerprint)
     if linkage.group_sizes.max(initial=0) > len(sizes):  # owners reject duplicate keys
         raise PartyFailed("a link key occurs more often than there are parties")
     return linkage
@@ -210,10 +218,3 @@ async def _stack_one(block: np.ndarray | None, sizes: list[int], owner: int, wid
     start = sum(sizes[:owner])
     out[start:start + n] = await shares(received)
     return wrap(sectype, out)
-
-
-def check_own_data(linkage: Linkage, hashed_keys: np.ndarray, party: str) -> None:
-    """Refuse to replay a linkage over data that changed since linking."""
-    if fingerprint(hashed_keys) != linkage.fingerprint:
-        raise DataError("data changed since the consortium linked it", party=party,
-                        hint="start a new session (link again)")

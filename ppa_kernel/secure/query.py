@@ -5,23 +5,31 @@ linked order. Owner-side features arrive ready; only expressions mixing parties 
 secure multiplications or comparisons here. Aggregates are linear algebra: with a secret
 cell-membership matrix W (people x cells) and value columns V, the cell sums are W'V.
 
-Leakage, to every party: which (cell, count) pairs pass the minimum cell size
-(``disclosure.pass``); then, for passing pairs only, the sufficient statistics the plan
-names: counts (``release.count:*``), sums (``release.sum:*``) and sums of squares
-(``release.sumsq:*``, only for var/std). Mean = sum/count and variance follow from them
-exactly; a count is released with every mean, as statistical offices publish it.
+Leakage, to every party: which (cell, count) pairs pass every disclosure rule
+(``disclosure.pass``: minimum cell size, dominance and p-ratio for sums of magnitudes,
+differencing against the epoch's earlier releases; :mod:`.disclosure`), the first rule
+each suppressed pair fails (``disclosure.reason``), and whether a table's released union
+is close to an earlier release (``disclosure.union``); then, for passing pairs only, the
+sufficient statistics the plan names: counts (``release.count:*``), sums
+(``release.sum:*``, for sum/mean/var/std only) and sums of squares (``release.sumsq:*``,
+for var/std only). Mean = sum/count and variance follow from them exactly; a count is
+released with every mean, as statistical offices publish it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import PlanError
+from .. import bounds
+from ..errors import PlanError, PolicyRefused
 from ..plan import canonical_json, is_boolean
-from ..program import SCALE_BITS, Feature, Program
+from ..program import SCALE_BITS, Feature, Program, cell_levels
+from .disclosure import REASONS, Rules, differencing_flags, dominance_fails
+from .history import History, RowSet
 from .openings import compare, reveal
 from .runtime import COMPARE_BITS, mpc, shares, wrap
 
@@ -148,6 +156,7 @@ class CellStats:
     passed: dict[str, list[bool]]
     cells: int
     model: dict | None = None
+    reasons: dict[str, list[str | None]] = field(default_factory=dict)  # why suppressed
 
 
 @dataclass
@@ -163,10 +172,12 @@ class QueryState:
     totals: np.ndarray  # shares, cells x value columns (see layout)
     layout: dict[str, dict]  # measure key -> {"scale", "count", "sum", "sumsq"?}
     stats: CellStats
+    values: np.ndarray | None = None  # shares, people x value columns (see layout)
 
 
 async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarray,
-                    sectype, min_cell: int, progress=None) -> QueryState:
+                    sectype, rules: Rules, progress=None,
+                    history: History | None = None) -> QueryState:
     """Mask, aggregate, check and release one plan's cells (see module docstring)."""
     m, joined = len(program.parties), len(program.link)
     # People seen at fewer parties than the join needs cannot be in it (public pattern).
@@ -185,37 +196,224 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
     w_shares = await shares(weights)
     size_counts = w_shares.sum(axis=0)
     totals = np.zeros((w_shares.shape[1], 0), dtype=object)
+    values = None
     if value_columns is not None:
         totals = await shares(weights.transpose() @ value_columns)
+        values = await shares(value_columns)
     if progress:
         progress("computation")
     # Check and release row counts only if the plan asks for them ("size").
     wants_size = any(a["stat"] == "size" for a in program.plan["aggregates"])
     keys = (["size"] if wants_size else []) + [entry["key"] for entry in program.measures]
-    passed = np.zeros((0, w_shares.shape[1]), dtype=bool)
-    if keys:  # a model alone may release no table (its own checks come later)
-        count_matrix = np.vstack([size_counts if k == "size" else totals[:, layout[k]["count"]]
-                                  for k in keys])
-        too_small = await compare(mpc.np_sgn, wrap(sectype, count_matrix) - min_cell,
-                                  l=COMPARE_BITS, LT=True)
-        passed = np.asarray(await reveal("disclosure.pass", 1 - too_small)).astype(int) == 1
+    cells = w_shares.shape[1]
+    stats = CellStats({}, {}, {}, {}, {}, cells)
+    state = QueryState(program, ev, sectype, mask, weights, size_counts, totals, layout, stats,
+                       values)
+    if not keys:  # a model alone may release no table (its own checks come later)
+        return state
+    check = _Disclosure(state, keys, rules, rows, group_sizes, history)
+    passed = await check.run()
     if progress:
         progress("disclosure")
-    stats = CellStats({}, {}, {}, {}, {}, w_shares.shape[1])
     for i, key in enumerate(keys):
         ok = passed[i]
         stats.passed[key] = ok.tolist()
-        stats.counts[key] = await _release(f"release.count:{key}", sectype, count_matrix[i], ok)
+        stats.reasons[key] = check.reasons[i]
+        stats.counts[key] = await _release(f"release.count:{key}", sectype,
+                                           check.counts[i], ok)
         if key == "size":
             continue
         place = layout[key]
+        entry = program.measure_entry(key)
         stats.scales[key] = place["scale"]
-        stats.sums[key] = await _release(f"release.sum:{key}", sectype,
-                                         totals[:, place["sum"]], ok)
-        if "sumsq" in place and program.measure_entry(key)["open_square"]:
+        if entry["open_sum"]:
+            stats.sums[key] = await _release(f"release.sum:{key}", sectype,
+                                             totals[:, place["sum"]], ok)
+        if entry["open_square"]:
             stats.sumsqs[key] = await _release(f"release.sumsq:{key}", sectype,
                                                totals[:, place["sumsq"]], ok)
-    return QueryState(program, ev, sectype, mask, weights, size_counts, totals, layout, stats)
+    return state
+
+
+class _Disclosure:
+    """Every disclosure rule for one query's cells, inside MPC (see :mod:`.disclosure`).
+
+    Opens, per key and cell, whether it passes (``disclosure.pass``) and for each
+    suppressed cell its reason (``disclosure.reason``); then, per measure whose table
+    releases two or more cells, whether the union of its released cells differs from an
+    earlier release by fewer than k rows (``disclosure.union``), suppressing further
+    cells until it does not. Released row sets join the epoch's history before any value
+    is opened.
+    """
+
+    MAX_UNION_ROUNDS = 3
+
+    def __init__(self, state: QueryState, keys: list[str], rules: Rules, rows: np.ndarray,
+                 group_sizes: np.ndarray, history: History | None):
+        self.state, self.keys, self.rules = state, keys, rules
+        self.rows, self.group_sizes = rows, group_sizes
+        self.history = history if rules.differencing else None
+        program = state.program
+        totals, layout = state.totals, state.layout
+        self.counts = [state.size_counts if k == "size" else totals[:, layout[k]["count"]]
+                       for k in keys]
+        # Row sets: the cell's members, restricted to rows where the measure is present.
+        self.presence = {k: None if k == "size" or program.complete(program.measure_entry(k)
+                                                                     ["expr"]) else k
+                         for k in keys}
+        self.reasons: list[list[str | None]] = []
+        self.stored = history.load() if history is not None else []
+        self._sets: dict[str | None, np.ndarray] = {}
+
+    async def row_sets(self, presence: str | None) -> np.ndarray:
+        """Shares (rows x cells) of each cell's row set for one presence key."""
+        if presence not in self._sets:
+            state = self.state
+            w = await shares(state.weights)
+            if presence is not None:  # the measure's not-missing flags
+                column = state.values[:, state.layout[presence]["count"]].reshape(-1, 1)
+                w = await shares(state.weights * wrap(state.sectype,
+                                                      np.repeat(column, w.shape[1], axis=1)))
+            self._sets[presence] = w
+        return self._sets[presence]
+
+    async def run(self) -> np.ndarray:
+        state, rules, sectype = self.state, self.rules, self.state.sectype
+        if self.history is not None and len(self.history) >= rules.history_limit:
+            raise PolicyRefused(f"this data epoch has released {len(self.history)} row sets, "
+                                "the limit of its differencing history",
+                                hint="the data owners must start a new epoch")
+        count_matrix = np.vstack(self.counts)
+        fails = [await shares(await compare(mpc.np_sgn, wrap(sectype, count_matrix)
+                                            - rules.min_cell, l=COMPARE_BITS, LT=True))]
+        zero = np.zeros_like(count_matrix)
+        dom, pratio = zero.copy(), zero.copy()
+        for i, key in enumerate(self.keys):
+            entry = None if key == "size" else state.program.measure_entry(key)
+            if entry is not None and entry["dominance"]:
+                place = state.layout[key]
+                largest = int(bounds.bound(entry["expr"], state.program.columns).encoded()
+                              * len(self.rows)) + 1
+                dom[i], pratio[i] = await dominance_fails(
+                    sectype, state.totals[:, place["sum"]], state.totals[:, place["sumsq"]],
+                    rules, largest)
+        fails += [dom, pratio, await self._differencing()]
+        ok = [(1 - f) % sectype.field.modulus for f in fails]
+        passing = ok[0]
+        for other in ok[1:]:
+            passing = await shares(wrap(sectype, passing) * wrap(sectype, other))
+        passed = np.asarray(await reveal("disclosure.pass", wrap(sectype, passing))
+                            ).astype(int) == 1
+        await self._reasons(fails, ok, passed)
+        await self._unions(passed)
+        await self._record(passed)
+        return passed
+
+    async def _differencing(self) -> np.ndarray:
+        """Shares (keys x cells) of the differencing fail bits."""
+        out = np.zeros((len(self.keys), self.state.stats.cells), dtype=object)
+        if self.history is None:
+            return out
+        for presence in dict.fromkeys(self.presence.values()):
+            index = [i for i, k in enumerate(self.keys) if self.presence[k] == presence]
+            sets = await self.row_sets(presence)
+            flags = await differencing_flags(self.state.sectype, sets, self.counts[index[0]],
+                                             self.rows, self.group_sizes, self.stored,
+                                             self.rules.min_cell)
+            out[index] = flags
+        return out
+
+    async def _reasons(self, fails, ok, passed: np.ndarray) -> None:
+        """Open the first failing rule of each suppressed cell (codes in REASONS)."""
+        sectype = self.state.sectype
+        size, dom, pratio, diff = fails
+        _, ok_dom, ok_p, _ = ok
+        later = await shares(wrap(sectype, ok_p) * wrap(sectype, diff))
+        later = await shares(wrap(sectype, pratio) * 3 + wrap(sectype, later) * 4)
+        later = await shares(wrap(sectype, dom) * 2 + wrap(sectype, ok_dom) * wrap(sectype, later))
+        code = await shares(wrap(sectype, size) + wrap(sectype, (1 - size)) * wrap(sectype, later))
+        flat = code.reshape(-1)[np.flatnonzero(~passed.reshape(-1))]
+        opened = [] if not len(flat) else \
+            np.asarray(await reveal("disclosure.reason", wrap(sectype, flat))).astype(int)
+        reasons = np.full(passed.size, None, dtype=object)
+        reasons[np.flatnonzero(~passed.reshape(-1))] = [REASONS.get(int(c), "disclosure")
+                                                        for c in opened]
+        self.reasons = reasons.reshape(passed.shape).tolist()
+
+    async def _unions(self, passed: np.ndarray) -> None:
+        """Suppress more cells while a table's released union is close to an earlier set."""
+        if self.history is None or not self.stored:
+            return
+        for i, key in enumerate(self.keys):
+            sets = await self.row_sets(self.presence[key])
+            for round_ in range(self.MAX_UNION_ROUNDS + 1):
+                released = np.flatnonzero(passed[i])
+                if len(released) < 2:
+                    break
+                union = sets[:, released].sum(axis=1).reshape(-1, 1)
+                size = self.counts[i][released].sum()
+                flag = await differencing_flags(self.state.sectype, union,
+                                                np.array([size], dtype=object), self.rows,
+                                                self.group_sizes, self.stored,
+                                                self.rules.min_cell)
+                near = int(np.asarray(await reveal("disclosure.union",
+                                                   wrap(self.state.sectype, flag)))[0])
+                if not near:
+                    break
+                victim = released[-1] if round_ < self.MAX_UNION_ROUNDS else released
+                passed[i, victim] = False
+                for v in np.atleast_1d(victim):
+                    self.reasons[i][v] = "differencing"
+
+    async def _record(self, passed: np.ndarray) -> None:
+        """Add the released row sets (cells and table unions) to the epoch's history, then
+        wait until every party has recorded them (an input from each is the barrier)."""
+        if self.history is None:
+            return
+        program, known = self.state.program, self.history.definitions
+        joined = len(program.link)
+        p = self.state.sectype.field.modulus
+        cells = cell_definitions(program)
+        new: list[RowSet] = []
+        for i, key in enumerate(self.keys):
+            presence = self.presence[key]
+            sets = await self.row_sets(presence)
+            released = np.flatnonzero(passed[i])
+            for c in released:
+                definition = _definition(program, presence, [cells[c]])
+                if definition not in known:
+                    known.add(definition)
+                    new.append(RowSet(definition, joined, int(self.counts[i][c]) % p,
+                                      sets[:, c] % p))
+            if len(released) >= 2:
+                definition = _definition(program, presence, [cells[c] for c in released])
+                if definition not in known:
+                    known.add(definition)
+                    new.append(RowSet(definition, joined,
+                                      int(self.counts[i][released].sum()) % p,
+                                      sets[:, released].sum(axis=1) % p))
+        if len(self.history) + len(new) > self.rules.history_limit:
+            raise PolicyRefused(f"releasing {len(new)} more row sets would exceed this data "
+                                f"epoch's differencing history of "
+                                f"{self.rules.history_limit}",
+                                hint="ask for fewer cells, or the data owners must start a "
+                                     "new epoch")
+        self.history.append(new)
+        await mpc.gather(mpc.input(self.state.sectype(1)))
+
+
+def cell_definitions(program: Program) -> list[list]:
+    """Each cell's public definition: per grouping column its expression, bins and level."""
+    entries = {e["name"]: e for e in program.plan["groupby"]}
+    return [[[canonical_json(entries[name]["expr"]), entries[name].get("bins"), level]
+             for name, level in sorted(cell.items())] for cell in cell_levels(program)]
+
+
+def _definition(program: Program, presence: str | None, cells: list) -> str:
+    """Digest of a row set's public definition (link, cohort, cells, presence)."""
+    body = {"link": program.link, "filter": program.plan.get("filter"), "cells": cells,
+            "presence": presence}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 async def _release(name: str, sectype, column: np.ndarray, ok: np.ndarray) -> list[int | None]:
