@@ -32,7 +32,7 @@ from .errors import (
     RunTimeout,
     error_from_dict,
 )
-from .plan import DISCLOSURE_RULES, plan_hash
+from .plan import DISCLOSURE_RULES, check_depth, plan_hash
 from .program import compile_plan
 from .progress import ProgressCallback, make_display
 from .protocol import Channel
@@ -217,6 +217,7 @@ class Consortium:
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:
         """Check a plan with every party's policy without computing; return its hash."""
+        check_depth(plan)
         plan = self.prepare(plan)
         digest = plan_hash(plan)
         self._ask_all({"op": "check", "plan": plan, "plan_hash": digest}, "checked",
@@ -226,6 +227,7 @@ class Consortium:
     def run_raw(self, plan: dict, *, timeout: float | None = None,
                 progress: bool | str | ProgressCallback | None = False) -> RunOutcome:
         """Run a plan; return every party's raw result (raises on any failure)."""
+        check_depth(plan)  # before anything walks it recursively (hashing, copying)
         plan = self.prepare(plan)
         run_id = secrets.token_hex(8)
         request = {"op": "run", "run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),

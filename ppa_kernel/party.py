@@ -29,7 +29,15 @@ from . import __version__
 from .audit import AuditLog
 from .config import PartyConfig
 from .datasource import DataSourceError, describe_columns, load_table
-from .errors import DataError, PartyFailed, PlanError, PolicyRefused, PPAError, RunTimeout
+from .errors import (
+    DataError,
+    PartyFailed,
+    PlanError,
+    PolicyRefused,
+    PPAError,
+    RunTimeout,
+    error_from_dict,
+)
 from .plan import canonical_json, expr_columns, plan_hash
 from .policy import Policy, PolicyError, QuantileRequest, published_min_precision
 from .program import compile_plan
@@ -328,6 +336,9 @@ class PartyKernel:
         if entry["kind"] != meta["kind"]:
             raise PlanError(f"column {name!r} is {entry['kind']}, "
                             f"not {meta['kind']}", party=self.name)
+        if meta.get("missing", True) is False and entry["missing"]:
+            raise PlanError(f"the plan says {name} has no missing values, but it has",
+                            party=self.name, hint="refresh the catalog and rebuild the plan")
         if entry["kind"] == "numeric":
             published = [entry.get("min"), entry.get("max")]
             if None in published:
@@ -475,10 +486,13 @@ class PartyKernel:
                                   hint="see the party kernel's log") from None
             if not isinstance(result, dict):
                 raise PartyFailed("MPC worker left a malformed result", party=self.name)
-            if "error" in result:
+            if "error" in result:  # keep its kind: a plan error stays a PlanError
                 err = result["error"] if isinstance(result["error"], dict) else {}
-                raise PartyFailed(str(err.get("message", "MPC worker failed")),
-                                  party=self.name, hint=err.get("hint"))
+                error = error_from_dict({"type": err.get("type", "PartyFailed"),
+                                         "message": str(err.get("message", "MPC worker failed")),
+                                         "hint": err.get("hint")})
+                error.party = self.name
+                raise error
             return result
         code = proc.returncode
         cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"

@@ -98,7 +98,7 @@ def validate_plan(plan: Any) -> dict:
     if not isinstance(plan, dict):
         raise PlanError("a plan must be a JSON object")
     check_json_bounds(plan)
-    if plan.get("ppa_plan") != PLAN_VERSION:
+    if type(plan.get("ppa_plan")) is not int or plan["ppa_plan"] != PLAN_VERSION:
         raise PlanError(f"unsupported plan version {plan.get('ppa_plan')!r}",
                         hint=f"this party understands version {PLAN_VERSION}")
     unknown = set(plan) - _TOP_KEYS
@@ -156,13 +156,32 @@ def _at_most(count: int, limit: int, field: str, what: str) -> None:
         raise PlanError(f"{field} has {count:,} {what}; at most {limit:,} are allowed")
 
 
+def max_json_depth() -> int:
+    """Deepest JSON nesting a plan may have (its expressions' bound plus its own levels)."""
+    return 2 * limits.MAX_EXPR_DEPTH + 8
+
+
+def check_depth(value: Any) -> None:
+    """PlanError if ``value`` nests deeper than a plan may (iteratively, before anything
+    walks it recursively, such as hashing or copying)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_json_depth():
+            raise PlanError(f"the plan is nested more than {max_json_depth()} levels deep")
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
 def check_json_bounds(value: Any) -> None:
     """Refuse JSON that is too deep, too long or holds unbounded numbers (iteratively).
 
     Runs before any other check, in time linear in the size of ``value``; errors name
     the offending field (e.g. ``groupby[0].levels``).
     """
-    max_depth = 2 * limits.MAX_EXPR_DEPTH + 8
+    max_depth = max_json_depth()
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     nodes = size = 0
     while stack:
@@ -257,6 +276,12 @@ def _check_column(name: str, meta: Any, link: list[str]) -> None:
         raise PlanError(f"column {name!r}: 'range' must be [low, high] of a numeric column")
     if not isinstance(meta.get("missing", True), bool):
         raise PlanError(f"column {name!r}: 'missing' must be true or false")
+    if meta.get("levels") is not None:
+        _at_most(len(meta["levels"]) if isinstance(meta["levels"], list) else 0,
+                 limits.MAX_LEVELS, f"column {name!r}", "levels")
+        _check_levels(meta["levels"], f"column {name!r}")
+    elif "levels" in meta and meta.get("kind") != "categorical":
+        raise PlanError(f"column {name!r}: only a categorical column may have no levels")
     if meta.get("party") not in link:
         raise PlanError(f"column {name!r} belongs to {meta.get('party')!r}, which is not linked",
                         hint="add its party to link(...)")
@@ -271,20 +296,28 @@ def check_expr(expr: Any, columns: dict) -> None:
     _check_expr(expr, columns)
 
 
-def _check_expr(expr: Any, columns: dict) -> None:
+_SCALAR = str | int | float | bool
+
+
+def _check_expr(expr: Any, columns: dict) -> str:
+    """Check an expression and return what it yields: ``number``, ``truth``, ``category``
+    (a categorical column) or ``text`` (a text constant); operands must fit their operator."""
     if not isinstance(expr, dict):
-        raise PlanError(f"malformed expression {expr!r}")
+        raise PlanError(f"malformed expression {str(expr)[:60]!r}")
     if "col" in expr:
-        if set(expr) != {"col"} or expr["col"] not in columns:
-            raise PlanError(f"unknown column {expr.get('col')!r}")
-        return
+        if set(expr) != {"col"} or not isinstance(expr["col"], str) or \
+                expr["col"] not in columns:
+            raise PlanError(f"unknown column {str(expr.get('col'))[:60]!r}")
+        return {"numeric": "number", "bool": "truth"}.get(columns[expr["col"]]["kind"],
+                                                           "category")
     if "const" in expr:
         value = expr["const"]
-        ok = isinstance(value, (int, float, str, bool)) and not (
-            isinstance(value, float) and not math.isfinite(value))
-        if set(expr) != {"const"} or not ok:
-            raise PlanError(f"malformed constant {expr!r}")
-        return
+        if set(expr) != {"const"} or not isinstance(value, _SCALAR) or \
+                (isinstance(value, float) and not math.isfinite(value)) or \
+                (isinstance(value, str) and len(value) > limits.MAX_NAME):
+            raise PlanError(f"malformed constant {str(expr)[:60]}")
+        return "constant truth" if isinstance(value, bool) else \
+            "text" if isinstance(value, str) else "number"
     op, args = expr.get("op"), expr.get("args")
     if op not in OPERATORS or not isinstance(args, list) or len(args) != _ARITY[op]:
         raise PlanError(f"malformed expression with operator {str(op)[:40]!r}")
@@ -295,10 +328,40 @@ def _check_expr(expr: Any, columns: dict) -> None:
     allowed = {"op", "args", "values"} if op == "isin" else {"op", "args"}
     if set(expr) - allowed:
         raise PlanError(f"unexpected keys in expression {op!r}")
-    if op == "isin" and not isinstance(expr.get("values"), list):
-        raise PlanError("isin needs a list of values")
-    for arg in args:
-        _check_expr(arg, columns)
+    kinds = [_check_expr(arg, columns) for arg in args]
+    if op == "isin":
+        values = expr.get("values")
+        if not isinstance(values, list) or not all(
+                isinstance(v, _SCALAR) and not (isinstance(v, str) and len(v) > limits.MAX_NAME)
+                for v in values):
+            raise PlanError("isin needs a list of plain values (text, numbers, true/false)")
+        if kinds[0] not in ("number", "truth", "category"):
+            raise PlanError("isin applies to a column or a number")
+        return "truth"
+    if op in LOGICAL:
+        if any(k != "truth" for k in kinds):
+            raise PlanError(f"'{op}' combines conditions, not {' and '.join(sorted(set(kinds)))}")
+        return "truth"
+    if op in ("eq", "ne"):
+        numeric = {"number", "truth", "constant truth"}
+        categorical = {"category", "text", "number"}
+        if not (set(kinds) <= numeric or (set(kinds) <= categorical and "category" in kinds)):
+            raise PlanError(f"cannot compare {kinds[0]} with {kinds[1]} ('{op}')")
+        return "truth"
+    if any(k not in ("number", "truth") for k in kinds):
+        raise PlanError(f"'{op}' needs numbers, not {' and '.join(sorted(set(kinds)))}",
+                        hint="compare categories with == or isin")
+    return "truth" if op in COMPARISONS else "number"
+
+
+_GROUP_KEYS = {"name", "expr", "levels", "bins"}
+_AGGREGATE_KEYS = {"name", "stat", "expr"}
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > limits.MAX_NAME:
+        raise PlanError(f"{what} names must be text of 1 to {limits.MAX_NAME} characters: "
+                        f"{str(name)[:40]!r}")
 
 
 def _check_groupby(groupby: Any, columns: dict) -> None:
@@ -306,13 +369,22 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         raise PlanError("'groupby' must be a list")
     _at_most(len(groupby), limits.MAX_GROUPBY, "'groupby'", "entries")
     cells = 1
+    seen_names, seen_columns = set(), set()
     for entry in groupby:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise PlanError("each groupby entry needs a name")
+        if not isinstance(entry, dict):
+            raise PlanError("each groupby entry must be an object")
+        _check_name(entry.get("name"), "group")
+        if set(entry) - _GROUP_KEYS:
+            raise PlanError(f"group {entry['name']!r} has unknown keys: "
+                            f"{', '.join(sorted(set(entry) - _GROUP_KEYS))}")
         expr = entry.get("expr")
         if not isinstance(expr, dict) or "col" not in expr:
             raise PlanError(f"group {entry['name']!r} must be a column")
         _check_expr(expr, columns)
+        if entry["name"] in seen_names or expr["col"] in seen_columns:
+            raise PlanError(f"group {entry['name']!r}: the same group or column appears twice")
+        seen_names.add(entry["name"])
+        seen_columns.add(expr["col"])
         levels = entry.get("levels")
         if not isinstance(levels, list) or not levels:
             raise PlanError(f"group {entry['name']!r} needs its list of levels",
@@ -320,34 +392,50 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         _at_most(len(levels), limits.MAX_LEVELS, f"group {entry['name']!r}", "levels")
         cells *= len(levels)
         _at_most(cells, limits.MAX_CELLS, "the grouping", "cells")
-        if not all(isinstance(v, str | int | float | bool) for v in levels) or \
-                len({canonical_json(v) for v in levels}) != len(levels):
-            raise PlanError(f"group {entry['name']!r}: levels must be distinct plain values")
+        _check_levels(levels, f"group {entry['name']!r}")
         bins = entry.get("bins")
         if bins is not None:
             if not (isinstance(bins, list) and len(bins) == len(levels) + 1
-                    and all(isinstance(b, (int, float)) for b in bins)
+                    and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                            for b in bins)
                     and all(a < b for a, b in itertools.pairwise(bins))):
                 raise PlanError(f"group {entry['name']!r} has malformed bin edges")
+        elif columns[expr["col"]]["kind"] == "numeric":
+            raise PlanError(f"group {entry['name']!r}: a numeric column is grouped by bins",
+                            hint="use histogram(...) or bin it")
+
+
+def _check_levels(levels: Any, where: str) -> None:
+    """Levels are distinct plain values (text of at most MAX_NAME characters)."""
+    if not isinstance(levels, list) or not all(
+            isinstance(v, _SCALAR) and not (isinstance(v, str) and len(v) > limits.MAX_NAME)
+            for v in levels) or len({canonical_json(v) for v in levels}) != len(levels):
+        raise PlanError(f"{where}: levels must be a list of distinct plain values")
 
 
 def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) -> None:
     if not isinstance(aggregates, list) or (required and not aggregates):
         raise PlanError("a plan needs at least one aggregate or a model")
     _at_most(len(aggregates), limits.MAX_AGGREGATES, "'aggregates'", "entries")
-    names = set()
+    names: set[str] = set()
     for agg in aggregates:
         if not isinstance(agg, dict) or agg.get("stat") not in STATISTICS:
-            raise PlanError(f"unknown statistic in {agg!r}",
+            raise PlanError(f"unknown statistic in {str(agg)[:80]}",
                             hint=f"use one of {', '.join(STATISTICS)}")
-        if agg.get("name") in names or not isinstance(agg.get("name"), str):
-            raise PlanError(f"aggregate names must be unique strings: {agg.get('name')!r}")
+        _check_name(agg.get("name"), "aggregate")
+        if agg["name"] in names:
+            raise PlanError(f"aggregate names must be unique: {agg['name']!r}")
+        if set(agg) - _AGGREGATE_KEYS:
+            raise PlanError(f"aggregate {agg['name']!r} has unknown keys: "
+                            f"{', '.join(sorted(set(agg) - _AGGREGATE_KEYS))}")
         names.add(agg["name"])
         if agg["stat"] == "size":
             if agg.get("expr") is not None:
                 raise PlanError("'size' counts rows and takes no column")
             continue
-        _check_expr(agg.get("expr"), columns)
+        kind = _check_expr(agg.get("expr"), columns)
+        if kind in ("text", "constant truth"):
+            raise PlanError(f"aggregate {agg['name']!r} needs a column, not a constant")
         if _is_categorical(agg["expr"], columns) and agg["stat"] != "count":
             raise PlanError(f"cannot take the {agg['stat']} of categorical {agg['name']!r}",
                             hint="group by it, or count it")

@@ -21,6 +21,7 @@ import socket
 from itertools import accumulate
 from typing import Any, NoReturn
 
+from . import limits
 from .errors import ProtocolError
 from .plan import canonical_json
 
@@ -32,7 +33,7 @@ MAX_MESSAGE = 64 * 1024 * 1024
 MAX_REQUEST = 1024 * 1024
 """Longest line a party kernel accepts: requests carry plans only."""
 
-MAX_DEPTH = 64
+MAX_DEPTH = 2 * limits.MAX_EXPR_DEPTH + 16  # a plan's own bound, inside a request
 """Deepest nesting of arrays and objects in a message body."""
 
 IDLE_TIMEOUT = 60.0

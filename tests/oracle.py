@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import pandas as pd
+
+from ppa_kernel.limits import SCALE_BITS
 
 LINK = "pseudonym"
 
@@ -21,10 +23,27 @@ def join(data: Mapping[str, pd.DataFrame], parties: list[str]) -> pd.DataFrame:
     return out
 
 
+def dominance_reason(values: pd.Series, n: int = 2, k: int = 90, p: int = 10) -> str | None:
+    """The parties' sound dominance / p-ratio bound on one cell's non-missing values, on
+    the integers they encode (x * 2**16): 'dominance', 'p-ratio' or None (passes)."""
+    v = np.rint(values.to_numpy(float) * (1 << SCALE_BITS)).astype(np.int64).astype(object)
+    t, s2 = int(v.sum()), int((v * v).sum())
+    if k * k * t * t < 10_000 * n * s2:
+        return "dominance"
+    if 10_000 * t * t < ((100 + p) ** 2 + 10_000) * s2:
+        return "p-ratio"
+    return None
+
+
 def expected(frame: pd.DataFrame, by: list[str], levels: list[list],
              aggs: Mapping[str, tuple[Callable[[pd.DataFrame], pd.Series] | str | None, str]],
-             min_cell: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Expected released table and suppression mask over the full grid of levels."""
+             min_cell: int = 10, magnitudes: Collection[str] = ()
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Expected released table and suppression mask over the full grid of levels.
+
+    ``magnitudes`` names the aggregates whose measure is a non-negative column with a
+    released sum: their cells also fall under the dominance and p-ratio bound.
+    """
     cells = list(itertools.product(*levels)) if by else [()]
     values: dict[str, list] = {name: [] for name in aggs}
     mask: dict[str, list] = {name: [] for name in aggs}
@@ -41,6 +60,8 @@ def expected(frame: pd.DataFrame, by: list[str], levels: list[list],
                 count = int(series.notna().sum())
                 value = float(getattr(series, stat)()) if stat != "count" else float(count)
             gone = count < min_cell
+            if not gone and name in magnitudes:
+                gone = dominance_reason(series.dropna()) is not None
             values[name].append(np.nan if gone else value)
             mask[name].append(gone)
     if by:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import itertools
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from oracle import join
+from oracle import dominance_reason, join
 
-from ppa_kernel import Consortium
+from ppa_kernel import Consortium, format_table, plot
 from ppa_kernel.config import load_consortium
 from ppa_kernel.local import LocalParties
-from ppa_kernel.program import SCALE_BITS
+from ppa_kernel.results import format_html
 from ppa_kernel.synthetic import generate
 
 PARTIES = ["insurer", "hospital", "bureau"]
@@ -79,14 +83,8 @@ class Oracle:
     def _rule(self, members, part, measure, magnitude, stored) -> str | None:
         if len(members) < K:
             return "minimum size"
-        if magnitude:
-            v = np.rint(part[measure].to_numpy(float) * (1 << SCALE_BITS)).astype(np.int64)
-            v = v.astype(object)
-            t, s2 = int(v.sum()), int((v * v).sum())
-            if 90 ** 2 * t * t < 10_000 * 2 * s2:
-                return "dominance"
-            if 10_000 * t * t < (110 ** 2 + 10_000) * s2:
-                return "p-ratio"
+        if magnitude and (reason := dominance_reason(part[measure])) is not None:
+            return reason
         if self._near(members, stored):
             return "differencing"
         return None
@@ -210,6 +208,12 @@ def test_dominance_and_p_ratio(data, tmp_path):
         if count is not None:
             cell = joined[(joined.region == regions[i]) & joined.cost_2021.notna()]
             assert got["m"].iloc[i] == pytest.approx(cell.cost_2021.mean(), rel=1e-6)
+    # The reason shows in the table, in the notebook's HTML and in the plot's legend.
+    assert "suppressed (dominance)" in format_table(got)
+    assert "suppressed (dominance)" in format_html(got)
+    legend = plot(got, y="m").get_legend()
+    assert any("dominance" in text.get_text() for text in legend.get_texts())
+    plt.close("all")
     north_change = joined[joined.region == "North"]
     assert change["m"].iloc[north] == pytest.approx(
         (north_change.cost_2021 - north_change.cost_2020).mean(), rel=1e-6)

@@ -103,9 +103,15 @@ def test_missing_party_at_connect(tmp_path, demo_data):
     assert all(f"[{p}]" in text for p in demo_data)
 
 
-def test_malformed_plan_is_refused_by_every_party(consortium):
+def test_malformed_plan_is_refused_by_every_party(consortium, monkeypatch):
     plan = consortium.link().agg(n=("age", "count")).plan()
     plan["aggregates"][0]["stat"] = "median"
+    with pytest.raises(PlanError, match="unknown statistic"):  # the client's own check
+        consortium.run(plan, progress=False)
+    plan = consortium.prepare({**plan, "aggregates": [{"name": "n", "stat": "count",
+                                                        "expr": {"col": "insurer.age"}}]})
+    plan["aggregates"][0]["stat"] = "median"
+    monkeypatch.setattr(consortium, "prepare", lambda p: p)  # the parties' checks
     with pytest.raises(ConsortiumError) as info:
         consortium.run(plan, progress=False)
     assert all(f"[{p}]" in str(info.value) for p in consortium.names)

@@ -14,8 +14,9 @@ from oracle import join
 from ppa_kernel import Consortium, ConsortiumError, PlanError
 from ppa_kernel.frame import SecureFrame
 from ppa_kernel.limits import MAX_LEVELS, MAX_THRESHOLD
-from ppa_kernel.plan import validate_plan
+from ppa_kernel.plan import plan_hash, validate_plan
 from ppa_kernel.program import compile_plan
+from ppa_kernel.protocol import Channel
 from ppa_kernel.synthetic import generate
 
 PARTIES = ["insurer", "hospital", "bureau"]
@@ -107,7 +108,7 @@ def test_plan_sizes_are_bounded_and_hello_stays_fast(c, monkeypatch):
     extra["groupby"][0]["levels"] = ["Q1", "Q2", "Q3", "Q4", "Q5", *[f"X{i}" for i in range(900)]]
     deep = copy.deepcopy(plan)
     condition = {"op": "gt", "args": [{"col": "insurer.age"}, {"const": 40}]}
-    for _ in range(40):
+    for _ in range(33):  # within the JSON depth the client sends, beyond the expressions'
         condition = {"op": "not", "args": [condition]}
     deep["filter"] = condition
     unprepared(c, monkeypatch)
@@ -185,3 +186,31 @@ def test_bounds_follow_the_published_ranges():
         validate_plan({**t.agg(n=("age", "count")).plan(),
                        "filter": {"op": "gt", "args": [{"col": "insurer.age"},
                                                        {"const": float("nan")}]}})
+
+
+def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
+    """The linkage belongs to the data epoch the parties keep under their state folders;
+    a linkage id in a request (once used as a path) is ignored."""
+    target = tmp_path / "escaped"
+    plan = c.prepare(c.link().agg(n=("age", "count")).plan())
+    request = {"op": "run", "run_id": "ab" * 8, "plan": plan, "plan_hash": plan_hash(plan),
+               "timeout": 60, "linkage_id": str(target)}
+    replies: dict[str, str] = {}
+
+    def ask(party):
+        channel = Channel(party.host, party.port, c.config.secret, party.name, 10)
+        try:
+            channel.send(request)
+            while (reply := channel.receive(timeout=60))["event"] == "progress":
+                pass
+            replies[party.name] = reply["event"]
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in c.config.parties]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert replies == {p: "result" for p in PARTIES}
+    assert not target.exists() and not (tmp_path / "escaped").parent.joinpath("x").exists()
