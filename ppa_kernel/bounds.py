@@ -11,29 +11,11 @@ All parties compute the same bounds from the same plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from . import limits
 from .errors import PlanError
 from .plan import COMPARISONS, LOGICAL, canonical_json, expr_parties
-
-
-@dataclass(frozen=True)
-class Bound:
-    """Interval [low, high] of an expression's values and the scale exponent it is held at."""
-
-    low: float
-    high: float
-    scale: int
-
-    @property
-    def magnitude(self) -> float:
-        return max(abs(self.low), abs(self.high))
-
-    def encoded(self, scale: int | None = None) -> float:
-        """Largest encoded integer at ``scale`` (default: its own)."""
-        return self.magnitude * 2.0 ** (limits.SCALE_BITS * (self.scale if scale is None
-                                                              else scale))
 
 
 def column_range(meta: dict) -> tuple[float, float]:
@@ -46,16 +28,24 @@ def column_range(meta: dict) -> tuple[float, float]:
 
 
 def _interval(expr: dict, columns: dict) -> tuple[float, float]:
-    """Interval of an expression's values (truth values are [0, 1])."""
+    return interval(expr, lambda name: column_range(columns[name]))
+
+
+def interval(expr: dict, published: Callable[[str], tuple[float, float]]
+             ) -> tuple[float, float]:
+    """Interval of an expression's values (truth values are [0, 1]), from ``published``,
+    the range of each qualified column it reads."""
     if "col" in expr:
-        return column_range(columns[expr["col"]])
+        return published(expr["col"])
     if "const" in expr:
         value = expr["const"]
-        return (float(value), float(value)) if isinstance(value, int | float) else (0.0, 0.0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise PlanError(f"{value!r} is not a number")
+        return float(value), float(value)
     op = expr["op"]
     if op in COMPARISONS or op in LOGICAL or op == "isin":
         return 0.0, 1.0
-    parts = [_interval(a, columns) for a in expr["args"]]
+    parts = [interval(a, published) for a in expr["args"]]
     if op == "neg":
         return -parts[0][1], -parts[0][0]
     (a, b), (c, d) = parts
@@ -69,50 +59,67 @@ def _interval(expr: dict, columns: dict) -> tuple[float, float]:
     return min(products), max(products)
 
 
-def bound(expr: dict, columns: dict) -> Bound:
-    """The bound of an expression as the secure evaluator holds it."""
-    low, high = _interval(expr, columns)
-    return Bound(low, high, _scale(expr, columns))
-
-
-def _scale(expr: dict, columns: dict) -> int:
-    """Scale exponent of the secure value of ``expr`` (mirrors ``Evaluator.value``)."""
-    if "const" in expr:
-        return 0
-    if "col" in expr or len(expr_parties(expr, columns)) == 1:
-        return 1
-    op = expr["op"]
-    if op in COMPARISONS or op in LOGICAL or op == "isin":
-        return 0
-    args = expr["args"]
-    if op == "neg":
-        return _scale(args[0], columns)
-    if op in ("add", "sub"):
-        return max(_scale(a, columns) for a in args)
-    if op == "div":
-        return _scale(args[0], columns) + _constant_scale(1 / args[1]["const"])
-    consts = [a for a in args if "const" in a]
-    if consts:
-        other = next(a for a in args if "const" not in a)
-        return _scale(other, columns) + _constant_scale(consts[0]["const"])
-    return sum(_scale(a, columns) for a in args)
-
-
-def _constant_scale(c: float) -> int:
-    return 0 if float(c).is_integer() else 2
-
-
 def is_magnitude(expr: dict, columns: dict) -> bool:
     """Whether an expression's values are never negative (its published bound says so)."""
     return _interval(expr, columns)[0] >= 0
 
 
+def encoded_magnitude(expr: dict, columns: dict) -> tuple[float, int]:
+    """The largest |integer| the secure evaluator can hold for ``expr``, and its scale.
+
+    Mirrors :meth:`ppa_kernel.secure.query.Evaluator.value` step by step, with the
+    rounding of every encoding: an owner-side value is round(x * 2^16) (so at most
+    |x| * 2^16 + 1/2), a non-integer constant factor round(c * 2^32). Constants appear
+    only as operands (validation refuses operators on constants alone).
+    """
+    if "const" in expr:
+        return abs(float(expr["const"])), 0
+    if "col" in expr or len(expr_parties(expr, columns)) == 1:
+        low, high = _interval(expr, columns)
+        return max(abs(low), abs(high)) * 2.0 ** limits.SCALE_BITS + 1, 1
+    op, args = expr["op"], expr["args"]
+    if op in COMPARISONS or op in LOGICAL or op == "isin":
+        return 1.0, 0
+    if op == "neg":
+        return encoded_magnitude(args[0], columns)
+    if op in ("add", "sub"):
+        parts = [encoded_magnitude(a, columns) for a in args]
+        scale = max(s for _, s in parts)
+        total = 0.0
+        for arg, (m, s) in zip(args, parts):
+            total += (m * 2.0 ** (limits.SCALE_BITS * scale) + 1 if "const" in arg
+                      else m * 2.0 ** (limits.SCALE_BITS * (scale - s)))
+        return total, scale
+    if op == "div":
+        m, s = encoded_magnitude(args[0], columns)
+        factor, extra = _factor(1 / args[1]["const"])
+        return m * factor, s + extra
+    consts = [a for a in args if "const" in a]
+    if consts:
+        other = next(a for a in args if "const" not in a)
+        m, s = encoded_magnitude(other, columns)
+        factor, extra = _factor(consts[0]["const"])
+        return m * factor, s + extra
+    (ma, sa), (mb, sb) = (encoded_magnitude(a, columns) for a in args)
+    return ma * mb, sa + sb
+
+
+def _factor(c: float) -> tuple[float, int]:
+    """|integer multiplier| for constant c (as ``_constant_factor``) and its scale."""
+    if float(c).is_integer():
+        return abs(float(c)), 0
+    return abs(c) * 2.0 ** (2 * limits.SCALE_BITS) + 1, 2
+
+
 def check_comparison(left: dict, right: dict, columns: dict) -> None:
     """Refuse a cross-party comparison whose difference could exceed the comparison's range."""
-    a, b = bound(left, columns), bound(right, columns)
-    scale = max(a.scale, b.scale)
-    worst = a.encoded(scale) + b.encoded(scale)
-    if not worst < 2.0 ** (limits.COMPARE_BITS - 1):
+    (ma, sa), (mb, sb) = encoded_magnitude(left, columns), encoded_magnitude(right, columns)
+    scale = max(sa, sb)
+    worst = 0.0
+    for expr, m, s in ((left, ma, sa), (right, mb, sb)):
+        worst += (m * 2.0 ** (limits.SCALE_BITS * scale) + 1 if "const" in expr
+                  else m * 2.0 ** (limits.SCALE_BITS * (scale - s)))
+    if not worst < 2.0 ** (limits.COMPARE_BITS - 1):  # also refuses NaN and infinity
         raise PlanError(
             f"the comparison of {_show(left)} with {_show(right)} could exceed the range "
             f"of secure comparisons (|difference| < 2^{limits.COMPARE_BITS - 1} at scale "
@@ -122,13 +129,13 @@ def check_comparison(left: dict, right: dict, columns: dict) -> None:
 
 def check_sum(expr: dict, columns: dict, *, squared: bool) -> None:
     """Refuse a measure whose sum (or sum of squares) over all rows could wrap the field."""
-    worst = bound(expr, columns).encoded()
+    worst = encoded_magnitude(expr, columns)[0]
     if squared:
         worst *= worst
     if not worst * limits.MAX_ROWS < 2.0 ** (limits.FIELD_BITS - 2):
         what = "sum of squares" if squared else "sum"
         raise PlanError(f"the {what} of {_show(expr)} over all rows could exceed the number "
-                        f"field (values up to {bound(expr, columns).magnitude:.3g})",
+                        f"field (values up to {max(map(abs, _interval(expr, columns))):.3g})",
                         hint="rescale the measure, e.g. divide it by a constant")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PlanError
+from .plan import expr_columns
 from .program import SCALE_BITS, Feature, Program
 
 _BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
@@ -56,9 +57,21 @@ def _truth(value) -> pd.Series:
     return value
 
 
+def _inputs_present(expr: dict, frame: pd.DataFrame) -> np.ndarray:
+    """Rows where every column an expression reads is present."""
+    present = np.ones(len(frame), dtype=bool)
+    for name in expr_columns(expr):
+        present &= frame[name.split(".", 1)[1]].notna().to_numpy()
+    return present
+
+
 def encode(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point integers (0 where missing) and not-missing flags, as object arrays."""
+    """Fixed-point integers (0 where missing) and not-missing flags, as object arrays.
+
+    Infinite values count as not present (the caller refuses them where the inputs are).
+    """
     numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    numbers = numbers.where(np.isfinite(numbers))
     present = numbers.notna().to_numpy()
     scaled = np.rint(numbers.fillna(0.0).to_numpy() * (1 << SCALE_BITS))
     ints = np.array([int(v) for v in scaled], dtype=object)
@@ -99,6 +112,12 @@ def _feature_column(feature: Feature, party: str, frame: pd.DataFrame,
     if feature.kind == "ind":
         return _truth(value).to_numpy().astype(np.int64).astype(object)
     ints, present = encode(value)
+    numeric = pd.api.types.is_numeric_dtype(value) or pd.api.types.is_bool_dtype(value)
+    undefined = _inputs_present(expr, frame) & ~present.astype(bool)
+    if numeric and undefined.any():  # e.g. inf * 0: a row would drop out of the measure's row set
+        raise PlanError(f"{feature.key[:80]} is not a finite number for "
+                        f"{int(undefined.sum())} row(s) whose columns are present",
+                        party=party, hint="rescale the expression")
     if feature.kind == "val":
         return ints
     if feature.kind == "nn":

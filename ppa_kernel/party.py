@@ -237,7 +237,13 @@ class PartyKernel:
     def check_plan(self, request: dict) -> tuple[dict, str]:
         """Validate a plan and check it against this party's policy."""
         plan = request.get("plan")
-        compile_plan(plan)  # validates, derives the layout and checks every bound
+        try:
+            compile_plan(plan)  # validates, derives the layout and checks every bound
+        except PPAError:
+            raise
+        except Exception as exc:  # a malformed plan must never become an internal error
+            logger.warning("plan check failed unexpectedly: %r", exc)
+            raise PlanError(f"malformed plan ({type(exc).__name__})") from None
         digest = plan_hash(plan)
         if request.get("plan_hash") != digest:
             raise PlanError("plan hash does not match the plan",

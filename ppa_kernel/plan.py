@@ -329,6 +329,8 @@ def _check_expr(expr: Any, columns: dict) -> str:
     if set(expr) - allowed:
         raise PlanError(f"unexpected keys in expression {op!r}")
     kinds = [_check_expr(arg, columns) for arg in args]
+    if not expr_columns(expr):  # its scale would differ from the evaluator's: wrap risk
+        raise PlanError(f"'{op}' of constants only: write the resulting number instead")
     if op == "isin":
         values = expr.get("values")
         if not isinstance(values, list) or not all(
@@ -436,9 +438,28 @@ def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) 
         kind = _check_expr(agg.get("expr"), columns)
         if kind in ("text", "constant truth"):
             raise PlanError(f"aggregate {agg['name']!r} needs a column, not a constant")
+        if kind == "number" and _weights_by_condition(agg["expr"], columns):
+            raise PlanError(f"aggregate {agg['name']!r} weights rows by a condition",
+                            hint="select rows with a filter or a group: their row sets are "
+                                 "checked for differencing, weights are not")
         if _is_categorical(agg["expr"], columns) and agg["stat"] != "count":
             raise PlanError(f"cannot take the {agg['stat']} of categorical {agg['name']!r}",
                             hint="group by it, or count it")
+
+
+def _weights_by_condition(expr: dict, columns: dict) -> bool:
+    """Whether a numeric expression does arithmetic with a truth value (a boolean column,
+    comparison or condition): sum(x * [one person]) minus sum(x) would single that
+    person out on one row set, which the differencing rule cannot see."""
+    stack = [expr]
+    while stack:
+        item = stack.pop()
+        if item.get("op") in ARITHMETIC:
+            for arg in item["args"]:
+                if is_boolean(arg, columns):
+                    return True
+                stack.append(arg)
+    return False
 
 
 def _is_categorical(expr: dict, columns: dict) -> bool:

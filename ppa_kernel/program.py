@@ -26,7 +26,7 @@ __all__ = ["SCALE_BITS", "Feature", "Program", "cell_levels", "compile_plan"]
 
 OPENING_NAMES = ("linkage.ready", "linkage.epoch", "linkage.party_sizes", "linkage.prf_masked",
                  "linkage.equality_masked", "disclosure.pass", "disclosure.reason",
-                 "disclosure.union", "protocol.comparison_masked")
+                 "disclosure.union", "protocol.comparison_masked", "protocol.plan_agreement")
 SUM_STATISTICS = ("sum", "mean", "var", "std")
 """Statistics that release a measure's sum (and so fall under the dominance rules)."""
 

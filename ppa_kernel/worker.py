@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import PartyFailed, PartyUnreachable, PPAError, RunTimeout
+from .errors import PartyFailed, PartyUnreachable, PlanError, PPAError, RunTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ async def _start(mpc, job: dict) -> None:
             f"within {job['connect_timeout']} s", party=job["party"],
             hint="check that every party kernel is running and its mpc_port is reachable",
         ) from None
+
+
+async def _agree(job: dict) -> None:
+    """Refuse to go on unless every party was sent the same plan for the same run.
+
+    Each inputs a digest of (plan hash, run id) and all are opened
+    (``protocol.plan_agreement``): an analyst who sends different parties different
+    plans, which could still give one consistent MPC program, is stopped before any
+    data is input.
+    """
+    import hashlib
+
+    from .plan import plan_hash
+    from .secure.openings import reveal
+    from .secure.runtime import link_type, mpc
+
+    text = f"{plan_hash(job['plan'])}:{job['run_id']}".encode()
+    mine = int.from_bytes(hashlib.sha256(text).digest()[:15], "big")
+    digests = {int(v) for v in await reveal("protocol.plan_agreement",
+                                            mpc.input(link_type()(mine)))}
+    if len(digests) != 1:
+        raise PlanError("the parties were sent different plans (or runs)",
+                        party=job["party"], hint="send every party the same plan")
 
 
 EPOCH_FOLDER = "epoch"
@@ -130,6 +153,7 @@ async def _run(job: dict) -> dict:
     frame = pd.read_parquet(job["snapshot"])
     block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
     await _start(mpc, job)
+    await _agree(job)
     phases("connect")
     linkage, history, relinked = await _linkage(job, frame, phases)
     widths = [len(program.features.get(p, [])) for p in program.parties]

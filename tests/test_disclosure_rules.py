@@ -8,7 +8,9 @@ release.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 
 import matplotlib
 
@@ -240,3 +242,28 @@ def test_history_survives_a_restart_on_the_same_data(data, tmp_path):
     result = outcome.results["insurer"]
     assert not result["relinked"]
     assert list(result["stats"]["reasons"].values()) == [["differencing"]]
+
+
+def test_bins_are_recorded_by_their_edges_not_their_labels(data, tmp_path):
+    """A bin released under another bin's label is still recorded as its own row set (by
+    its edges), so a later release one person away from it is caught."""
+    joined = join(data, PARTIES)
+    ages = joined.age.to_numpy()
+    low = next(a for a in range(30, 80) if K <= ((ages >= a) & (ages < a + 3)).sum() < 50
+               and 0 < (ages == a + 2).sum() < K)
+    edges = [18, low, low + 3, 91]
+    index = tmp_path / "state" / "insurer" / "epoch" / "history" / "index.json"
+    with start(data, tmp_path) as c:
+        t = c.link()
+        first = t.histogram("age", bins=edges).with_min_cell_size(50).plan()
+        assert c.run(first).attrs["suppressed"].to_numpy()[1].all(), "the narrow bin is small"
+        recorded = len(json.loads(index.read_text()))
+        relabelled = copy.deepcopy(first)
+        levels = relabelled["groupby"][0]["levels"]
+        relabelled["groupby"][0]["levels"] = [levels[0], levels[2], levels[1]]
+        relabelled["min_cell_size"] = None  # the consortium's 10
+        second = c.run(relabelled)  # min size 10: the narrow bin, under another's label
+        assert not second.attrs["suppressed"].to_numpy()[1].any(), second.attrs["reasons"]
+        assert len(json.loads(index.read_text())) > recorded
+        third = c.run(t.histogram("age", bins=[18, low, low + 2, 91]).plan())
+        assert third.attrs["reasons"]["count"].iloc[1] == "differencing"

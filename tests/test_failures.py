@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+from waiting import wait_for
 
 from ppa_kernel import Consortium, ConsortiumError, PlanError
 from ppa_kernel.synthetic import generate
@@ -24,16 +25,6 @@ def workers_of(consortium) -> list[psutil.Process]:
             continue
         found += [c for c in children if " worker " in " ".join(c.cmdline())]
     return found
-
-
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture(scope="module")

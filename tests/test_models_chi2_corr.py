@@ -15,6 +15,7 @@ from ppa_kernel.models.corr import corr
 PARTIES = ["insurer", "hospital", "bureau"]
 ALWAYS = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
           "linkage.equality_masked", "linkage.epoch", "disclosure.reason",
+            "protocol.plan_agreement",
                "disclosure.pass", "protocol.comparison_masked",
           "protocol.truncation_masked"}
 

@@ -21,7 +21,8 @@ OUTPUTS = {"model.logit.df_ok", "model.logit.design_ok", "model.logit.converged"
            "model.logit.n", "model.logit.coef", "model.logit.se_squared"}
 PROTOCOL = {"disclosure.pass", "protocol.comparison_masked", "protocol.truncation_masked",
             "linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
-            "linkage.equality_masked", "linkage.epoch", "disclosure.reason"}
+            "linkage.equality_masked", "linkage.epoch", "disclosure.reason",
+            "protocol.plan_agreement"}
 
 
 def _plain(demo_data) -> pd.DataFrame:

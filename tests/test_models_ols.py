@@ -123,7 +123,8 @@ def test_openings_are_only_the_named_outputs(main_run):
     assert names <= OUTPUTS | {"disclosure.pass", "protocol.comparison_masked",
                                "protocol.truncation_masked", "linkage.ready",
                                "linkage.party_sizes", "linkage.prf_masked",
-                               "linkage.equality_masked", "linkage.epoch", "disclosure.reason"}
+                               "linkage.equality_masked", "linkage.epoch", "disclosure.reason",
+            "protocol.plan_agreement"}
     assert OUTPUTS <= names and not any(n.startswith("release.") for n in names)
     p = len(got)
     counts = {e["name"]: e["count"] for e in entries if e["name"] in OUTPUTS}

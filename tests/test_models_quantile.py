@@ -16,6 +16,7 @@ from ppa_kernel.models.quantile import expression_range, grid, nice_step, quanti
 PARTIES = ["insurer", "hospital", "bureau"]
 ALLOWED = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
            "linkage.equality_masked", "linkage.epoch", "disclosure.reason",
+            "protocol.plan_agreement",
                "disclosure.pass", "protocol.comparison_masked",
            "model.quantile.bisection"}
 QUARTILES = [0.25, 0.5, 0.75]

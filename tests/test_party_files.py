@@ -9,10 +9,10 @@ import os
 import signal
 import stat
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from ppa_kernel import Consortium, ConsortiumError
 from ppa_kernel.audit import AuditLog
@@ -33,16 +33,6 @@ def data():
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def wait_for(predicate, timeout: float = 20.0, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 def records(state: Path) -> list[dict]:

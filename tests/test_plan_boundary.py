@@ -214,3 +214,59 @@ def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
         thread.join(90)
     assert replies == {p: "result" for p in PARTIES}
     assert not target.exists() and not (tmp_path / "escaped").parent.joinpath("x").exists()
+
+
+def test_operators_on_constants_alone_are_refused():
+    """Their scale would differ from the evaluator's: a comparison could open row values."""
+    t = SecureFrame(CATALOG, PARTIES, PARTIES)
+    base = t.agg(n=("age", "count")).plan()
+    half = {"op": "neg", "args": [{"const": -0.5}]}
+    diff = {"op": "sub", "args": [{"col": "insurer.age"}, {"col": "hospital.visits"}]}
+    nested = {"op": "mul", "args": [half, {"op": "mul", "args": [half, diff]}]}
+    plan = {**base, "filter": {"op": "lt", "args": [nested, {"const": 0}]}}
+    with pytest.raises(PlanError, match="constants only"):
+        validate_plan(plan)
+
+
+def test_measures_may_not_weight_rows_by_a_condition():
+    t = SecureFrame(CATALOG, PARTIES, PARTIES)
+    with pytest.raises(PlanError, match="weights rows by a condition"):
+        t.assign(w=t.cost * (t.age != 37)).agg(s=("w", "sum")).plan()
+    t.agg(share=(t.age > 40, "mean")).plan()  # a proportion is fine
+
+
+def test_an_unbounded_owner_expression_is_refused():
+    """inf * 0 would make a row drop out of one measure's row set and not another's."""
+    t = SecureFrame(CATALOG, PARTIES, PARTIES)
+    huge = t.assign(z=t.age / 1e-300 / 1e-300 * 0 + t.cost)
+    with pytest.raises(PlanError, match="could exceed"):
+        compile_plan(huge.agg(m=("z", "mean")).plan())
+
+
+def test_parties_sent_different_plans_refuse_before_any_input(c):
+    """An analyst's own client could send each party another plan; the parties compare."""
+    t = c.link()
+    plans = {name: c.prepare(t[t.outpatient_visits > limit].agg(n=("age", "count")).plan())
+             for name, limit in (("insurer", 5), ("hospital", 6), ("bureau", 5))}
+    replies: dict[str, str] = {}
+
+    def ask(party):
+        plan = plans[party.name]
+        request = {"op": "run", "run_id": "cd" * 8, "plan": plan,
+                   "plan_hash": plan_hash(plan), "timeout": 60}
+        channel = Channel(party.host, party.port, c.config.secret, party.name, 10)
+        try:
+            channel.send(request)
+            while (reply := channel.receive(timeout=60))["event"] == "progress":
+                pass
+            replies[party.name] = reply.get("error", {}).get("message", reply["event"])
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in c.config.parties]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert set(replies) == set(PARTIES)
+    assert all("different plans" in message for message in replies.values()), replies

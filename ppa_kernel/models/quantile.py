@@ -92,6 +92,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .. import bounds
 from ..errors import PlanError
 from ..plan import check_expr, expr_columns
 from ..policy import DEFAULT_QUANTILE_RESOLUTION
@@ -344,36 +345,19 @@ def default_precision(frame: SecureFrame, expr: dict, low: float, high: float) -
 
 def expression_range(frame: SecureFrame, expr: dict) -> tuple[float, float]:
     """Bounds of an expression from the catalog's published min/max (interval arithmetic)."""
-    if "const" in expr:
-        value = expr["const"]
-        if not _number(value):
-            raise PlanError(f"quantile: {value!r} is not a number")
-        return float(value), float(value)
-    if "col" in expr:
-        party, name = expr["col"].split(".", 1)
-        meta = frame._catalog[party][name]
+
+    def published(name: str) -> tuple[float, float]:
+        party, column = name.split(".", 1)
+        meta = frame._catalog[party][column]
         if meta.get("kind") == "bool":
             return 0.0, 1.0
         low, high = meta.get("min"), meta.get("max")
         if low is None or high is None:
-            raise PlanError(f"{expr['col']!r} has no published range",
+            raise PlanError(f"{name!r} has no published range",
                             hint="its party publishes no min and max for it")
         return float(low), float(high)
-    op, args = expr["op"], expr["args"]
-    if op not in ("add", "sub", "mul", "div", "neg"):
-        return 0.0, 1.0  # a truth value
-    parts = [expression_range(frame, a) for a in args]
-    if op == "neg":
-        return -parts[0][1], -parts[0][0]
-    (a, b), (c, d) = parts
-    if op == "add":
-        return a + c, b + d
-    if op == "sub":
-        return a - d, b - c
-    if op == "div":
-        c = d = 1 / c
-    products = [a * c, a * d, b * c, b * d]
-    return min(products), max(products)
+
+    return bounds.interval(expr, published)
 
 
 def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] = (0.25, 0.5, 0.75),

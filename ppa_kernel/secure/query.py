@@ -292,7 +292,7 @@ class _Disclosure:
             entry = None if key == "size" else state.program.measure_entry(key)
             if entry is not None and entry["dominance"]:
                 place = state.layout[key]
-                largest = int(bounds.bound(entry["expr"], state.program.columns).encoded()
+                largest = int(bounds.encoded_magnitude(entry["expr"], state.program.columns)[0]
                               * len(self.rows)) + 1
                 dom[i], pratio[i] = await dominance_fails(
                     sectype, state.totals[:, place["sum"]], state.totals[:, place["sumsq"]],
@@ -403,10 +403,20 @@ class _Disclosure:
 
 
 def cell_definitions(program: Program) -> list[list]:
-    """Each cell's public definition: per grouping column its expression, bins and level."""
+    """Each cell's public definition: per grouping column its expression and level, or
+    for a binned column its bin's edges (labels of bins are the analyst's free text)."""
     entries = {e["name"]: e for e in program.plan["groupby"]}
-    return [[[canonical_json(entries[name]["expr"]), entries[name].get("bins"), level]
-             for name, level in sorted(cell.items())] for cell in cell_levels(program)]
+
+    def part(name: str, level) -> list:
+        entry = entries[name]
+        if entry.get("bins") is None:
+            return [canonical_json(entry["expr"]), level]
+        i = entry["levels"].index(level)
+        closed = i == len(entry["levels"]) - 1  # the last bin includes its right edge
+        return [canonical_json(entry["expr"]), entry["bins"][i], entry["bins"][i + 1], closed]
+
+    return [sorted(part(name, level) for name, level in cell.items())
+            for cell in cell_levels(program)]
 
 
 def _definition(program: Program, presence: str | None, cells: list) -> str:
