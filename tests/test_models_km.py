@@ -110,7 +110,7 @@ def test_opens_only_named_outputs(case, request):
         for entry in result["openings"]:
             opened.setdefault(entry["name"], []).extend(entry["values"])
         names = {n for n in opened if not n.startswith("linkage.")}  # a first run links
-        assert names <= {"protocol.comparison_masked",
+        assert names <= {"protocol.comparison_masked", "protocol.plan_agreement",
                          "protocol.truncation_masked", "model.km.at_risk_pass",
                          "model.km.survival", "model.km.chi2"}, party
         assert len(opened["model.km.at_risk_pass"]) == curves.size

@@ -78,33 +78,48 @@ async def dominance_fails(sectype, sums: np.ndarray, sumsqs: np.ndarray, rules: 
     return fails[0], fails[1]
 
 
-def _aligned(row_set: RowSet, rows: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
-    """A stored set's shares on ``rows`` (people seen at enough parties for this query)."""
-    stored_rows = np.flatnonzero(group_sizes >= row_set.joined)
-    out = np.zeros(len(rows), dtype=object)
-    common = np.intersect1d(rows, stored_rows, assume_unique=True)
-    out[np.searchsorted(rows, common)] = row_set.shares[np.searchsorted(stored_rows, common)]
-    return out
+@dataclass(frozen=True)
+class Kept:
+    """The epoch's released row sets on one query's rows (aligned once per run)."""
+
+    shares: np.ndarray  # people x sets, this party's shares of the 0/1 indicators
+    sizes: np.ndarray  # this party's shares of each set's size
+    people: int  # a bound on every set's size (for the comparisons' bit length)
+
+    @classmethod
+    def align(cls, history: list[RowSet], rows: np.ndarray,
+              group_sizes: np.ndarray) -> Kept | None:
+        """The stored sets' shares on ``rows`` (people seen at enough parties)."""
+        if not history:
+            return None
+        columns = []
+        for row_set in history:
+            stored_rows = np.flatnonzero(group_sizes >= row_set.joined)
+            out = np.zeros(len(rows), dtype=object)
+            common = np.intersect1d(rows, stored_rows, assume_unique=True)
+            out[np.searchsorted(rows, common)] = \
+                row_set.shares[np.searchsorted(stored_rows, common)]
+            columns.append(out)
+        return cls(np.column_stack(columns), np.array([h.size for h in history], dtype=object),
+                   int(group_sizes.sum()))
 
 
 async def differencing_flags(sectype, candidates: np.ndarray, sizes: np.ndarray,
-                             rows: np.ndarray, group_sizes: np.ndarray,
-                             history: list[RowSet], min_cell: int) -> np.ndarray:
+                             kept: Kept | None, min_cell: int) -> np.ndarray:
     """Shares of one bit per candidate row set (columns of ``candidates``): 1 when it
-    differs from some released set by at least one and fewer than ``min_cell`` rows.
+    differs from some kept set by at least one and fewer than ``min_cell`` rows.
 
     ``candidates`` are shares (rows x sets) of 0/1 indicators, ``sizes`` their sizes.
     """
     count = candidates.shape[1]
-    if not history or not count:
+    if kept is None or not count:
         return np.zeros(count, dtype=object)
-    stored = np.column_stack([_aligned(h, rows, group_sizes) for h in history])
-    stored_sizes = np.array([h.size for h in history], dtype=object)
-    dots = await shares(wrap(sectype, candidates).transpose() @ wrap(sectype, stored))
-    diff = sizes.reshape(-1, 1) + stored_sizes.reshape(1, -1) - 2 * dots
+    dots = await shares(wrap(sectype, candidates).transpose() @ wrap(sectype, kept.shares))
+    diff = sizes.reshape(-1, 1) + kept.sizes.reshape(1, -1) - 2 * dots
     near = await shares(wrap(sectype, diff) * wrap(sectype, diff - min_cell))
-    people = int(group_sizes.sum()) + min_cell
+    people = kept.people + min_cell
     inside = await compare(mpc.np_sgn, wrap(sectype, near), l=_bits(people * people), LT=True)
     hits = (await shares(inside)).sum(axis=1)
-    none = await compare(mpc.np_sgn, wrap(sectype, hits - 1), l=_bits(len(history)), LT=True)
+    none = await compare(mpc.np_sgn, wrap(sectype, hits - 1), l=_bits(kept.shares.shape[1]),
+                         LT=True)
     return (1 - await shares(none)) % sectype.field.modulus

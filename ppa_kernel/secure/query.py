@@ -28,7 +28,7 @@ from .. import bounds
 from ..errors import PlanError, PolicyRefused
 from ..plan import canonical_json, is_boolean
 from ..program import SCALE_BITS, Feature, Program, cell_levels
-from .disclosure import REASONS, Rules, differencing_flags, dominance_fails
+from .disclosure import REASONS, Kept, Rules, differencing_flags, dominance_fails
 from .history import History, RowSet
 from .openings import compare, reveal
 from .runtime import COMPARE_BITS, mpc, shares, wrap
@@ -262,7 +262,8 @@ class _Disclosure:
                                                                      ["expr"]) else k
                          for k in keys}
         self.reasons: list[list[str | None]] = []
-        self.stored = history.load() if history is not None else []
+        stored = self.history.load() if self.history is not None else []
+        self.kept = Kept.align(stored, rows, group_sizes)
         self._sets: dict[str | None, np.ndarray] = {}
 
     async def row_sets(self, presence: str | None) -> np.ndarray:
@@ -318,8 +319,7 @@ class _Disclosure:
             index = [i for i, k in enumerate(self.keys) if self.presence[k] == presence]
             sets = await self.row_sets(presence)
             flags = await differencing_flags(self.state.sectype, sets, self.counts[index[0]],
-                                             self.rows, self.group_sizes, self.stored,
-                                             self.rules.min_cell)
+                                             self.kept, self.rules.min_cell)
             out[index] = flags
         return out
 
@@ -342,7 +342,7 @@ class _Disclosure:
 
     async def _unions(self, passed: np.ndarray) -> None:
         """Suppress more cells while a table's released union is close to an earlier set."""
-        if self.history is None or not self.stored:
+        if self.kept is None:
             return
         for i, key in enumerate(self.keys):
             sets = await self.row_sets(self.presence[key])
@@ -353,8 +353,7 @@ class _Disclosure:
                 union = sets[:, released].sum(axis=1).reshape(-1, 1)
                 size = self.counts[i][released].sum()
                 flag = await differencing_flags(self.state.sectype, union,
-                                                np.array([size], dtype=object), self.rows,
-                                                self.group_sizes, self.stored,
+                                                np.array([size], dtype=object), self.kept,
                                                 self.rules.min_cell)
                 near = int(np.asarray(await reveal("disclosure.union",
                                                    wrap(self.state.sectype, flag)))[0])
