@@ -188,22 +188,17 @@ def test_bounds_follow_the_published_ranges():
                                                        {"const": float("nan")}]}})
 
 
-def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
-    """The linkage belongs to the data epoch the parties keep under their state folders;
-    a linkage id in a request (once used as a path) is ignored."""
-    target = tmp_path / "escaped"
-    plan = c.prepare(c.link().agg(n=("age", "count")).plan())
-    request = {"op": "run", "run_id": "ab" * 8, "plan": plan, "plan_hash": plan_hash(plan),
-               "timeout": 60, "linkage_id": str(target)}
-    replies: dict[str, str] = {}
+def send_runs(c, requests: dict) -> dict[str, dict]:
+    """Send each party its own raw run request at once; each party's final reply."""
+    replies: dict[str, dict] = {}
 
     def ask(party):
         channel = Channel(party.host, party.port, c.config.secret, party.name, 10)
         try:
-            channel.send(request)
+            channel.send(requests[party.name])
             while (reply := channel.receive(timeout=60))["event"] == "progress":
                 pass
-            replies[party.name] = reply["event"]
+            replies[party.name] = reply
         finally:
             channel.close()
 
@@ -212,8 +207,24 @@ def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
         thread.start()
     for thread in threads:
         thread.join(90)
-    assert replies == {p: "result" for p in PARTIES}
-    assert not target.exists() and not (tmp_path / "escaped").parent.joinpath("x").exists()
+    assert set(replies) == set(PARTIES)
+    return replies
+
+
+def run_request(plan: dict, run_id: str, **extra) -> dict:
+    return {"op": "run", "run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
+            "timeout": 60, **extra}
+
+
+def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
+    """The linkage belongs to the data epoch the parties keep under their state folders;
+    a linkage id in a request (once used as a path) is ignored."""
+    target = tmp_path / "escaped"
+    plan = c.prepare(c.link().agg(n=("age", "count")).plan())
+    request = run_request(plan, "ab" * 8, linkage_id=str(target))
+    replies = send_runs(c, {p: request for p in PARTIES})
+    assert {r["event"] for r in replies.values()} == {"result"}
+    assert not target.exists()
 
 
 def test_operators_on_constants_alone_are_refused():
@@ -248,25 +259,6 @@ def test_parties_sent_different_plans_refuse_before_any_input(c):
     t = c.link()
     plans = {name: c.prepare(t[t.outpatient_visits > limit].agg(n=("age", "count")).plan())
              for name, limit in (("insurer", 5), ("hospital", 6), ("bureau", 5))}
-    replies: dict[str, str] = {}
-
-    def ask(party):
-        plan = plans[party.name]
-        request = {"op": "run", "run_id": "cd" * 8, "plan": plan,
-                   "plan_hash": plan_hash(plan), "timeout": 60}
-        channel = Channel(party.host, party.port, c.config.secret, party.name, 10)
-        try:
-            channel.send(request)
-            while (reply := channel.receive(timeout=60))["event"] == "progress":
-                pass
-            replies[party.name] = reply.get("error", {}).get("message", reply["event"])
-        finally:
-            channel.close()
-
-    threads = [threading.Thread(target=ask, args=(p,)) for p in c.config.parties]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
-    assert set(replies) == set(PARTIES)
-    assert all("different plans" in message for message in replies.values()), replies
+    replies = send_runs(c, {p: run_request(plan, "cd" * 8) for p, plan in plans.items()})
+    messages = [r.get("error", {}).get("message", r["event"]) for r in replies.values()]
+    assert all("different plans" in m for m in messages), messages
