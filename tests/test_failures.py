@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import threading
 import time
 
 import psutil
 import pytest
-from waiting import wait_for
+from waiting import BackgroundRun, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError, PlanError
 from ppa_kernel.synthetic import generate
@@ -34,27 +33,16 @@ def data():
 
 def test_killed_worker_fails_fast_names_party_and_leaves_no_process(data, tmp_path):
     with Consortium.local(data, link="pseudonym", workdir=tmp_path) as c:
-        plan = c.link().agg(n=("age", "count")).plan()
-        phases: list[tuple[str, str]] = []
-        box: dict = {}
-
-        def run():
-            try:
-                c.run(plan, progress=lambda party, phase, _: phases.append((party, phase)))
-            except ConsortiumError as exc:
-                box["error"], box["at"] = exc, time.monotonic()
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        wait_for(lambda: ("hospital", "connect") in phases)
+        run = BackgroundRun(c, c.link().agg(n=("age", "count")).plan())
+        wait_for(lambda: ("hospital", "connect") in run.phases)
         victim = next(w for w in workers_of(c)
                       if psutil.Process(w.ppid()).pid == c.local_parties.procs["hospital"].pid)
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
-        thread.join(30)
-        assert "error" in box, "the run should fail"
-        assert box["at"] - killed_at < 15
-        assert "hospital" in str(box["error"])
+        run.join(30)
+        assert run.error is not None, "the run should fail"
+        assert run.failed_at - killed_at < 15
+        assert "hospital" in str(run.error)
         wait_for(lambda: not workers_of(c), timeout=10)
         again = c.link().agg(n=("age", "count")).collect()
         assert again["n"].iloc[0] > 0, "the consortium must still work after a crash"

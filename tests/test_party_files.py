@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from waiting import BackgroundRun, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError
 from ppa_kernel.audit import AuditLog
@@ -171,23 +171,12 @@ def test_a_kernel_stopped_mid_run_records_the_outcome_and_cleans_up(data, tmp_pa
     state = tmp_path / "state" / "hospital"
     with Consortium.local(data, link="pseudonym", workdir=tmp_path) as c:
         kernel = c.local_parties.procs["hospital"]
-        plan = c.link().agg(m=("age", "mean")).plan()
-        phases: list[tuple[str, str]] = []
-        box: dict = {}
-
-        def run():
-            try:
-                c.run(plan, progress=lambda party, phase, _: phases.append((party, phase)))
-            except ConsortiumError as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        wait_for(lambda: ("hospital", "policy check") in phases)
+        run = BackgroundRun(c, c.link().agg(m=("age", "mean")).plan())
+        wait_for(lambda: ("hospital", "policy check") in run.phases)
         os.kill(kernel.pid, signal.SIGTERM)
         kernel.wait(15)
-        thread.join(60)
-        assert "hospital" in str(box["error"])
+        run.join(60)
+        assert "hospital" in str(run.error)
     found = outcomes(records(state))
     assert len(found) == 1 and list(found.values()) == [["run_failed"]]
     assert list((state / "jobs").iterdir()) == []
