@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 
 from ppa_kernel import Consortium
-from ppa_kernel.demo import headline_study
-from ppa_kernel.program import SCALE_BITS
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.demo import headline_study
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.program import SCALE_BITS
 
 SCALES = {
     "demo": {},  # generate() defaults: n_core=4200
@@ -187,7 +187,7 @@ def run_mpc(name: str, data: dict[str, pd.DataFrame], history: int, repeat: int)
 
 
 def encoded(values: pd.Series) -> np.ndarray:
-    """Fixed-point integers as the parties encode them (see ppa_kernel.owner.encode)."""
+    """Fixed-point integers as the parties encode them (see ppa_kernel.party.owner.encode)."""
     return np.rint(values.to_numpy(dtype=float) * (1 << SCALE_BITS)).astype(np.int64)
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from ppa_kernel import Consortium
-from ppa_kernel.demo import headline_study
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.demo import headline_study
+from ppa_kernel.analyst.synthetic import generate
 
 SCALES = {
     "demo": {"n_core": 4200},

@@ -5,7 +5,7 @@ owners' policies and run them as MPyC programs; only aggregates that pass disclo
 control are released. Start with :class:`Consortium`.
 """
 
-from .errors import ConsortiumError, PlanError, PolicyRefused, PPAError
+from ppa_kernel.contract.errors import ConsortiumError, PlanError, PolicyRefused, PPAError
 
 __version__ = "0.1.0"
 
@@ -25,37 +25,37 @@ __all__ = [
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ppa_kernel``: the ``%ppa`` and ``%%secure`` magics."""
-    from .notebook.magics import load
+    from ppa_kernel.notebook.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext ppa_kernel``: stop what the session started, remove the magics' hooks."""
-    from .notebook.magics import unload
+    from ppa_kernel.notebook.magics import unload
 
     unload(ipython)
 
 
 def __getattr__(name: str):
     if name == "Consortium":
-        from .client import Consortium
+        from ppa_kernel.analyst.client import Consortium
 
         return Consortium
     if name == "current_consortium":
-        from .notebook import current_consortium
+        from ppa_kernel.notebook import current_consortium
 
         return current_consortium
     if name == "plot":
-        from .plotting import plot
+        from ppa_kernel.analyst.plotting import plot
 
         return plot
     if name == "query_builder":
-        from .widgets import query_builder
+        from ppa_kernel.widgets import query_builder
 
         return query_builder
     if name == "format_table":
-        from .results import format_table
+        from ppa_kernel.analyst.results import format_table
 
         return format_table
     raise AttributeError(name)

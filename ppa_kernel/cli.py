@@ -8,15 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import PPAError
+from ppa_kernel.contract.errors import PPAError
 
 logger = logging.getLogger(__name__)
 
 
 def _party_serve(args: argparse.Namespace) -> int:
-    from .config import load_party
-    from .local import ERROR_MARKER
-    from .party import serve
+    from ppa_kernel.analyst.local import ERROR_MARKER
+    from ppa_kernel.contract.config import load_party
+    from ppa_kernel.party.kernel import serve
 
     try:
         config = load_party(args.config)
@@ -30,13 +30,13 @@ def _party_serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .worker import main as worker_main
+    from ppa_kernel.party.worker import main as worker_main
 
     return worker_main([args.job])
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import print_report, run_demo
+    from ppa_kernel.analyst.demo import print_report, run_demo
 
     report = run_demo(Path(args.out), n_core=args.n_core, seed=args.seed,
                       timeout=args.timeout)
@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synthetic import write_demo_data
+    from ppa_kernel.analyst.synthetic import write_demo_data
 
     paths = write_demo_data(Path(args.folder), n_core=args.n_core, seed=args.seed,
                             fmt=args.format)
@@ -55,8 +55,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from .local import write_local_config
-    from .synthetic import write_demo_data
+    from ppa_kernel.analyst.local import write_local_config
+    from ppa_kernel.analyst.synthetic import write_demo_data
 
     folder = Path(args.folder)
     paths = write_demo_data(folder / "data", n_core=args.n_core, seed=args.seed, fmt="mixed")

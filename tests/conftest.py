@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ppa_kernel import Consortium
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import pandas as pd
 
-from ppa_kernel.limits import SCALE_BITS
+from ppa_kernel.contract.limits import SCALE_BITS
 
 LINK = "pseudonym"
 
@@ -96,7 +96,7 @@ def run_recorded(consortium, query) -> tuple[dict, pd.DataFrame, dict[str, tuple
     ``opened`` maps each opening name to (total count of values, the recorded values);
     every party must have opened the same.
     """
-    from ppa_kernel.results import to_frame
+    from ppa_kernel.analyst.results import to_frame
 
     raw = consortium.run_raw(query.plan())
     parties = list(raw.results)

@@ -1,4 +1,4 @@
-"""Tests for ppa_kernel.audit."""
+"""Tests for ppa_kernel.party.audit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ppa_kernel.audit import GENESIS, AuditError, AuditLog
+from ppa_kernel.party.audit import GENESIS, AuditError, AuditLog
 
 
 def canonical_hash(record: dict) -> str:

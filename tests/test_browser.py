@@ -31,7 +31,7 @@ from browser_support import (
     widget,
 )
 
-from ppa_kernel.synthetic import INCOME_BANDS
+from ppa_kernel.analyst.synthetic import INCOME_BANDS
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from ppa_kernel import Consortium, ConsortiumError
-from ppa_kernel.datasource import DataSourceError, describe_columns, load_table
-from ppa_kernel.limits import VALUE_LIMIT
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.limits import VALUE_LIMIT
+from ppa_kernel.party.datasource import DataSourceError, describe_columns, load_table
 
 LIMIT_TEXT = "2**46"
 
@@ -69,7 +69,7 @@ def test_mostly_numeric_text_column_gets_a_note_and_a_warning(caplog) -> None:
     values = [str(v) for v in range(20)] + ["12,5", "unknown", None]
     table = pd.DataFrame({"id": [f"P{i}" for i in range(len(values))], "v": values,
                           "mixed": ["a", "1", "2"] + ["b"] * (len(values) - 3)})
-    with caplog.at_level(logging.WARNING, logger="ppa_kernel.datasource"):
+    with caplog.at_level(logging.WARNING, logger="ppa_kernel.party.datasource"):
         info = describe_columns(load_table(table, link="id"), "id")
     note = info["v"]["note"]
     assert info["v"]["kind"] == "categorical"

@@ -1,4 +1,4 @@
-"""Tests for ppa_kernel.datasource: loading every source kind, validation errors, describing."""
+"""Tests for ppa_kernel.party.datasource: every source kind, validation errors, describing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from ppa_kernel.datasource import DataSourceError, describe_columns, load_table
+from ppa_kernel.party.datasource import DataSourceError, describe_columns, load_table
 
 
 @pytest.fixture

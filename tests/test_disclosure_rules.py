@@ -22,17 +22,17 @@ import pytest
 from oracle import dominance_reason, join
 
 from ppa_kernel import Consortium, format_table, plot
-from ppa_kernel.config import load_consortium
-from ppa_kernel.local import LocalParties
-from ppa_kernel.results import format_html
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.local import LocalParties
+from ppa_kernel.analyst.results import format_html
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.config import load_consortium
 
 PARTIES = ["insurer", "hospital", "bureau"]
 K = 10
 
 
 class Oracle:
-    """Plaintext replay of the parties' disclosure rules (see ppa_kernel.secure.disclosure)."""
+    """Plaintext replay of the parties' disclosure rules (ppa_kernel.party.secure.disclosure)."""
 
     def __init__(self, data: dict[str, pd.DataFrame], differencing: bool = True):
         self.history: list[frozenset] = []

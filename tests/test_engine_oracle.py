@@ -178,8 +178,8 @@ def test_each_statistic_on_owner_side_column(consortium, demo_data, stat):
 
 
 def test_every_run_is_in_each_partys_hash_chained_audit_log(consortium):
-    from ppa_kernel.audit import AuditLog
-    from ppa_kernel.plan import plan_hash
+    from ppa_kernel.contract.plan import plan_hash
+    from ppa_kernel.party.audit import AuditLog
 
     plan = consortium.prepare(consortium.link().agg(n=("age", "count")).plan())
     consortium.run(plan)

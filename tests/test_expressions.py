@@ -7,10 +7,10 @@ import inspect
 
 import pytest
 
-from ppa_kernel import expressions
-from ppa_kernel.errors import PlanError
-from ppa_kernel.expressions import expression_code, parse_expression, plain_column
-from ppa_kernel.frame import Column, SecureFrame
+from ppa_kernel.analyst import expressions
+from ppa_kernel.analyst.expressions import expression_code, parse_expression, plain_column
+from ppa_kernel.analyst.frame import Column, SecureFrame
+from ppa_kernel.contract.errors import PlanError
 
 CATALOG = {
     "insurer": {

@@ -12,7 +12,7 @@ import pytest
 from waiting import BackgroundRun, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError, PlanError
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
 
 
 def workers_of(consortium) -> list[psutil.Process]:
@@ -73,7 +73,7 @@ def test_unreachable_party_is_named(demo_data, tmp_path):
 
 
 def test_missing_party_at_connect(tmp_path, demo_data):
-    from ppa_kernel.local import write_local_config
+    from ppa_kernel.analyst.local import write_local_config
 
     path = write_local_config(tmp_path, demo_data, "pseudonym")
     with pytest.raises(ConsortiumError) as info:
@@ -139,7 +139,7 @@ def test_type_errors_in_a_data_source_are_named(demo_data, tmp_path):
 
 
 def test_wrong_secret_is_refused(consortium):
-    from ppa_kernel.config import ConsortiumConfig
+    from ppa_kernel.contract.config import ConsortiumConfig
 
     forged = ConsortiumConfig(consortium.config.name, consortium.config.parties, b"wrong",
                               consortium.config.link_salt)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.frame import Column, GroupBy, Query, SecureFrame, expression
-from ppa_kernel.plan import canonical_json, plan_hash, validate_plan
+from ppa_kernel.analyst.frame import Column, GroupBy, Query, SecureFrame, expression
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.plan import canonical_json, plan_hash, validate_plan
 
 CATALOG = {
     "insurer": {

@@ -12,8 +12,8 @@ pytest.importorskip("IPython")
 
 from IPython.core.interactiveshell import InteractiveShell
 
+from ppa_kernel.analyst.results import format_html
 from ppa_kernel.notebook.cell import build_query
-from ppa_kernel.results import format_html
 
 PARTIES = ["insurer", "hospital", "bureau"]
 HEADLINE = """
@@ -72,7 +72,7 @@ def test_show_plan_prints_the_plan_and_hash_the_parties_audit(shell, consortium,
     out = capsys.readouterr().out
     query = build_query(HEADLINE, consortium)
     plan = consortium.prepare(query.plan())
-    from ppa_kernel.plan import plan_hash
+    from ppa_kernel.contract.plan import plan_hash
 
     assert f"plan {plan_hash(plan)}" in out
     assert json.dumps(plan, indent=2) in out
@@ -160,7 +160,7 @@ def test_usage_errors_are_one_line(shell, capsys, cell, needle):
 
 
 def test_errors_from_several_parties_are_shown_per_party():
-    from ppa_kernel.errors import ConsortiumError, PolicyRefused
+    from ppa_kernel.contract.errors import ConsortiumError, PolicyRefused
     from ppa_kernel.notebook.magics import error_lines
 
     error = ConsortiumError([

@@ -8,9 +8,9 @@ import pytest
 from oracle import join, run_recorded
 from scipy import stats
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.models.chi2 import chi2
-from ppa_kernel.models.corr import corr
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.models.chi2 import chi2
+from ppa_kernel.contract.models.corr import corr
 
 PARTIES = ["insurer", "hospital", "bureau"]
 ALWAYS = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",
@@ -162,7 +162,7 @@ def test_corr_opens_only_n_and_r(corr_runs):
 
 
 def test_plans_are_checked(consortium):
-    from ppa_kernel.plan import validate_plan
+    from ppa_kernel.contract.plan import validate_plan
 
     t = consortium.link()
     with pytest.raises(PlanError, match="at least two"):

@@ -8,10 +8,10 @@ import pytest
 from oracle import join
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.models.km import index_digits, kaplan_meier, time_grid
-from ppa_kernel.plan import validate_plan
-from ppa_kernel.results import to_frame
+from ppa_kernel.analyst.results import to_frame
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.models.km import index_digits, kaplan_meier, time_grid
+from ppa_kernel.contract.plan import validate_plan
 
 PARTIES = ["insurer", "hospital", "bureau"]
 STEP = 30
@@ -145,7 +145,7 @@ def test_plan_releases_no_cells(consortium):
 
 @pytest.mark.parametrize("by", [None, ["app_user", "sex"]])
 def test_table_shape(consortium, by):
-    from ppa_kernel.models.km import KaplanMeier, group_labels
+    from ppa_kernel.contract.models.km import KaplanMeier, group_labels
 
     plan = kaplan_meier(consortium.link(), "followup_days", "readmitted", by=by,
                         step=365).plan()
@@ -172,7 +172,7 @@ def test_table_shape(consortium, by):
 
 @pytest.mark.parametrize("high", [30, 60, 90, 150, 730, 1000])
 def test_grid_rounds_whole_durations_up(high):
-    from ppa_kernel.owner import evaluate
+    from ppa_kernel.party.owner import evaluate
 
     times, edges = time_grid(1.0, float(high), STEP)
     days = pd.DataFrame({"followup_days": np.arange(0, high + 1)})
@@ -185,7 +185,7 @@ def test_grid_rounds_whole_durations_up(high):
 
 
 def test_synthetic_survival_columns_and_planted_effect():
-    from ppa_kernel.synthetic import PLANTED_SURVIVAL, generate
+    from ppa_kernel.analyst.synthetic import PLANTED_SURVIVAL, generate
 
     data = generate()
     hospital = data["hospital"]

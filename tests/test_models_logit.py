@@ -10,10 +10,10 @@ import pytest
 import statsmodels.formula.api as smf
 from oracle import join, run_recorded
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.models.logit import COLUMNS, logit
-from ppa_kernel.plan import validate_plan
-from ppa_kernel.results import to_frame
+from ppa_kernel.analyst.results import to_frame
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.models.logit import COLUMNS, logit
+from ppa_kernel.contract.plan import validate_plan
 
 PARTIES = ["insurer", "hospital", "bureau"]
 MAIN = "readmitted ~ app_user * income_band + age + cost_2020"
@@ -128,8 +128,8 @@ def test_residual_df_and_plan_errors(consortium):
 
 def test_logistic_function_in_mpc():
     """The secure logistic function (one in-process party) against numpy."""
-    from ppa_kernel.secure.logistic import logistic
-    from ppa_kernel.secure.runtime import mpc, value_type
+    from ppa_kernel.party.secure.logistic import logistic
+    from ppa_kernel.party.secure.runtime import mpc, value_type
 
     field = value_type().field
     u = np.concatenate([np.linspace(-250, 250, 101), np.linspace(-3, 3, 61)])
@@ -157,7 +157,7 @@ def test_exponential_and_division_constants(carry):
     """The public constants of the secure exponential and division, replayed in plain
     integers with the worst truncation carries: 2^g on [-carry, 1] and 1/D on
     [2^-carry, 3] to the target accuracy."""
-    from ppa_kernel.secure.logistic import ACCURACY, ONE, _Constants
+    from ppa_kernel.party.secure.logistic import ACCURACY, ONE, _Constants
 
     c = _Constants(carry)
 

@@ -11,11 +11,11 @@ import pytest
 import statsmodels.formula.api as smf
 from oracle import join
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.frame import SecureFrame
-from ppa_kernel.models.formula import design_columns, parse_formula
-from ppa_kernel.models.ols import COLUMNS, ols
-from ppa_kernel.results import to_frame
+from ppa_kernel.analyst.frame import SecureFrame
+from ppa_kernel.analyst.results import to_frame
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.models.formula import design_columns, parse_formula
+from ppa_kernel.contract.models.ols import COLUMNS, ols
 
 PARTIES = ["insurer", "hospital", "bureau"]
 MAIN = "cost_change ~ app_user * income_band + age"

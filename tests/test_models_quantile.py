@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 from oracle import join, run_recorded
 
-from ppa_kernel.errors import ConsortiumError, PlanError
-from ppa_kernel.models.quantile import expression_range, grid, nice_step, quantiles, step_fraction
+from ppa_kernel.contract.errors import ConsortiumError, PlanError
+from ppa_kernel.contract.models.quantile import (
+    expression_range,
+    grid,
+    nice_step,
+    quantiles,
+    step_fraction,
+)
 
 PARTIES = ["insurer", "hospital", "bureau"]
 ALLOWED = {"linkage.ready", "linkage.party_sizes", "linkage.prf_masked",

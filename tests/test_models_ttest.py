@@ -47,7 +47,7 @@ def test_ttest_opens_only_named_outputs(consortium):
 
 
 def test_ttest_needs_two_levels(consortium):
-    from ppa_kernel.errors import PlanError
+    from ppa_kernel.contract.errors import PlanError
 
     with pytest.raises(PlanError, match="two groups"):
         consortium.link().ttest("cost_2021", by="income_band")

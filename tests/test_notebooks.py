@@ -20,7 +20,7 @@ from oracle import assert_matches, expected, join
 
 papermill = pytest.importorskip("papermill")
 
-from ppa_kernel.synthetic import generate  # noqa: E402
+from ppa_kernel.analyst.synthetic import generate  # noqa: E402
 
 pytestmark = pytest.mark.notebooks
 

@@ -15,12 +15,12 @@ import pytest
 from waiting import BackgroundRun, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError
-from ppa_kernel.audit import AuditLog
-from ppa_kernel.config import load_party
-from ppa_kernel.errors import PartyFailed, PlanError
-from ppa_kernel.local import write_local_config
-from ppa_kernel.party import PartyKernel
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.local import write_local_config
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.config import load_party
+from ppa_kernel.contract.errors import PartyFailed, PlanError
+from ppa_kernel.party.audit import AuditLog
+from ppa_kernel.party.kernel import PartyKernel
 
 PARTIES = ("insurer", "hospital", "bureau")
 OUTCOMES = ("run_completed", "run_failed")

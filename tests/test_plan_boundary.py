@@ -12,12 +12,12 @@ import pytest
 from oracle import join
 
 from ppa_kernel import Consortium, ConsortiumError, PlanError
-from ppa_kernel.frame import SecureFrame
-from ppa_kernel.limits import MAX_LEVELS, MAX_THRESHOLD
-from ppa_kernel.plan import plan_hash, validate_plan
-from ppa_kernel.program import compile_plan
-from ppa_kernel.protocol import Channel
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.frame import SecureFrame
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.limits import MAX_LEVELS, MAX_THRESHOLD
+from ppa_kernel.contract.plan import plan_hash, validate_plan
+from ppa_kernel.contract.program import compile_plan
+from ppa_kernel.contract.protocol import Channel
 
 PARTIES = ["insurer", "hospital", "bureau"]
 FIELD_PRIME_PLUS_ONE = 2 ** 256 + 1  # larger than the value field: wraps to a tiny number

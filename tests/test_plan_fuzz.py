@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from oracle import assert_matches, expected, join
 
 from ppa_kernel import Consortium, ConsortiumError
-from ppa_kernel.errors import PlanError, PolicyRefused, PPAError, ProtocolError
-from ppa_kernel.plan import canonical_json
-from ppa_kernel.program import compile_plan
-from ppa_kernel.results import to_frame
-from ppa_kernel.synthetic import EDUCATION, INCOME_BANDS, REGIONS, generate
+from ppa_kernel.analyst.results import to_frame
+from ppa_kernel.analyst.synthetic import EDUCATION, INCOME_BANDS, REGIONS, generate
+from ppa_kernel.contract.errors import PlanError, PolicyRefused, PPAError, ProtocolError
+from ppa_kernel.contract.plan import canonical_json
+from ppa_kernel.contract.program import compile_plan
 
 PARTIES = ["insurer", "hospital", "bureau"]
 BASES = ("grouped", "whole", "cross")
@@ -43,7 +43,7 @@ HELLO_LIMIT = 1.0
 
 HUGE = 2**256 + 1
 """Above the value field's prime (the field has 256 bits). A literal: this process must
-never import :mod:`ppa_kernel.secure`."""
+never import :mod:`ppa_kernel.party.secure`."""
 
 
 # ---------------------------------------------------------------- mutations

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.frame import SecureFrame
-from ppa_kernel.owner import encode, evaluate, feature_matrix, group_codes
-from ppa_kernel.plan import plan_hash, validate_plan
-from ppa_kernel.program import SCALE_BITS, compile_plan
+from ppa_kernel.analyst.frame import SecureFrame
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.plan import plan_hash, validate_plan
+from ppa_kernel.contract.program import SCALE_BITS, compile_plan
+from ppa_kernel.party.owner import encode, evaluate, feature_matrix, group_codes
 
 CATALOG = {
     "insurer": {"age": {"kind": "numeric", "min": 18.0, "max": 90.0, "missing": 0},
@@ -156,7 +156,7 @@ def test_feature_matrix_and_group_codes():
 
 
 def test_released_table_formats_counts_and_marks_suppressed_cells():
-    from ppa_kernel.results import format_table
+    from ppa_kernel.analyst.results import format_table
 
     df = pd.DataFrame({"n": [432.0, np.nan], "mean": [3.14159, np.nan]}, index=["a", "b"])
     df.attrs["suppressed"] = pd.DataFrame({"n": [False, True], "mean": [False, True]},

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppa_kernel.errors import PlanError
-from ppa_kernel.frame import SecureFrame
-from ppa_kernel.plan import canonical_json
-from ppa_kernel.plotting import SUPPRESSED_GID, plot
-from ppa_kernel.program import SCALE_BITS, cell_levels, compile_plan
-from ppa_kernel.results import stamp_release, to_frame
+from ppa_kernel.analyst.frame import SecureFrame
+from ppa_kernel.analyst.plotting import SUPPRESSED_GID, plot
+from ppa_kernel.analyst.results import stamp_release, to_frame
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.plan import canonical_json
+from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
 
 CATALOG = {
     "insurer": {

@@ -1,4 +1,4 @@
-"""Tests for ppa_kernel.policy."""
+"""Tests for ppa_kernel.party.policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from ppa_kernel.policy import MODELS, STATISTICS, USES, ColumnRule, Policy, PolicyError
+from ppa_kernel.party.policy import MODELS, STATISTICS, USES, ColumnRule, Policy, PolicyError
 
 EXAMPLE = """
 [policy]
@@ -49,7 +49,7 @@ def test_documented_example_parses(policy: Policy) -> None:
 
 
 def test_module_docstring_example_parses() -> None:
-    import ppa_kernel.policy as module
+    import ppa_kernel.party.policy as module
 
     doc = module.__doc__
     start = doc.index("[policy]\n")

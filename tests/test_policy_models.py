@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ppa_kernel import Consortium
-from ppa_kernel.errors import ConsortiumError
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.errors import ConsortiumError
 
 
 @pytest.fixture(scope="module")

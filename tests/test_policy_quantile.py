@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from oracle import join
 
-import ppa_kernel.policy as policy_module
+import ppa_kernel.party.policy as policy_module
 from ppa_kernel import Consortium
-from ppa_kernel.config import load_party
-from ppa_kernel.errors import ConsortiumError, PolicyRefused
-from ppa_kernel.local import write_local_config
-from ppa_kernel.models.quantile import nice_step, quantiles
-from ppa_kernel.party import PartyKernel
-from ppa_kernel.policy import Policy, PolicyError, QuantileRequest
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.local import write_local_config
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.config import load_party
+from ppa_kernel.contract.errors import ConsortiumError, PolicyRefused
+from ppa_kernel.contract.models.quantile import nice_step, quantiles
+from ppa_kernel.party.kernel import PartyKernel
+from ppa_kernel.party.policy import Policy, PolicyError, QuantileRequest
 
 PARTIES = ["insurer", "hospital", "bureau"]
 POLICIES = {"insurer": {"quantile_resolution": 200, "quantile_precision": {"cost_2021": 100}},

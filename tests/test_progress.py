@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from ppa_kernel import progress
-from ppa_kernel.progress import RunProgress, TextDisplay, choose_mode
+from ppa_kernel.analyst import progress
+from ppa_kernel.analyst.progress import RunProgress, TextDisplay, choose_mode
 
 PHASES = ["policy check", "connect", "shuffle", "tags", "input", "computation",
           "disclosure", "release"]

@@ -15,12 +15,19 @@ from types import SimpleNamespace
 import pytest
 
 from ppa_kernel import Consortium
-from ppa_kernel import protocol as proto
-from ppa_kernel.errors import ProtocolError
-from ppa_kernel.party import PartyKernel
-from ppa_kernel.plan import canonical_json, plan_hash
-from ppa_kernel.protocol import MAX_DEPTH, MAX_REQUEST, Channel, nesting_depth, seal, unseal
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract import protocol as proto
+from ppa_kernel.contract.errors import ProtocolError
+from ppa_kernel.contract.plan import canonical_json, plan_hash
+from ppa_kernel.contract.protocol import (
+    MAX_DEPTH,
+    MAX_REQUEST,
+    Channel,
+    nesting_depth,
+    seal,
+    unseal,
+)
+from ppa_kernel.party.kernel import PartyKernel
 
 KEY = b"k"
 IDLE = 1.0

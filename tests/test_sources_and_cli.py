@@ -12,7 +12,7 @@ import pytest
 from oracle import assert_matches, expected, join
 
 from ppa_kernel import Consortium
-from ppa_kernel.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate
 
 PARTIES = ["insurer", "hospital", "bureau"]
 
@@ -61,7 +61,7 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    from ppa_kernel.datasource import load_table
+    from ppa_kernel.party.datasource import load_table
 
     paths = {"insurer": "insurer.csv", "hospital": "hospital.parquet", "bureau": "bureau.csv"}
     data = {p: load_table(folder / "data" / paths[p], link="pseudonym") for p in PARTIES}

@@ -1,4 +1,4 @@
-"""Tests for ppa_kernel.synthetic: sizes, overlap, types, the planted effect and file output."""
+"""Tests for ppa_kernel.analyst.synthetic: sizes, overlap, types, planted effect, file output."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppa_kernel.datasource import describe_columns, load_table
-from ppa_kernel.synthetic import (
+from ppa_kernel.analyst.synthetic import (
     INCOME_BANDS,
     PLANTED_EFFECT,
     REGIONS,
     generate,
     write_demo_data,
 )
+from ppa_kernel.party.datasource import describe_columns, load_table
 
 LINK = "pseudonym"
 

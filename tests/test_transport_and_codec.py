@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from ppa_kernel.errors import ProtocolError
-from ppa_kernel.protocol import seal, unseal
+from ppa_kernel.contract.errors import ProtocolError
+from ppa_kernel.contract.protocol import seal, unseal
 
 
 def test_sealed_messages_round_trip_and_reject_tampering():
@@ -23,7 +23,7 @@ def test_sealed_messages_round_trip_and_reject_tampering():
 
 
 def test_wire_codec_carries_integer_arrays_only():
-    from ppa_kernel.secure.patches import WireCodec
+    from ppa_kernel.party.secure.patches import WireCodec
 
     a = np.array([int.from_bytes(os.urandom(32)) for _ in range(60)], dtype=object).reshape(6, 10)
     assert (WireCodec.loads(WireCodec.dumps(a)) == a).all()
@@ -43,7 +43,7 @@ def test_wire_codec_carries_integer_arrays_only():
 def test_fast_shamir_shares_recombine_to_the_secret():
     from mpyc import finfields, thresha
 
-    from ppa_kernel.secure.patches import _bulk_randbelow, np_random_split
+    from ppa_kernel.party.secure.patches import _bulk_randbelow, np_random_split
 
     field = finfields.GF(finfields.find_prime_root(128)[0])
     secrets_ = np.arange(40, dtype=object) * 12345
@@ -56,8 +56,8 @@ def test_fast_shamir_shares_recombine_to_the_secret():
 
 
 def test_opening_gate_refuses_names_the_plan_does_not_give():
-    from ppa_kernel.secure.openings import LEDGER, UnnamedOpening, reveal
-    from ppa_kernel.secure.runtime import mpc
+    from ppa_kernel.party.secure.openings import LEDGER, UnnamedOpening, reveal
+    from ppa_kernel.party.secure.runtime import mpc
 
     secint = mpc.SecInt(16)
     LEDGER.allowed = {"release.count:size"}

@@ -16,8 +16,8 @@ import yaml
 from oracle import assert_matches, expected, join
 from test_expressions import CATALOG
 
-from ppa_kernel.errors import ConsortiumError, PlanError, PolicyRefused
-from ppa_kernel.frame import SecureFrame
+from ppa_kernel.analyst.frame import SecureFrame
+from ppa_kernel.contract.errors import ConsortiumError, PlanError, PolicyRefused
 from ppa_kernel.notebook import cell
 from ppa_kernel.widgets import (
     QueryBuilder,
@@ -435,8 +435,8 @@ def test_panel_run_shows_the_released_table(panel_run):
         assert f">{level}<" in page
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ppa_kernel.plotting") is None,
-                    reason="ppa_kernel.plotting is not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("ppa_kernel.analyst.plotting") is None,
+                    reason="ppa_kernel.analyst.plotting is not there yet")
 def test_panel_run_shows_a_figure(panel_run):
     (output,) = panel_run.figure.outputs
     page = output["data"]["text/html"]

@@ -13,7 +13,7 @@ def current_session() -> Any:
     """The :class:`~.session.Session` of the running IPython shell (after ``%load_ext``)."""
     from IPython import get_ipython
 
-    from ..errors import PPAError
+    from ppa_kernel.contract.errors import PPAError
 
     session = getattr(get_ipython(), "_ppa_session", None)
     if session is None:

@@ -1,4 +1,4 @@
-"""Turn the body of a ``%%secure`` cell into a :class:`~ppa_kernel.frame.Query`.
+"""Turn the body of a ``%%secure`` cell into a :class:`~ppa_kernel.analyst.frame.Query`.
 
 The body runs in the analyst's own kernel, only to build a plan: it sees the analyst's
 variables, ``link(...)``, ``consortium``, and each party's name bound to a secure frame
@@ -13,8 +13,8 @@ import ast
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import PlanError
-from ..frame import GroupBy, Query, SecureFrame
+from ppa_kernel.analyst.frame import GroupBy, Query, SecureFrame
+from ppa_kernel.contract.errors import PlanError
 
 CELL_FILENAME = "<secure cell>"
 

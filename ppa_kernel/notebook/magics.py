@@ -21,12 +21,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from ..errors import ConsortiumError, PPAError
-from ..plan import plan_hash
-from ..progress import MODES
-from ..results import RELEASE_KEY, format_html, format_table
-from .cell import build_query
-from .session import Session
+from ppa_kernel.analyst.progress import MODES
+from ppa_kernel.analyst.results import RELEASE_KEY, format_html, format_table
+from ppa_kernel.contract.errors import ConsortiumError, PPAError
+from ppa_kernel.contract.plan import plan_hash
+from ppa_kernel.notebook.cell import build_query
+from ppa_kernel.notebook.session import Session
 
 logger = logging.getLogger(__name__)
 

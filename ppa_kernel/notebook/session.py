@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..client import Consortium
-from ..errors import PPAError
+from ppa_kernel.analyst.client import Consortium
+from ppa_kernel.contract.errors import PPAError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Session:
 
     def start_demo(self, n_core: int = DEMO_ROWS, seed: int = DEMO_SEED) -> Consortium:
         """Start the local demo consortium on synthetic data (replacing any connection)."""
-        from ..demo import start_demo
+        from ppa_kernel.analyst.demo import start_demo
 
         self.stop()
         folder = Path(tempfile.mkdtemp(prefix="ppa-notebook-demo-"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .spec import (
+from ppa_kernel.widgets.spec import (
     QuerySpec,
     build_query,
     catalog_choices,
@@ -24,7 +24,7 @@ from .spec import (
 )
 
 if TYPE_CHECKING:
-    from .panel import QueryBuilder
+    from ppa_kernel.widgets.panel import QueryBuilder
 
 __all__ = [
     "QueryBuilder",
@@ -43,10 +43,10 @@ __all__ = [
 
 def query_builder(consortium: Any = None, **kwargs: Any) -> QueryBuilder:
     """A query builder panel on ``consortium`` (default: the notebook's, after ``%ppa``)."""
-    from .panel import QueryBuilder
+    from ppa_kernel.widgets.panel import QueryBuilder
 
     if consortium is None:
-        from ..notebook import current_consortium
+        from ppa_kernel.notebook import current_consortium
 
         consortium = current_consortium()
     return QueryBuilder(consortium, **kwargs)
@@ -54,7 +54,7 @@ def query_builder(consortium: Any = None, **kwargs: Any) -> QueryBuilder:
 
 def __getattr__(name: str) -> Any:
     if name == "QueryBuilder":  # ipywidgets is imported only when the panel is used
-        from .panel import QueryBuilder
+        from ppa_kernel.widgets.panel import QueryBuilder
 
         return QueryBuilder
     raise AttributeError(name)

@@ -20,9 +20,9 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from ..errors import PlanError, PPAError
-from ..results import SUPPRESSED, format_html
-from .spec import (
+from ppa_kernel.analyst.results import SUPPRESSED, format_html
+from ppa_kernel.contract.errors import PlanError, PPAError
+from ppa_kernel.widgets.spec import (
     STATISTICS,
     QuerySpec,
     build_query,

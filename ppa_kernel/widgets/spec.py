@@ -21,9 +21,14 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import PlanError
-from ..expressions import expression_code, parse_expression, parse_tree, plain_column
-from ..frame import Query, SecureFrame
+from ppa_kernel.analyst.expressions import (
+    expression_code,
+    parse_expression,
+    parse_tree,
+    plain_column,
+)
+from ppa_kernel.analyst.frame import Query, SecureFrame
+from ppa_kernel.contract.errors import PlanError
 
 logger = logging.getLogger(__name__)
 
@@ -253,10 +258,10 @@ def figure_column(result: pd.DataFrame) -> str:
 
 
 def spec_figure(result: pd.DataFrame, *, title: str | None = None) -> Any:
-    """A matplotlib Figure of a released result (via :func:`ppa_kernel.plotting.plot`)."""
+    """A matplotlib Figure of a released result (via :func:`ppa_kernel.analyst.plotting.plot`)."""
     from matplotlib.figure import Figure
 
-    from ..plotting import plot
+    from ppa_kernel.analyst.plotting import plot
 
     figure = Figure(figsize=(7.0, 4.0), layout="constrained")
     plot(result, y=figure_column(result), ax=figure.add_subplot(), title=title)

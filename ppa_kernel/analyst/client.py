@@ -1,0 +1,377 @@
+"""The analyst's client: one API behind every front-end (Python, magics, widgets, papermill).
+
+:class:`Consortium` talks to the party kernels listed in a consortium file, builds
+secure frames from their catalogs, and runs plans: it sends the same plan (and hash) to
+every party, follows their progress, gathers errors from all of them into one
+:class:`~ppa_kernel.contract.errors.ConsortiumError`, checks that all parties released the same
+result, and returns it as a pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ppa_kernel.contract.config import ConsortiumConfig, PartyAddress, load_consortium
+from ppa_kernel.contract.errors import (
+    ConsortiumError,
+    PartyFailed,
+    PartyUnreachable,
+    PlanError,
+    PPAError,
+    RunTimeout,
+    error_from_dict,
+)
+from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
+from ppa_kernel.contract.program import compile_plan
+from ppa_kernel.contract.protocol import Channel
+
+from .progress import ProgressCallback, make_display
+from .results import stamp_release, to_frame
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_RUN_TIMEOUT = 600.0
+CANCEL_TIMEOUT = 5.0
+ERROR_GRACE = 1.0
+"""After a first error, how long to wait for the other parties' own reports before cancelling."""
+
+
+@dataclass
+class RunOutcome:
+    """Everything the parties returned for one run."""
+
+    run_id: str
+    plan: dict
+    results: dict[str, dict] = field(default_factory=dict)
+    errors: dict[str, PPAError] = field(default_factory=dict)
+    closed: bool = False  # set when the client stops listening (late errors are ours)
+
+    def fail(self, party: str, error: PPAError) -> None:
+        if not self.closed:
+            self.errors.setdefault(party, error)
+
+
+class Consortium:
+    """A connection to the party kernels of one consortium."""
+
+    def __init__(self, config: ConsortiumConfig, *,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 on_close: Callable[[], None] | None = None):
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self._on_close = on_close
+        self._closed = False
+        self.parties: dict[str, dict] = {}
+        self.refresh()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Consortium:
+        """Connect to the running party kernels a consortium file lists."""
+        return cls(load_consortium(path), **kwargs)
+
+    @classmethod
+    def local(cls, sources: Mapping[str, Any], link: str = "pseudonym",
+              **kwargs: Any) -> Consortium:
+        """Start one local party kernel per source and connect (see :func:`.local.start_local`)."""
+        from .local import start_local
+
+        return start_local(sources, link=link, **kwargs)
+
+    def __enter__(self) -> Consortium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect; for a local consortium also stop its kernels."""
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                self._on_close()
+
+    # ---------------------------------------------------------------- metadata
+    def refresh(self) -> None:
+        """Ask every party for its size, catalog and policy."""
+        self.parties = self._ask_all({"op": "hello"}, "hello")
+
+    def status(self, timeout: float = 5.0) -> pd.DataFrame:
+        """One row per party: reachable, data rows and a policy summary (never raises)."""
+        rows = []
+        for party in self.config.parties:
+            row: dict[str, Any] = {"party": party.name, "address": f"{party.host}:{party.port}"}
+            try:
+                info = self._request(party, {"op": "hello"}, "hello", timeout=timeout)
+            except PPAError as exc:
+                row.update(reachable=False, error=exc.message)
+            else:
+                self.parties[party.name] = info
+                policy = info["policy"]
+                columns = policy.get("columns")
+                row.update(reachable=True, rows=info["rows"],
+                           min_cell_size=policy["min_cell_size"],
+                           quantile_resolution=policy.get("quantile_resolution"),
+                           statistics=", ".join(policy["statistics"]),
+                           approval=policy["approval"],
+                           approved_columns=len(info["catalog"]) if columns is not None
+                           else f"all {len(info['catalog'])}")
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("party")
+
+    @property
+    def names(self) -> list[str]:
+        """Party names in MPC order."""
+        return [p.name for p in self.config.parties]
+
+    @property
+    def catalog(self) -> dict[str, dict[str, dict]]:
+        """Approved columns per party."""
+        return {name: info["catalog"] for name, info in self.parties.items()}
+
+    def catalog_frame(self) -> pd.DataFrame:
+        """The catalog as one table: party, column, kind, levels or range, uses, and for
+        numeric columns the owner's minimum quantile precision."""
+        rows = []
+        for party, columns in self.catalog.items():
+            for column, meta in columns.items():
+                detail = meta.get("levels") if meta["kind"] != "numeric" else \
+                    f"{meta.get('min')} .. {meta.get('max')}"
+                rows.append({"party": party, "column": column, "kind": meta["kind"],
+                             "levels or range": detail, "uses": ", ".join(meta["uses"]),
+                             "quantile precision": meta.get("min_precision")})
+        return pd.DataFrame(rows)
+
+    def min_cell_size(self) -> int:
+        """The strictest minimum cell size of all parties' policies."""
+        return max(info["policy"]["min_cell_size"] for info in self.parties.values())
+
+    def disclosure_rules(self, requested: dict | None = None) -> dict[str, int]:
+        """The strictest dominance, p-ratio and history rules of all parties' policies
+        (and of ``requested``): each party refuses a plan laxer than its own."""
+        rules = [info["policy"]["disclosure"] for info in self.parties.values()]
+        if requested:
+            rules.append(requested)
+        return {"dominance_n": max(r["dominance_n"] for r in rules),
+                "dominance_k": min(r["dominance_k"] for r in rules),
+                "p_ratio": max(r["p_ratio"] for r in rules),
+                "history_limit": min(r["history_limit"] for r in rules),
+                "differencing": any(r["differencing"] for r in rules)}
+
+    def link(self, *parties: str):
+        """A secure frame over the inner join of the named parties (default: all)."""
+        from .frame import SecureFrame
+
+        chosen = list(parties) or self.names
+        unknown = [p for p in chosen if p not in self.names]
+        if unknown:
+            raise PlanError(f"unknown parties {unknown}", hint=f"parties are {self.names}")
+        ordered = [p for p in self.names if p in chosen]
+        return SecureFrame(self.catalog, self.names, ordered, runner=self)
+
+    # ---------------------------------------------------------------- running
+    def prepare(self, plan: dict) -> dict:
+        """A copy of the plan with the consortium's minimum cell size filled in.
+
+        A model plan also gets the strictest ``min_residual_df``. A quantile plan's
+        precision is left as it is: the builder's default already meets every owner's
+        minimum (catalog ``min_precision``), and a finer one the analyst asked for is
+        for the owners to refuse, not for the client to coarsen silently.
+        """
+        plan = copy.deepcopy(plan)
+        requested = plan.get("min_cell_size") or 0
+        plan["min_cell_size"] = max(requested, self.min_cell_size())
+        requested = plan.get("disclosure")
+        if requested is None or (isinstance(requested, dict)
+                                 and set(requested) == set(DISCLOSURE_RULES)):
+            plan["disclosure"] = self.disclosure_rules(requested)
+        if plan.get("model") is not None:
+            strictest = max(info["policy"].get("min_residual_df", 1)
+                            for info in self.parties.values())
+            plan["min_residual_df"] = max(plan.get("min_residual_df") or 0, strictest)
+        compile_plan(plan)  # the parties' own checks, here first: errors before anything is sent
+        return plan
+
+    def run(self, plan: dict, *, timeout: float | None = None,
+            progress: bool | str | ProgressCallback | None = None) -> pd.DataFrame:
+        """Run a plan at every party; return the released table."""
+        outcome = self.run_raw(plan, timeout=timeout, progress=progress)
+        first = outcome.results[self.names[0]]
+        frame = to_frame(outcome.plan, first["stats"])
+        frame.attrs.update(multiplicity=first["multiplicity"],
+                           phases={p: r["phases"] for p, r in outcome.results.items()},
+                           peak_rss_mb={p: r.get("peak_rss_mb")
+                                        for p, r in outcome.results.items()})
+        return stamp_release(frame, outcome.run_id)
+
+    def check(self, plan: dict, *, timeout: float | None = None) -> str:
+        """Check a plan with every party's policy without computing; return its hash."""
+        check_depth(plan)
+        plan = self.prepare(plan)
+        digest = plan_hash(plan)
+        self._ask_all({"op": "check", "plan": plan, "plan_hash": digest}, "checked",
+                      timeout=timeout)
+        return digest
+
+    def run_raw(self, plan: dict, *, timeout: float | None = None,
+                progress: bool | str | ProgressCallback | None = False) -> RunOutcome:
+        """Run a plan; return every party's raw result (raises on any failure)."""
+        check_depth(plan)  # before anything walks it recursively (hashing, copying)
+        plan = self.prepare(plan)
+        run_id = secrets.token_hex(8)
+        request = {"op": "run", "run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
+                   "timeout": timeout or DEFAULT_RUN_TIMEOUT}
+        outcome = RunOutcome(run_id, plan)
+        failed = threading.Event()
+        callback, display = _display(progress, self.names)
+        deadline = time.monotonic() + (timeout or DEFAULT_RUN_TIMEOUT) + self.connect_timeout
+        threads = [threading.Thread(target=self._follow_run, daemon=True,
+                                    args=(p, request, outcome, failed, deadline, callback))
+                   for p in self.config.parties]
+        for t in threads:
+            t.start()
+        try:
+            self._wait(threads, failed, deadline)
+        finally:
+            outcome.closed = True
+        done = not failed.is_set() and len(outcome.results) == len(self.names)
+        if display is not None:
+            display.close(ok=done)
+        if not done:
+            self._cancel(run_id)
+            if not outcome.errors:
+                outcome.errors["client"] = RunTimeout("run did not finish in time")
+            raise ConsortiumError(list(outcome.errors.values()))
+        self._check_agreement(outcome)
+        return outcome
+
+    def _wait(self, threads: list[threading.Thread], failed: threading.Event,
+              deadline: float) -> None:
+        """Wait for all parties; after a failure, briefly for the others' own errors."""
+        while any(t.is_alive() for t in threads):
+            now = time.monotonic()
+            if now > deadline:
+                return
+            if failed.is_set():
+                deadline = min(deadline, now + ERROR_GRACE)
+            for t in threads:
+                t.join(timeout=0.05)
+
+    def _follow_run(self, party: PartyAddress, request: dict, outcome: RunOutcome,
+                    failed: threading.Event, deadline: float, callback) -> None:
+        try:
+            channel = self._connect(party)
+        except PPAError as exc:
+            outcome.fail(party.name, exc)
+            failed.set()
+            return
+        try:
+            channel.send(request)
+            while not outcome.closed:
+                reply = channel.receive(timeout=max(0.1, deadline - time.monotonic()))
+                event = reply.get("event")
+                if event == "progress" and callback:
+                    callback(party.name, reply.get("phase", ""), reply.get("elapsed", 0.0))
+                elif event == "result":
+                    outcome.results[party.name] = reply["result"]
+                    return
+                elif event == "error":
+                    outcome.fail(party.name, error_from_dict(reply["error"]))
+                    failed.set()
+                    return
+        except TimeoutError:
+            outcome.fail(party.name, RunTimeout("no answer before the deadline", party=party.name))
+            failed.set()
+        except (OSError, ConnectionError) as exc:
+            outcome.fail(party.name, PartyFailed(f"connection lost: {exc}", party=party.name))
+            failed.set()
+        except PPAError as exc:  # a reply that failed the protocol's checks
+            exc.party = exc.party or party.name
+            outcome.fail(party.name, exc)
+            failed.set()
+        finally:
+            channel.close()
+
+    def _cancel(self, run_id: str) -> None:
+        for party in self.config.parties:
+            try:
+                self._request(party, {"op": "cancel", "run_id": run_id}, "cancelled",
+                              timeout=CANCEL_TIMEOUT)
+            except PPAError as exc:
+                logger.warning("could not cancel run %s at %s: %s", run_id, party.name, exc)
+
+    def _check_agreement(self, outcome: RunOutcome) -> None:
+        reference = outcome.results[self.names[0]]["stats"]
+        for name, result in outcome.results.items():
+            if result["stats"] != reference:
+                raise ConsortiumError([PartyFailed("released a different result than "
+                                                   f"{self.names[0]}", party=name)])
+
+    # ---------------------------------------------------------------- transport
+    def _connect(self, party: PartyAddress) -> Channel:
+        try:
+            return Channel(party.host, party.port, self.config.secret, party.name,
+                           self.connect_timeout)
+        except OSError as exc:
+            raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:{party.port}"
+                                   f" ({exc.strerror or exc})", party=party.name,
+                                   hint="is `ppa party serve` running there?") from None
+
+    def _ask_all(self, body: dict, expect: str, timeout: float | None = None) -> dict[str, dict]:
+        """Send one request to every party; gather all errors into one ConsortiumError."""
+        replies, errors = {}, []
+        for party in self.config.parties:
+            try:
+                replies[party.name] = self._request(party, body, expect, timeout=timeout)
+            except PPAError as exc:
+                errors.append(exc)
+        if errors:
+            raise ConsortiumError(errors)
+        return replies
+
+    def _request(self, party: PartyAddress, body: dict, expect: str,
+                 timeout: float | None = None) -> dict:
+        channel = self._connect(party)
+        try:
+            channel.send(body)
+            reply = channel.receive(timeout=timeout or self.connect_timeout)
+        except (OSError, ConnectionError) as exc:
+            raise PartyUnreachable(f"no answer ({exc})", party=party.name) from None
+        finally:
+            channel.close()
+        if reply.get("event") == "error":
+            raise error_from_dict(reply["error"])
+        if reply.get("event") != expect:
+            raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=party.name)
+        return reply
+
+    def shutdown_parties(self) -> None:
+        """Ask every party kernel to stop."""
+        for party in self.config.parties:
+            try:
+                self._request(party, {"op": "shutdown"}, "bye", timeout=CANCEL_TIMEOUT)
+            except PPAError as exc:
+                logger.info("shutdown of %s: %s", party.name, exc)
+
+
+def _display(progress: bool | str | ProgressCallback | None, names: list[str]):
+    """(callback, display) for a run: the callback given, or a display (see :mod:`.progress`).
+
+    ``None`` and ``True`` choose automatically (widget, text or bar); ``False`` shows nothing.
+    """
+    if callable(progress):
+        return progress, None
+    mode = "off" if progress is False else "auto" if progress in (None, True) else progress
+    display = make_display(mode, names)
+    return (display.update if display else None), display

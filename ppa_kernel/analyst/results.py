@@ -1,0 +1,194 @@
+"""Released statistics to pandas: the table an analyst sees.
+
+Parties return integer sufficient statistics per cell (counts, sums, sums of squares at
+a known fixed-point scale). Means and variances are computed here exactly from them.
+Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``; why each
+was suppressed (minimum size, dominance, p-ratio, differencing) is in
+``df.attrs["reasons"]`` (None where released).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+
+from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.plan import canonical_json, plan_hash
+from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
+
+SUPPRESSED = "suppressed"
+RELEASE_KEY = "release"
+
+
+def _statistic(stat: str, count: int | None, total: int | None, sumsq: int | None,
+               scale: int) -> float:
+    if count is None:
+        return float("nan")
+    if stat in ("count", "size"):
+        return float(count)
+    unit = Fraction(1, 1 << (SCALE_BITS * scale))
+    if stat == "sum":
+        return float(total * unit)
+    if count == 0:
+        return float("nan")
+    if stat == "mean":
+        return float(Fraction(total, count) * unit)
+    if count < 2:
+        return float("nan")
+    var = Fraction(count * sumsq - total * total, count * (count - 1)) * unit * unit
+    return float(var) if stat == "var" else float(np.sqrt(float(var)))
+
+
+def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
+    """The released table for one plan, indexed by its groups."""
+    cells = cell_levels(compile_plan(plan))
+    names = [e["name"] for e in plan["groupby"]]
+    data, mask, reasons = {}, {}, {}
+    for agg in plan["aggregates"]:
+        key = "size" if agg["stat"] == "size" else canonical_json(agg["expr"])
+        counts = stats["counts"][key]
+        sums = stats["sums"].get(key, [None] * len(counts))
+        sumsqs = stats["sumsqs"].get(key, [None] * len(counts))
+        scale = stats["scales"].get(key, 0)
+        data[agg["name"]] = [_statistic(agg["stat"], c, s, q, scale)
+                             for c, s, q in zip(counts, sums, sumsqs)]
+        mask[agg["name"]] = [c is None for c in counts]
+        known = (stats.get("reasons") or {}).get(key)  # absent: the minimum size only
+        why = known or ["minimum size"] * len(counts)
+        reasons[agg["name"]] = [(w or "disclosure control") if c is None else None
+                                for c, w in zip(counts, why)]
+    if names:
+        index = pd.MultiIndex.from_tuples([tuple(c[n] for n in names) for c in cells],
+                                          names=names)
+        if len(names) == 1:
+            index = index.get_level_values(0)
+    else:
+        index = pd.RangeIndex(1)
+    frame = pd.DataFrame(data, index=index)
+    frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
+    frame.attrs["reasons"] = pd.DataFrame(reasons, index=index, dtype=object)
+    frame.attrs["statistics"] = {agg["name"]: agg["stat"] for agg in plan["aggregates"]}
+    frame.attrs["plan_hash"] = plan_hash(plan)
+    frame.attrs["plan"] = plan
+    if plan.get("model") is not None:
+        from ppa_kernel.contract.models import model_kind
+
+        table = model_kind(plan).table(plan, stats, frame)
+        table.attrs.update({k: v for k, v in frame.attrs.items()
+                            if k not in ("suppressed", "reasons")},
+                           statistics={})
+        return table
+    return frame
+
+
+def _values_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table's index, columns and values (NaN included)."""
+    body = frame.to_json(orient="split", double_precision=15, default_handler=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stamp_release(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Mark ``frame`` as the table a run released: its run, plan hash and a values digest.
+
+    The stamp guards the analyst against mistakes (plotting a raw or edited table as if
+    the parties had released it); it is not a security boundary -- the analyst's own
+    kernel could forge it, and needs no forging to see what was released anyway.
+    """
+    frame.attrs[RELEASE_KEY] = {"run_id": run_id, "plan_hash": frame.attrs.get("plan_hash"),
+                                "digest": _values_digest(frame)}
+    frame.attrs["run_id"] = run_id
+    return frame
+
+
+def released_plan(frame: object) -> dict:
+    """The plan of a released result; PlanError for anything else (raw or edited tables)."""
+    attrs = getattr(frame, "attrs", None) or {}
+    stamp = attrs.get(RELEASE_KEY)
+    if not isinstance(frame, pd.DataFrame) or not stamp or "plan" not in attrs:
+        raise PlanError("only released results can be plotted",
+                        hint="pass the table a secure run returned (e.g. %%secure -o NAME)")
+    if _values_digest(frame) != stamp["digest"]:
+        raise PlanError("this table differs from what the parties released",
+                        hint="plot the released table itself; choose columns with y=...")
+    return attrs["plan"]
+
+
+def _suppressed_mask(frame: pd.DataFrame) -> pd.DataFrame:
+    mask = frame.attrs.get("suppressed")
+    if not isinstance(mask, pd.DataFrame):
+        return pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    return mask.reindex_like(frame).fillna(False).astype(bool)
+
+
+def _shown(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """Values as displayed: rounded, counts as integers."""
+    shown = frame.round(digits).astype(object)
+    for name, stat in frame.attrs.get("statistics", {}).items():
+        if stat in ("count", "size") and name in shown:
+            shown[name] = pd.Series([v if pd.isna(v) else int(v) for v in frame[name]],
+                                    index=frame.index, dtype=object)
+    return shown
+
+
+def suppression_reasons(frame: pd.DataFrame) -> set[str]:
+    """The reasons for which cells of a released table were suppressed."""
+    reasons = frame.attrs.get("reasons")
+    if not isinstance(reasons, pd.DataFrame):
+        return {"minimum size"} if _suppressed_mask(frame).to_numpy().any() else set()
+    return {r for r in reasons.to_numpy().reshape(-1).tolist() if r}
+
+
+def reason_text(reason: str, k: int | None) -> str:
+    """A suppression reason as a reader sees it (the minimum size with its k)."""
+    return f"fewer than {k} rows" if reason == "minimum size" and k else reason
+
+
+def _markers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, ``suppressed`` or ``suppressed (reason)`` for reasons beyond minimum size."""
+    mask = _suppressed_mask(frame)
+    reasons = frame.attrs.get("reasons")
+    if not isinstance(reasons, pd.DataFrame):
+        return mask.map(lambda gone: SUPPRESSED if gone else "")
+    reasons = reasons.reindex_like(frame)
+    return pd.DataFrame([[SUPPRESSED if r in (None, "minimum size") or pd.isna(r) else
+                          f"{SUPPRESSED} ({r})" for r in row] for row in reasons.to_numpy()],
+                        index=frame.index, columns=frame.columns)
+
+
+def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """Text rendering with suppressed cells marked (with their reason beyond size)."""
+    return _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
+
+
+def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
+    """HTML rendering: suppressed cells marked (class ``ppa-suppressed``), with a caption."""
+    k = (frame.attrs.get("plan") or {}).get("min_cell_size")
+    why = ", ".join(reason_text(r, k) for r in sorted(suppression_reasons(frame))) or \
+        "disclosure control"
+    markers = _markers(frame).map(
+        lambda text: f'<span class="ppa-suppressed" title="{html.escape(text)}" '
+                     f'style="color:#888;font-style:italic">{html.escape(text)}</span>')
+    shown = _shown(frame, digits).map(lambda v: html.escape(str(v)))
+    shown = shown.mask(_suppressed_mask(frame), markers)
+    shown.index = _escaped_index(frame.index)
+    shown.columns = [html.escape(str(c)) for c in frame.columns]
+    body = shown.to_html(escape=False, classes="ppa-released", border=0, na_rep="NaN")
+    stamp = frame.attrs.get(RELEASE_KEY) or {}
+    caption = [f"released by run {html.escape(str(stamp['run_id']))}" if stamp else
+               "not a released result"]
+    if frame.attrs.get("plan_hash"):
+        caption.append(f"plan {html.escape(frame.attrs['plan_hash'][:12])}")
+    if _suppressed_mask(frame).to_numpy().any():
+        caption.append(f"{SUPPRESSED}: {why}")
+    return f'{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
+
+
+def _escaped_index(index: pd.Index) -> pd.Index:
+    if isinstance(index, pd.MultiIndex):
+        return pd.MultiIndex.from_tuples(
+            [tuple(html.escape(str(v)) for v in row) for row in index], names=index.names)
+    return pd.Index([html.escape(str(v)) for v in index], name=index.name)

@@ -1,0 +1,215 @@
+"""The MPyC worker: one process per party per plan, started by the party kernel.
+
+Run as ``python -m ppa_kernel.cli --log-level L worker JOB.json``. The job file (written
+by the kernel) holds the plan, this party's index, the MPC addresses and where its data snapshot and
+linkage state live. The worker prints one JSON line per phase to stdout and writes its
+result (or a structured error) to the job's ``result_path``. It is the only place that
+imports MPyC: MPyC parses ``sys.argv`` and sets up a global runtime at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from ppa_kernel.contract.errors import (
+    PartyFailed,
+    PartyUnreachable,
+    PlanError,
+    PPAError,
+    RunTimeout,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Phases:
+    """Wall time per phase, reported to the kernel as the run goes."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.last, 4)
+        self.last = now
+        print(json.dumps({"phase": phase, "elapsed": round(now - self.start, 3)}), flush=True)
+
+
+def _mpyc_argv(job: dict) -> list[str]:
+    argv = ["ppa-worker", "-I", str(job["index"]), "--no-log"]
+    for address in job["addresses"]:
+        argv += ["-P", address]
+    return argv
+
+
+async def _start(mpc, job: dict) -> None:
+    """Connect to every other party's worker, or fail naming the missing ones."""
+    try:
+        await asyncio.wait_for(mpc.start(), job["connect_timeout"])
+    except TimeoutError:
+        missing = [job["names"][p.pid] for p in mpc.parties
+                   if p.pid != mpc.pid and p.protocol is None]
+        raise PartyUnreachable(
+            f"could not connect to the MPC worker of {', '.join(missing) or 'a peer'} "
+            f"within {job['connect_timeout']} s", party=job["party"],
+            hint="check that every party kernel is running and its mpc_port is reachable",
+        ) from None
+
+
+async def _agree(job: dict) -> None:
+    """Refuse to go on unless every party was sent the same plan for the same run.
+
+    Each inputs a digest of (plan hash, run id) and all are opened
+    (``protocol.plan_agreement``): an analyst who sends different parties different
+    plans, which could still give one consistent MPC program, is stopped before any
+    data is input.
+    """
+    import hashlib
+
+    from ppa_kernel.contract.plan import plan_hash
+
+    from .secure.openings import reveal
+    from .secure.runtime import link_type, mpc
+
+    text = f"{plan_hash(job['plan'])}:{job['run_id']}".encode()
+    mine = int.from_bytes(hashlib.sha256(text).digest()[:15], "big")
+    digests = {int(v) for v in await reveal("protocol.plan_agreement",
+                                            mpc.input(link_type()(mine)))}
+    if len(digests) != 1:
+        raise PlanError("the parties were sent different plans (or runs)",
+                        party=job["party"], hint="send every party the same plan")
+
+
+EPOCH_FOLDER = "epoch"
+"""Folder under the state directory for the current data epoch (linkage and history)."""
+
+
+def data_fingerprint(frame: pd.DataFrame, keys) -> str:
+    """Digest of this party's data as loaded: its link keys and every column's values."""
+    from .secure import linkage as lk
+
+    body = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+    return lk.fingerprint(keys, "\x1f".join(map(str, frame.columns)).encode() + body)
+
+
+async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
+    """The data epoch's linkage and history; link again when any party's data changed.
+
+    Every party inputs whether its stored epoch matches its data, the epoch's token and
+    how many released row sets it recorded (``linkage.ready``). All reuse the epoch when
+    all match; the history is cut to the shortest (sets beyond it were never released,
+    see :meth:`.secure.query._Disclosure._record`). Otherwise they agree on a new random
+    token (``linkage.epoch``), link, and start an empty history.
+    """
+    from .secure import linkage as lk
+    from .secure.history import History
+    from .secure.openings import reveal
+    from .secure.runtime import mpc
+
+    folder = Path(job["state_dir"]) / EPOCH_FOLDER
+    keys = lk.hash_keys(frame[job["link_column"]].tolist(), job["link_salt"])
+    digest = data_fingerprint(frame, keys)
+    stored = lk.Linkage.load(folder)
+    if stored is not None and stored.fingerprint != digest:
+        stored = None
+    history = History(folder) if stored is not None else None
+    secint = mpc.SecInt(64)
+    mine = [int(stored is not None), stored.epoch if stored else 0,
+            len(history) if history is not None else 0]
+    inputs = mpc.input([secint(v) for v in mine])
+    ready = [int(v) for v in await reveal("linkage.ready", [x for row in inputs for x in row])]
+    rows = [ready[i:i + 3] for i in range(0, len(ready), 3)]
+    if stored is not None and all(r[0] == 1 and r[1] == stored.epoch for r in rows):
+        history.truncate(min(r[2] for r in rows))
+        return stored, history, False
+    shutil.rmtree(folder, ignore_errors=True)
+    token_parts = mpc.input(secint(secrets.randbits(20)))
+    parts = [int(v) for v in await reveal("linkage.epoch", token_parts)]
+    epoch = sum(v << (20 * i) for i, v in enumerate(parts)) % (1 << 60) or 1
+    linkage = await lk.link(keys, epoch, digest, progress=phases)
+    linkage.save(folder)
+    return linkage, History(folder), True
+
+
+async def _run(job: dict) -> dict:
+    from ppa_kernel.contract.program import compile_plan
+
+    from .owner import feature_matrix
+    from .secure import patches
+    from .secure.disclosure import Rules
+    from .secure.linkage import linked_table
+    from .secure.openings import LEDGER
+    from .secure.query import run_query
+    from .secure.runtime import mpc, shares, value_type
+
+    phases = Phases()
+    LEDGER.record_values = bool(job.get("record_openings"))
+    program = compile_plan(job["plan"])
+    LEDGER.allowed = program.openings()
+    frame = pd.read_parquet(job["snapshot"])
+    block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
+    await _start(mpc, job)
+    await _agree(job)
+    phases("connect")
+    linkage, history, relinked = await _linkage(job, frame, phases)
+    widths = [len(program.features.get(p, [])) for p in program.parties]
+    linked = await linked_table(linkage, block, widths, value_type())
+    table = await shares(linked)
+    phases("input")
+    state = await run_query(program, table, linkage.group_sizes, value_type(),
+                            Rules.from_plan(job["plan"]), progress=phases, history=history)
+    stats = state.stats
+    if job["plan"].get("model") is not None:
+        from .secure.models import run_model
+
+        stats.model = await run_model(state)
+        phases("model")
+    patches.allow_disconnects()
+    await mpc.shutdown()
+    phases("release")
+    return {"stats": asdict(stats), "multiplicity": linkage.multiplicity(),
+            "sizes": linkage.sizes, "relinked": relinked, "phases": phases.seconds,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "openings": LEDGER.entries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one job, write its result file, return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    sys.argv = _mpyc_argv(job)
+    from .secure import patches
+    from .secure.runtime import mpc
+
+    try:
+        result = mpc.run(_run(job))
+        status = 0
+    except PPAError as exc:
+        result, status = {"error": exc.to_dict()}, 1
+    except (asyncio.CancelledError, ConnectionError) as exc:
+        lost = [job["names"][p] for p in patches.LOST_PEERS if p is not None]
+        message = (f"lost connection to the MPC worker of {', '.join(lost)}" if lost
+                   else f"MPC connection failed: {exc!r}")
+        result, status = {"error": PartyFailed(message, party=job["party"]).to_dict()}, 1
+    except TimeoutError:
+        err = RunTimeout("the MPC computation timed out", party=job["party"])
+        result, status = {"error": err.to_dict()}, 1
+    except Exception as exc:  # any other failure still ends in a structured result
+        logger.exception("worker failed")
+        err = PartyFailed(f"worker failed: {exc!r}", party=job["party"])
+        result, status = {"error": err.to_dict()}, 1
+    Path(job["result_path"]).write_text(json.dumps(result))
+    return status
+
