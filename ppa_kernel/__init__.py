@@ -5,9 +5,10 @@ owners' policies and run them as MPyC programs; only aggregates that pass disclo
 control are released. Start with :class:`Consortium`.
 """
 
+from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.errors import ConsortiumError, PlanError, PolicyRefused, PPAError
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Consortium",

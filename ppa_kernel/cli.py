@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def _party_serve(args: argparse.Namespace) -> int:
-    from ppa_kernel.analyst.local import ERROR_MARKER
     from ppa_kernel.contract.config import load_party
+    from ppa_kernel.contract.protocol import ERROR_MARKER
     from ppa_kernel.party.kernel import serve
 
     try:

@@ -10,7 +10,8 @@ import pytest
 
 from ppa_kernel.analyst.frame import Column, GroupBy, Query, SecureFrame, expression
 from ppa_kernel.contract.errors import PlanError
-from ppa_kernel.contract.plan import canonical_json, plan_hash, validate_plan
+from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.plan import plan_hash, validate_plan
 
 CATALOG = {
     "insurer": {

@@ -31,7 +31,7 @@ from ppa_kernel import Consortium, ConsortiumError
 from ppa_kernel.analyst.results import to_frame
 from ppa_kernel.analyst.synthetic import EDUCATION, INCOME_BANDS, REGIONS, generate
 from ppa_kernel.contract.errors import PlanError, PolicyRefused, PPAError, ProtocolError
-from ppa_kernel.contract.plan import canonical_json
+from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.program import compile_plan
 
 PARTIES = ["insurer", "hospital", "bureau"]

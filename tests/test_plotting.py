@@ -17,7 +17,7 @@ from ppa_kernel.analyst.frame import SecureFrame
 from ppa_kernel.analyst.plotting import SUPPRESSED_GID, plot
 from ppa_kernel.analyst.results import stamp_release, to_frame
 from ppa_kernel.contract.errors import PlanError
-from ppa_kernel.contract.plan import canonical_json
+from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
 
 CATALOG = {

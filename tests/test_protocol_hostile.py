@@ -18,7 +18,8 @@ from ppa_kernel import Consortium
 from ppa_kernel.analyst.synthetic import generate
 from ppa_kernel.contract import protocol as proto
 from ppa_kernel.contract.errors import ProtocolError
-from ppa_kernel.contract.plan import canonical_json, plan_hash
+from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.protocol import (
     MAX_DEPTH,
     MAX_REQUEST,

@@ -31,17 +31,18 @@ from ppa_kernel.contract.errors import (
     RunTimeout,
     error_from_dict,
 )
+from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
 from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
 from ppa_kernel.contract.program import compile_plan
 from ppa_kernel.contract.protocol import Channel
 
+from .local import STARTUP_TIMEOUT, launch_local
 from .progress import ProgressCallback, make_display
 from .results import stamp_release, to_frame
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
-DEFAULT_RUN_TIMEOUT = 600.0
 CANCEL_TIMEOUT = 5.0
 ERROR_GRACE = 1.0
 """After a first error, how long to wait for the other parties' own reports before cancelling."""
@@ -82,12 +83,30 @@ class Consortium:
         return cls(load_consortium(path), **kwargs)
 
     @classmethod
-    def local(cls, sources: Mapping[str, Any], link: str = "pseudonym",
-              **kwargs: Any) -> Consortium:
-        """Start one local party kernel per source and connect (see :func:`.local.start_local`)."""
-        from .local import start_local
+    def local(cls, sources: Mapping[str, Any], link: str = "pseudonym", *,
+              policies: Mapping[str, Mapping] | None = None,
+              categorical: Mapping[str, list[str]] | None = None,
+              workdir: str | Path | None = None, record_openings: bool = False,
+              startup_timeout: float = STARTUP_TIMEOUT, **kwargs: Any) -> Consortium:
+        """Start one local party kernel per source and connect (see
+        :func:`.local.launch_local` for the sources it takes); ``close()`` stops them."""
+        parties = launch_local(sources, link=link, policies=policies, categorical=categorical,
+                               workdir=workdir, record_openings=record_openings,
+                               startup_timeout=startup_timeout)
+        consortium: Consortium | None = None
 
-        return start_local(sources, link=link, **kwargs)
+        def close() -> None:
+            if consortium is not None:
+                consortium.shutdown_parties()
+            parties.stop()
+
+        try:
+            consortium = cls(parties.config, on_close=close, **kwargs)
+        except PPAError:
+            parties.kill()
+            raise
+        consortium.local_parties = parties
+        return consortium
 
     def __enter__(self) -> Consortium:
         return self

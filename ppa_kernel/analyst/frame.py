@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
-from ppa_kernel.contract.plan import PLAN_VERSION, STATISTICS, canonical_json, validate_plan
+from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.models import MODELS
+from ppa_kernel.contract.plan import AGGREGATES, PLAN_VERSION, validate_plan
 from ppa_kernel.contract.plan import plan_hash as _plan_hash
 
 from .results import stamp_release
@@ -385,7 +387,7 @@ class SecureFrame:
                             f"does not link", hint=f"include {owners[0]} in link(...)")
         raise PlanError(f"unknown column {name!r}", hint=self._suggest(name))
 
-    def _column(self, key: Any) -> Column:
+    def column(self, key: Any) -> Column:
         """A name or Column as a Column of this frame (its parties must be linked)."""
         if isinstance(key, str):
             return self._resolve(key)
@@ -396,6 +398,20 @@ class SecureFrame:
             raise PlanError(f"{key.name!r} reads columns of {', '.join(outside)}, which this "
                             f"frame does not link", hint=f"include {outside[0]} in link(...)")
         return key
+
+    def column_meta(self, name: str) -> dict:
+        """The published description of a plain column ``party.column`` (kind, levels,
+        range, missing, min_precision) as its party's catalog gives it."""
+        party, column = name.split(".", 1)
+        return self._catalog[party][column]
+
+    def model_query(self, model: dict, *, groups: list[tuple[dict, Column]] | None = None,
+                    aggregates: list[tuple[str, str, Column | None]] | None = None,
+                    inputs: list[Column] | None = None) -> Query:
+        """A query running a statistical model (the builders in
+        :mod:`ppa_kernel.contract.models` call this; analysts call the model's method)."""
+        return Query(self, list(groups or []), list(aggregates or []), kind="model",
+                     model=model, inputs=inputs)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
@@ -423,7 +439,7 @@ class SecureFrame:
         if not isinstance(cond, Column) or cond.kind != "bool":
             raise PlanError("filter with a condition, e.g. t[t.age >= 40]",
                             hint="build conditions with comparisons, isin(...), & | ~")
-        cond = self._column(cond)
+        cond = self.column(cond)
         combined = cond if self._filter is None else self._filter & cond
         return self._replace(condition=combined)
 
@@ -438,7 +454,7 @@ class SecureFrame:
             if not isinstance(value, Column):
                 raise PlanError(f"{name}: assign a column expression, e.g. "
                                 f"t.assign({name}=t.cost_2021 - t.cost_2020)")
-            value = frame._column(value)
+            value = frame.column(value)
             frame = frame._replace(derived={**frame._derived, name: value._renamed(name)})
         return frame
 
@@ -454,7 +470,7 @@ class SecureFrame:
         return GroupBy(self, entries)
 
     def _group_entry(self, key: ColumnLike) -> tuple[dict, Column]:
-        column = self._column(key)
+        column = self.column(key)
         if "col" not in column.expr:
             raise PlanError(f"cannot group by the expression {column.name!r}",
                             hint="group by categorical or boolean columns")
@@ -477,7 +493,7 @@ class SecureFrame:
 
     def histogram(self, column: ColumnLike, bins: int | list[float]) -> Query:
         """Counts of a numeric column in bins, as numpy.histogram (last bin closed)."""
-        col = self._column(column)
+        col = self.column(column)
         if col.kind != "numeric" or "col" not in col.expr:
             raise PlanError(f"histogram needs a numeric column, not {col.name!r}",
                             hint="count categories with groupby(...).size()")
@@ -510,74 +526,20 @@ class SecureFrame:
                             hint="give the bin edges, e.g. bins=[0, 10, 20]")
         return [float(e) for e in np.linspace(low, high, bins + 1)]
 
-    def ttest(self, column: ColumnLike, by: ColumnLike,
-              strata: ColumnLike | list[ColumnLike] | None = None) -> Query:
-        """Welch's t-test of ``column`` between the two levels of ``by`` (per stratum).
-
-        As ``scipy.stats.ttest_ind(first_level, second_level, equal_var=False)``; opens
-        counts, means, t and df per stratum whose two cells pass disclosure control.
-        """
-        measure = self._column(column)
-        if measure.kind != "numeric":
-            raise PlanError(f"ttest needs a numeric measure, not {measure.kind} "
-                            f"{measure.name!r}")
-        keys = [] if strata is None else strata if isinstance(strata, list | tuple) \
-            else [strata]
-        entries = self.groupby([*keys, by]).entries
-        group = entries[-1][0]
-        if len(group["levels"]) != 2:
-            raise PlanError(f"ttest compares two groups; {group['name']!r} has "
-                            f"{len(group['levels'])} levels",
-                            hint="filter to two levels and group by a boolean, "
-                                 "e.g. t.assign(...) with a comparison")
-        specs = [("n", "count", measure), ("mean", "mean", measure)]
-        model = {"kind": "ttest", "measure": measure.expr, "group": group["name"]}
-        return Query(self, entries, specs, kind="model", model=model)
-
-    def chi2(self, index: ColumnLike, columns: ColumnLike) -> Query:
-        """Chi-square test of independence of two categorical columns (and their crosstab)."""
-        from ppa_kernel.contract.models.chi2 import chi2
-
-        return chi2(self, index, columns)
-
-    def corr(self, columns: list[ColumnLike]) -> Query:
-        """Pearson correlation matrix of numeric columns over rows where all are present."""
-        from ppa_kernel.contract.models.corr import corr
-
-        return corr(self, columns)
-
-    def ols(self, formula: str) -> Query:
-        """OLS linear regression with a statsmodels-style formula, e.g. ``"y ~ a * b + c"``."""
-        from ppa_kernel.contract.models.ols import ols
-
-        return ols(self, formula)
-
-    def logit(self, formula: str, maxiter: int = 8) -> Query:
-        """Logistic regression of a truth value with a formula, e.g. ``"readmitted ~ a + b"``."""
-        from ppa_kernel.contract.models.logit import logit
-
-        return logit(self, formula, maxiter=maxiter)
-
-    def kaplan_meier(self, duration: ColumnLike, event: ColumnLike,
-                     by: ColumnLike | list[ColumnLike] | None = None,
-                     step: float = 30) -> Query:
-        """Kaplan–Meier survival per group on a time grid, with the log-rank test."""
-        from ppa_kernel.contract.models.km import kaplan_meier
-
-        return kaplan_meier(self, duration, event, by=by, step=step)
-
-    def quantiles(self, column: ColumnLike, q: float | list[float] = (0.25, 0.5, 0.75),
-                  by: ColumnLike | list[ColumnLike] | None = None,
-                  precision: float | None = None) -> Query:
-        """Quantiles of ``column`` per group, rounded to ``precision``."""
-        from ppa_kernel.contract.models.quantile import quantiles
-
-        return quantiles(self, column, q=q, by=by, precision=precision)
-
     def crosstab(self, index: ColumnLike, columns: ColumnLike) -> Query:
         """Counts by two categorical columns; ``collect()`` returns a pandas.crosstab shape."""
         entries = self.groupby([index, columns]).entries
         return Query(self, entries, [("count", "size", None)], kind="crosstab")
+
+
+def _install_statistics() -> None:
+    """One method per registered statistic: ``t.corr(...)`` is the corr builder with
+    ``t`` as its frame (see :mod:`ppa_kernel.contract.models.registry`)."""
+    for statistic in MODELS:
+        setattr(SecureFrame, statistic.method, statistic.builder())
+
+
+_install_statistics()
 
 
 def _edge(value: float) -> str:
@@ -611,15 +573,15 @@ class GroupBy:
             raise PlanError(f"{out}: give (column, statistic), e.g. ('cost', 'mean'), "
                             f"or 'size'")
         source, stat = spec
-        if not isinstance(stat, str) or stat not in STATISTICS:
+        if not isinstance(stat, str) or stat not in AGGREGATES:
             raise PlanError(f"{out}: unknown statistic {stat!r}",
-                            hint=f"use one of {', '.join(STATISTICS)}")
+                            hint=f"use one of {', '.join(AGGREGATES)}")
         if stat == "size":
             if source is not None:
                 raise PlanError(f"{out}: 'size' counts rows and takes no column",
                                 hint=f"write {out}='size', or count the column")
             return out, "size", None
-        column = self.frame._column(source)
+        column = self.frame.column(source)
         if column.kind == "categorical" and stat != "count":
             raise PlanError(f"cannot take the {stat} of categorical {column.name!r}",
                             hint="group by it, or count it")
@@ -630,7 +592,7 @@ class GroupBy:
         return self.agg(size="size")
 
     def _one(self, stat: str, column: ColumnLike) -> Query:
-        label = column if isinstance(column, str) else self.frame._column(column).name
+        label = column if isinstance(column, str) else self.frame.column(column).name
         return self.agg(**{label: (column, stat)})
 
     def count(self, column: ColumnLike) -> Query:

@@ -1,6 +1,6 @@
 """A consortium of party kernels on this machine, for demos, tests and notebooks.
 
-:func:`start_local` writes a consortium file, one party file per source and a fresh
+:func:`launch_local` writes a consortium file, one party file per source and a fresh
 secret into a working folder, starts ``ppa party serve`` for each party as a separate
 process, waits until all are ready (or one fails, with its error), and connects.
 Closing the consortium shuts the kernels down and kills whatever remains.
@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 from pyarrow import ArrowException
 
-from ppa_kernel.contract.config import load_consortium
+from ppa_kernel.contract.config import ConsortiumConfig, load_consortium
 from ppa_kernel.contract.errors import (
     ConsortiumError,
     DataError,
@@ -35,14 +35,11 @@ from ppa_kernel.contract.errors import (
     PPAError,
     error_from_dict,
 )
-from ppa_kernel.party.kernel import READY_MARKER
-
-from .client import Consortium
+from ppa_kernel.contract.protocol import ERROR_MARKER, READY_MARKER
 
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 60.0
-ERROR_MARKER = "PPA-PARTY-ERROR"
 
 
 def free_ports(count: int) -> list[int]:
@@ -133,6 +130,7 @@ class LocalParties:
 
     def __init__(self, folder: Path, names: list[str], record_openings: bool = False):
         self.folder = folder
+        self.config: ConsortiumConfig | None = None  # set once every kernel is ready
         self.procs: dict[str, subprocess.Popen] = {}
         self.stderr: dict[str, Path] = {}
         for name in names:
@@ -180,6 +178,16 @@ class LocalParties:
             self.kill()
             raise ConsortiumError(errors)
 
+    def stop(self, grace: float = 5.0) -> None:
+        """Give the kernels ``grace`` seconds to exit after a shutdown request, then kill."""
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
     def kill(self) -> None:
         """Stop every kernel process (and its workers) now."""
         for proc in self.procs.values():
@@ -196,12 +204,13 @@ class LocalParties:
                 proc.stdout.close()
 
 
-def start_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
-                policies: Mapping[str, Mapping] | None = None,
-                categorical: Mapping[str, list[str]] | None = None,
-                workdir: str | Path | None = None, record_openings: bool = False,
-                startup_timeout: float = STARTUP_TIMEOUT, **kwargs: Any) -> Consortium:
-    """Start a kernel per source and connect to them all.
+def launch_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
+                 policies: Mapping[str, Mapping] | None = None,
+                 categorical: Mapping[str, list[str]] | None = None,
+                 workdir: str | Path | None = None, record_openings: bool = False,
+                 startup_timeout: float = STARTUP_TIMEOUT) -> LocalParties:
+    """Write the files for a kernel per source, start the kernels and wait until all are
+    ready (:meth:`ppa_kernel.analyst.client.Consortium.local` connects to them).
 
     A source is a path (CSV, Parquet, SQLite), an SQLAlchemy URL, a DataFrame, or a dict
     ``{"source": ..., "table": ...}`` / ``{"source": ..., "query": ...}`` for SQL sources.
@@ -213,22 +222,5 @@ def start_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
     config_path = write_local_config(folder, sources, link, policies, categorical)
     parties = LocalParties(folder, list(sources), record_openings)
     parties.wait_ready(startup_timeout)
-    config = load_consortium(config_path)
-
-    def close() -> None:
-        consortium.shutdown_parties()
-        deadline = time.monotonic() + 5
-        for proc in parties.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        parties.kill()
-
-    try:
-        consortium = Consortium(config, on_close=close, **kwargs)
-    except PPAError:
-        parties.kill()
-        raise
-    consortium.local_parties = parties
-    return consortium
+    parties.config = load_consortium(config_path)
+    return parties

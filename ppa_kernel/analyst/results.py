@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
-from ppa_kernel.contract.plan import canonical_json, plan_hash
+from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
 
 SUPPRESSED = "suppressed"

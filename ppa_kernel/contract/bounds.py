@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from . import limits
 from .errors import PlanError
-from .plan import COMPARISONS, LOGICAL, canonical_json, expr_parties
+from .expr import COMPARISONS, LOGICAL, canonical_json, expr_parties
 
 
 def column_range(meta: dict) -> tuple[float, float]:

@@ -50,3 +50,10 @@ MAX_NAME = 200
 
 MAX_CONSTANT = 1e15
 """Largest magnitude of a numeric constant in a plan."""
+
+DEFAULT_QUANTILE_RESOLUTION = 1000
+"""A policy without ``quantile_resolution``: quantiles no finer than the published range /
+this many steps (owners publish the resulting ``min_precision``)."""
+
+DEFAULT_RUN_TIMEOUT = 600.0
+"""Seconds a run may take when the analyst gives no timeout (client and kernel alike)."""

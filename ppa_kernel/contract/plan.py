@@ -18,10 +18,8 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
      "disclosure": {"dominance_n": 2, "dominance_k": 90, "p_ratio": 10,
                     "history_limit": 1000, "differencing": true}}  # set by the client
 
-Expressions are JSON trees: ``{"col": "party.column"}``, ``{"const": 3.5}`` and
-``{"op": OP, "args": [...]}`` with OP one of ``add sub mul div neg lt le gt ge eq ne and
-or not isin`` (``isin`` carries ``"values"``). Parties interpret plans with their own
-code; nothing in a plan is ever executed.
+Expressions are JSON trees (:mod:`.expr`). Parties interpret plans with their own code;
+nothing in a plan is ever executed.
 
 Every size and number a plan carries is bounded (:mod:`ppa_kernel.contract.limits`), checked in
 linear time before anything else, so a hostile plan costs its receiver little.
@@ -31,22 +29,29 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 from typing import Any
 
 from . import limits
 from .errors import PlanError
+from .expr import (
+    KINDS,
+    SCALAR,
+    canonical_json,
+    expression_kind,
+    is_boolean,
+    is_categorical,
+    weights_by_condition,
+)
+from .models import validate_model
 
 PLAN_VERSION = 1
-STATISTICS = ("count", "sum", "mean", "var", "std", "size")
-ARITHMETIC = ("add", "sub", "mul", "div", "neg")
-COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
-LOGICAL = ("and", "or", "not")
-OPERATORS = (*ARITHMETIC, *COMPARISONS, *LOGICAL, "isin")
-KINDS = ("numeric", "categorical", "bool")
-_ARITY = {**{op: 2 for op in ("add", "sub", "mul", "div", *COMPARISONS, "and", "or")},
-          "neg": 1, "not": 1, "isin": 1}
+AGGREGATES = ("count", "sum", "mean", "var", "std", "size")
+"""The statistics of a plan's aggregates (``size`` counts rows and reads no expression)."""
+SUM_STATISTICS = ("sum", "mean", "var", "std")
+"""Aggregates that release a measure's sum (and so fall under the dominance rules)."""
+SQUARE_STATISTICS = ("var", "std")
+"""Aggregates that release a measure's sum of squares."""
 _COLUMN_KEYS = {"party", "column", "kind", "levels", "missing", "range"}
 _TOP_KEYS = {"ppa_plan", "parties", "link", "columns", "filter", "groupby", "aggregates",
              "model", "min_cell_size", "min_residual_df", "disclosure"}
@@ -56,41 +61,9 @@ DISCLOSURE_RULES = {"dominance_n": (1, 10), "dominance_k": (1, 100), "p_ratio": 
 true/false for ``differencing``)."""
 
 
-def canonical_json(obj: Any) -> str:
-    """The canonical text of a JSON value: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-
-
 def plan_hash(plan: dict) -> str:
     """SHA-256 (hex) of the plan's canonical JSON."""
     return hashlib.sha256(canonical_json(plan).encode()).hexdigest()
-
-
-def expr_columns(expr: dict | None) -> set[str]:
-    """Qualified column names an expression reads."""
-    if expr is None:
-        return set()
-    if "col" in expr:
-        return {expr["col"]}
-    if "const" in expr:
-        return set()
-    out: set[str] = set()
-    for arg in expr.get("args", []):
-        out |= expr_columns(arg)
-    return out
-
-
-def expr_parties(expr: dict | None, columns: dict) -> set[str]:
-    """Parties owning the columns an expression reads."""
-    return {columns[c]["party"] for c in expr_columns(expr)}
-
-
-def is_boolean(expr: dict, columns: dict) -> bool:
-    """Whether an expression yields a truth value."""
-    if "col" in expr:
-        return columns[expr["col"]]["kind"] == "bool"
-    return expr.get("op") in COMPARISONS + LOGICAL + ("isin",)
 
 
 def validate_plan(plan: Any) -> dict:
@@ -116,14 +89,12 @@ def validate_plan(plan: Any) -> dict:
     for name, meta in columns.items():
         _check_column(name, meta, link)
     if plan.get("filter") is not None:
-        _check_expr(plan["filter"], columns)
+        expression_kind(plan["filter"], columns)
         if not is_boolean(plan["filter"], columns):
             raise PlanError("the filter must be a condition (comparison, isin, & | ~)")
     _check_groupby(plan.get("groupby"), columns)
     _check_aggregates(plan.get("aggregates"), columns, required=plan.get("model") is None)
     if plan.get("model") is not None:
-        from .models import validate_model
-
         validate_model(plan)
     for key in ("min_cell_size", "min_residual_df"):
         value = plan.get(key)
@@ -291,71 +262,6 @@ def _check_column(name: str, meta: Any, link: list[str]) -> None:
         raise PlanError(f"column {name!r} has unknown kind {meta.get('kind')!r}")
 
 
-def check_expr(expr: Any, columns: dict) -> None:
-    """Raise PlanError unless ``expr`` is a well-formed expression over ``columns``."""
-    _check_expr(expr, columns)
-
-
-_SCALAR = str | int | float | bool
-
-
-def _check_expr(expr: Any, columns: dict) -> str:
-    """Check an expression and return what it yields: ``number``, ``truth``, ``category``
-    (a categorical column) or ``text`` (a text constant); operands must fit their operator."""
-    if not isinstance(expr, dict):
-        raise PlanError(f"malformed expression {str(expr)[:60]!r}")
-    if "col" in expr:
-        if set(expr) != {"col"} or not isinstance(expr["col"], str) or \
-                expr["col"] not in columns:
-            raise PlanError(f"unknown column {str(expr.get('col'))[:60]!r}")
-        return {"numeric": "number", "bool": "truth"}.get(columns[expr["col"]]["kind"],
-                                                           "category")
-    if "const" in expr:
-        value = expr["const"]
-        if set(expr) != {"const"} or not isinstance(value, _SCALAR) or \
-                (isinstance(value, float) and not math.isfinite(value)) or \
-                (isinstance(value, str) and len(value) > limits.MAX_NAME):
-            raise PlanError(f"malformed constant {str(expr)[:60]}")
-        return "constant truth" if isinstance(value, bool) else \
-            "text" if isinstance(value, str) else "number"
-    op, args = expr.get("op"), expr.get("args")
-    if op not in OPERATORS or not isinstance(args, list) or len(args) != _ARITY[op]:
-        raise PlanError(f"malformed expression with operator {str(op)[:40]!r}")
-    if op == "div" and not (isinstance(args[1], dict) and "const" in args[1]
-                            and isinstance(args[1]["const"], int | float)
-                            and not isinstance(args[1]["const"], bool) and args[1]["const"]):
-        raise PlanError("division is only by a nonzero numeric constant")
-    allowed = {"op", "args", "values"} if op == "isin" else {"op", "args"}
-    if set(expr) - allowed:
-        raise PlanError(f"unexpected keys in expression {op!r}")
-    kinds = [_check_expr(arg, columns) for arg in args]
-    if not expr_columns(expr):  # its scale would differ from the evaluator's: wrap risk
-        raise PlanError(f"'{op}' of constants only: write the resulting number instead")
-    if op == "isin":
-        values = expr.get("values")
-        if not isinstance(values, list) or not all(
-                isinstance(v, _SCALAR) and not (isinstance(v, str) and len(v) > limits.MAX_NAME)
-                for v in values):
-            raise PlanError("isin needs a list of plain values (text, numbers, true/false)")
-        if kinds[0] not in ("number", "truth", "category"):
-            raise PlanError("isin applies to a column or a number")
-        return "truth"
-    if op in LOGICAL:
-        if any(k != "truth" for k in kinds):
-            raise PlanError(f"'{op}' combines conditions, not {' and '.join(sorted(set(kinds)))}")
-        return "truth"
-    if op in ("eq", "ne"):
-        numeric = {"number", "truth", "constant truth"}
-        categorical = {"category", "text", "number"}
-        if not (set(kinds) <= numeric or (set(kinds) <= categorical and "category" in kinds)):
-            raise PlanError(f"cannot compare {kinds[0]} with {kinds[1]} ('{op}')")
-        return "truth"
-    if any(k not in ("number", "truth") for k in kinds):
-        raise PlanError(f"'{op}' needs numbers, not {' and '.join(sorted(set(kinds)))}",
-                        hint="compare categories with == or isin")
-    return "truth" if op in COMPARISONS else "number"
-
-
 _GROUP_KEYS = {"name", "expr", "levels", "bins"}
 _AGGREGATE_KEYS = {"name", "stat", "expr"}
 
@@ -382,7 +288,7 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         expr = entry.get("expr")
         if not isinstance(expr, dict) or "col" not in expr:
             raise PlanError(f"group {entry['name']!r} must be a column")
-        _check_expr(expr, columns)
+        expression_kind(expr, columns)
         if entry["name"] in seen_names or expr["col"] in seen_columns:
             raise PlanError(f"group {entry['name']!r}: the same group or column appears twice")
         seen_names.add(entry["name"])
@@ -410,7 +316,7 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
 def _check_levels(levels: Any, where: str) -> None:
     """Levels are distinct plain values (text of at most MAX_NAME characters)."""
     if not isinstance(levels, list) or not all(
-            isinstance(v, _SCALAR) and not (isinstance(v, str) and len(v) > limits.MAX_NAME)
+            isinstance(v, SCALAR) and not (isinstance(v, str) and len(v) > limits.MAX_NAME)
             for v in levels) or len({canonical_json(v) for v in levels}) != len(levels):
         raise PlanError(f"{where}: levels must be a list of distinct plain values")
 
@@ -421,9 +327,9 @@ def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) 
     _at_most(len(aggregates), limits.MAX_AGGREGATES, "'aggregates'", "entries")
     names: set[str] = set()
     for agg in aggregates:
-        if not isinstance(agg, dict) or agg.get("stat") not in STATISTICS:
+        if not isinstance(agg, dict) or agg.get("stat") not in AGGREGATES:
             raise PlanError(f"unknown statistic in {str(agg)[:80]}",
-                            hint=f"use one of {', '.join(STATISTICS)}")
+                            hint=f"use one of {', '.join(AGGREGATES)}")
         _check_name(agg.get("name"), "aggregate")
         if agg["name"] in names:
             raise PlanError(f"aggregate names must be unique: {agg['name']!r}")
@@ -435,32 +341,13 @@ def _check_aggregates(aggregates: Any, columns: dict, *, required: bool = True) 
             if agg.get("expr") is not None:
                 raise PlanError("'size' counts rows and takes no column")
             continue
-        kind = _check_expr(agg.get("expr"), columns)
+        kind = expression_kind(agg.get("expr"), columns)
         if kind in ("text", "constant truth"):
             raise PlanError(f"aggregate {agg['name']!r} needs a column, not a constant")
-        if kind == "number" and _weights_by_condition(agg["expr"], columns):
+        if kind == "number" and weights_by_condition(agg["expr"], columns):
             raise PlanError(f"aggregate {agg['name']!r} weights rows by a condition",
                             hint="select rows with a filter or a group: their row sets are "
                                  "checked for differencing, weights are not")
-        if _is_categorical(agg["expr"], columns) and agg["stat"] != "count":
+        if is_categorical(agg["expr"], columns) and agg["stat"] != "count":
             raise PlanError(f"cannot take the {agg['stat']} of categorical {agg['name']!r}",
                             hint="group by it, or count it")
-
-
-def _weights_by_condition(expr: dict, columns: dict) -> bool:
-    """Whether a numeric expression does arithmetic with a truth value (a boolean column,
-    comparison or condition): sum(x * [one person]) minus sum(x) would single that
-    person out on one row set, which the differencing rule cannot see."""
-    stack = [expr]
-    while stack:
-        item = stack.pop()
-        if item.get("op") in ARITHMETIC:
-            for arg in item["args"]:
-                if is_boolean(arg, columns):
-                    return True
-                stack.append(arg)
-    return False
-
-
-def _is_categorical(expr: dict, columns: dict) -> bool:
-    return "col" in expr and columns[expr["col"]]["kind"] == "categorical"

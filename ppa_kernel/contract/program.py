@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 
 from . import bounds
 from .errors import PlanError
+from .expr import COMPARISONS, canonical_json, expr_columns, expr_parties, is_boolean
 from .limits import SCALE_BITS
-from .plan import COMPARISONS, canonical_json, expr_columns, expr_parties, is_boolean, validate_plan
+from .models import model_kind
+from .plan import SQUARE_STATISTICS, SUM_STATISTICS, validate_plan
 
 __all__ = ["SCALE_BITS", "Feature", "Program", "cell_levels", "compile_plan"]
 
 OPENING_NAMES = ("linkage.ready", "linkage.epoch", "linkage.party_sizes", "linkage.prf_masked",
                  "linkage.equality_masked", "disclosure.pass", "disclosure.reason",
                  "disclosure.union", "protocol.comparison_masked", "protocol.plan_agreement")
-SUM_STATISTICS = ("sum", "mean", "var", "std")
-"""Statistics that release a measure's sum (and so fall under the dominance rules)."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,6 @@ class Program:
         if any(a["stat"] == "size" for a in self.plan["aggregates"]):
             names.add("release.count:size")
         if self.plan.get("model") is not None:
-            from .models import model_kind
-
             names |= model_kind(self.plan).openings(self.plan)
         return names
 
@@ -167,8 +165,6 @@ def compile_plan(plan: dict) -> Program:
             program.add(Feature(party, "onehot", key, level))
     _add_measures(program)
     if plan.get("model") is not None:
-        from .models import model_kind
-
         kind = model_kind(plan)
         for expr in kind.value_inputs(plan):
             bounds.check_sum(expr, program.columns, squared=True)  # models form products
@@ -187,7 +183,7 @@ def _add_measures(program: Program) -> None:
         entry = by_key.setdefault(key, {"key": key, "expr": agg["expr"], "square": False,
                                         "open_square": False, "open_sum": False,
                                         "dominance": False})
-        entry["open_square"] |= agg["stat"] in ("var", "std")
+        entry["open_square"] |= agg["stat"] in SQUARE_STATISTICS
         entry["open_sum"] |= agg["stat"] in SUM_STATISTICS
         # Released sums of non-negative magnitudes fall under the dominance and p-ratio
         # rules, which need the (never opened) sum of squares per cell.
@@ -195,8 +191,6 @@ def _add_measures(program: Program) -> None:
             and bounds.is_magnitude(agg["expr"], program.columns)
         entry["square"] |= entry["open_square"] or entry["dominance"]
     if program.plan.get("model") is not None:
-        from .models import model_kind
-
         for expr in model_kind(program.plan).squared_measures(program.plan):
             by_key[canonical_json(expr)]["square"] = True  # computed, never opened
     program.measures = list(by_key.values())

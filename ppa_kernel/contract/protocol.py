@@ -23,9 +23,14 @@ from typing import Any, NoReturn
 
 from . import limits
 from .errors import ProtocolError
-from .plan import canonical_json
+from .expr import canonical_json
 
 logger = logging.getLogger(__name__)
+
+READY_MARKER = "PPA-PARTY-READY"
+"""The line a kernel prints on stdout once it serves (then its name and address)."""
+ERROR_MARKER = "PPA-PARTY-ERROR"
+"""The line a kernel prints on stdout when it cannot start (then the error as JSON)."""
 
 MAX_MESSAGE = 64 * 1024 * 1024
 """Longest line (bytes, newline included) the client accepts: replies carry results."""

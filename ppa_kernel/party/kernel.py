@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from ppa_kernel import __version__
+from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import (
     DataError,
@@ -36,9 +36,18 @@ from ppa_kernel.contract.errors import (
     RunTimeout,
     error_from_dict,
 )
-from ppa_kernel.contract.plan import canonical_json, expr_columns, plan_hash
+from ppa_kernel.contract.expr import canonical_json, expr_columns
+from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
+from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.program import compile_plan
-from ppa_kernel.contract.protocol import MAX_REQUEST, LineReader, idle_timeout, seal, unseal
+from ppa_kernel.contract.protocol import (
+    MAX_REQUEST,
+    READY_MARKER,
+    LineReader,
+    idle_timeout,
+    seal,
+    unseal,
+)
 
 from .audit import AuditLog
 from .datasource import DataSourceError, describe_columns, load_table
@@ -46,9 +55,7 @@ from .policy import Policy, PolicyError, QuantileRequest, published_min_precisio
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RUN_TIMEOUT = 600.0
 WORKER_CONNECT_TIMEOUT = 30.0
-READY_MARKER = "PPA-PARTY-READY"
 
 
 def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -232,7 +239,7 @@ class PartyKernel:
     def describe(self) -> dict[str, Any]:
         """What the party publishes: size, approved columns, policy summary."""
         return {"party": self.name, "rows": len(self.frame), "catalog": self.catalog,
-                "policy": self.policy.summary(), "version": __version__}
+                "policy": self.policy.summary(), "version": VERSION}
 
     # ------------------------------------------------------------------ checking
     def check_plan(self, request: dict) -> tuple[dict, str]:

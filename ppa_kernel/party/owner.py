@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
-from ppa_kernel.contract.plan import expr_columns
+from ppa_kernel.contract.expr import expr_columns
 from ppa_kernel.contract.program import SCALE_BITS, Feature, Program
 
 _BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,

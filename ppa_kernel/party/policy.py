@@ -99,11 +99,16 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ppa_kernel.contract.limits import DEFAULT_QUANTILE_RESOLUTION
+from ppa_kernel.contract.models import MODEL_KINDS
+from ppa_kernel.contract.plan import AGGREGATES
+
 logger = logging.getLogger(__name__)
 
 USES = ("group", "filter", "measure", "link")
-MODELS = ("ttest", "chi2", "corr", "ols", "logit", "km", "quantile")
-STATISTICS = ("count", "sum", "mean", "var", "std", "histogram", "crosstab", *MODELS)
+MODELS = MODEL_KINDS
+STATISTICS = (*(s for s in AGGREGATES if s != "size"), "histogram", "crosstab", *MODELS)
+"""What a policy may allow: the plain aggregates, histograms, crosstabs and every model."""
 APPROVALS = ("automatic",)
 _NOT_YET = ("manual", "pinned")
 _KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df",
@@ -115,8 +120,7 @@ DISCLOSURE_KEYS = {"dominance_n": ("dominance_n", 2, 1, 10),
                    "history_limit": ("differencing_history", 1000, 1, 100_000),
                    "differencing": ("differencing", True, False, True)}
 """Plan ``disclosure`` key -> (policy key, default, lowest, highest)."""
-DEFAULT_QUANTILE_RESOLUTION = 1000
-_DEFAULT_STATISTICS = frozenset({"count", "sum", "mean", "var", "std", *MODELS})
+_DEFAULT_STATISTICS = frozenset(STATISTICS) - {"histogram", "crosstab"}
 
 
 class PolicyError(Exception):

@@ -43,16 +43,12 @@ with its own ``attrs["suppressed"]``) is in ``attrs["table"]``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Column, Query, SecureFrame
+from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +115,15 @@ def crosstab_table(plan: dict, released: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def chi2(frame: SecureFrame, index: str | Column, columns: str | Column) -> Query:
+def chi2(frame: Frame, index: str | Column, columns: str | Column) -> Query:
     """Pearson's chi-square test of independence of two grouping columns.
 
     As ``scipy.stats.chi2_contingency(pandas.crosstab(index, columns), correction=False)``
     on the frame's rows; see :mod:`ppa_kernel.contract.models.chi2` for what is opened and the
     result's shape.
     """
-    from ppa_kernel.analyst.frame import Query
 
     entries = frame.groupby([index, columns]).entries
     names = [entry["name"] for entry, _ in entries]
     model = {"kind": KIND, "index": names[0], "columns": names[1]}
-    return Query(frame, entries, [("count", "size", None)], kind="model", model=model)
+    return frame.model_query(model, groups=entries, aggregates=[("count", "size", None)])

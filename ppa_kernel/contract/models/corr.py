@@ -42,17 +42,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import check_expr
-from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Column, Query, SecureFrame
+from ..expr import check_expr
+from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +129,13 @@ def _p_value(r: float, n: int | None) -> float:
     return float(2 * sps.t.sf(abs(t), df))
 
 
-def corr(frame: SecureFrame, columns: list[str | Column]) -> Query:
+def corr(frame: Frame, columns: list[str | Column]) -> Query:
     """Pearson correlations of numeric (or boolean) columns over the frame's complete rows.
 
     As ``DataFrame.dropna().corr()`` with p-values as ``scipy.stats.pearsonr``; see
     :mod:`ppa_kernel.contract.models.corr` for what is opened and the result's shape.
     """
-    measures = [frame._column(c) for c in columns]
+    measures = [frame.column(c) for c in columns]
     for m in measures:
         if m.kind == "categorical":
             raise PlanError(f"corr needs numeric columns, not categorical {m.name!r}")
@@ -147,8 +143,7 @@ def corr(frame: SecureFrame, columns: list[str | Column]) -> Query:
     if len(measures) < 2 or len(set(names)) != len(names):
         raise PlanError("corr needs at least two different columns")
     model = {"kind": KIND, "measures": [m.expr for m in measures], "names": names}
-    from ppa_kernel.analyst.frame import Query
 
-    return Query(frame, [], [], kind="model", model=model, inputs=measures)
+    return frame.model_query(model, inputs=measures)
 
 

@@ -25,12 +25,10 @@ import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import PlanError
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Column, SecureFrame
+from .base import Column, Frame
 
 INTERCEPT = "Intercept"
 
@@ -398,12 +396,12 @@ def _product(exprs: list[dict]) -> dict | None:
     return out
 
 
-def build_design(frame: SecureFrame, text: str, response_kind: str = "numeric") -> Design:
+def build_design(frame: Frame, text: str, response_kind: str = "numeric") -> Design:
     """Parse a formula and resolve its names on ``frame`` (``frame[name]``) into plan
     expressions; PlanError for unknown names (with the frame's suggestion), a response
     not of ``response_kind`` ("numeric" or "bool"), or a formula without columns."""
     formula = parse_formula(text)
-    response = frame._column(formula.response)
+    response = frame.column(formula.response)
     if response.kind != response_kind:
         hint = None
         if response.kind == "bool":
@@ -413,7 +411,7 @@ def build_design(frame: SecureFrame, text: str, response_kind: str = "numeric") 
                     "t.assign(high=t.cost > 5000)")
         raise PlanError(f"the response {formula.response!r} must be {response_kind}, not "
                         f"{response.kind}", hint=hint)
-    factors = {name: frame._column(name) for name in formula.factors}
+    factors = {name: frame.column(name) for name in formula.factors}
     numeric = {n for n, c in factors.items() if c.kind == "numeric"}
     levels = {n: _levels(c) for n, c in factors.items() if n not in numeric}
     for name, found in levels.items():

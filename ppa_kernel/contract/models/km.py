@@ -68,17 +68,13 @@ import itertools
 import logging
 import math
 import numbers
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import check_expr, is_boolean
-from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Column, Query, SecureFrame
+from ..expr import check_expr, is_boolean
+from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +190,9 @@ def time_grid(low: float | None, high: float | None, step: float) -> tuple[list,
     return times, [-0.5, *(t + 0.5 for t in times)]
 
 
-def _event(frame: SecureFrame, event: str | Column) -> tuple[Column, Column]:
+def _event(frame: Frame, event: str | Column) -> tuple[Column, Column]:
     """The condition "the event happened" and the condition "the event is known"."""
-    column = frame._column(event)
+    column = frame.column(event)
     if "col" in column.expr and column.kind == "numeric":  # 0/1
         return column == 1, column.isin([0, 1])
     if column.kind != "bool" or "col" not in column.expr:
@@ -204,7 +200,7 @@ def _event(frame: SecureFrame, event: str | Column) -> tuple[Column, Column]:
     return column, column.isin([False, True])
 
 
-def kaplan_meier(frame: SecureFrame, duration: str | Column, event: str | Column,
+def kaplan_meier(frame: Frame, duration: str | Column, event: str | Column,
                  by: str | Column | list[str | Column] | None = None,
                  step: float = 30) -> Query:
     """Kaplan-Meier survival curves per group of ``by`` and the log-rank test across them.
@@ -215,13 +211,11 @@ def kaplan_meier(frame: SecureFrame, duration: str | Column, event: str | Column
     event happened at ``duration``, False = censored then. See
     :mod:`ppa_kernel.contract.models.km` for what is opened and the result's shape.
     """
-    from ppa_kernel.analyst.frame import Query
 
-    time = frame._column(duration)
+    time = frame.column(duration)
     if time.kind != "numeric" or "col" not in time.expr:
         raise PlanError(f"the duration must be a numeric column, not {time.name!r}")
-    party, name = time.expr["col"].split(".", 1)
-    meta = frame._catalog[party][name]
+    meta = frame.column_meta(time.expr["col"])
     times, edges = time_grid(meta.get("min"), meta.get("max"), step)
     happened, known = _event(frame, event)
     keys = [] if by is None else list(by) if isinstance(by, list | tuple) else [by]
@@ -230,4 +224,4 @@ def kaplan_meier(frame: SecureFrame, duration: str | Column, event: str | Column
     model = {"kind": KIND, "name": time.name, "duration": time.expr,
              "event": happened.expr, "times": times, "edges": edges}
     logger.debug("km plan: %d grid times up to %s", len(times), times[-1])
-    return Query(rows, entries, [], kind="model", model=model)
+    return rows.model_query(model, groups=entries)

@@ -51,18 +51,15 @@ Results agree with statsmodels to about 1e-7 of each coefficient's standard erro
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import is_boolean
+from ..expr import is_boolean
+from .base import Frame, Query
 from .formula import build_design
 from .regression import Regression, validate_regression
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Query, SecureFrame
 
 logger = logging.getLogger(__name__)
 
@@ -123,19 +120,18 @@ def coefficient_table(plan: dict, opened: dict) -> pd.DataFrame:
     return frame
 
 
-def logit(frame: SecureFrame, formula: str, maxiter: int = DEFAULT_ITERATIONS) -> Query:
+def logit(frame: Frame, formula: str, maxiter: int = DEFAULT_ITERATIONS) -> Query:
     """Logistic regression ``response ~ terms`` over the frame's complete rows.
 
     As ``statsmodels.formula.api.logit(formula, data).fit()``: the response is a truth
     value (a boolean column or an assigned condition); the terms as in
-    :meth:`~ppa_kernel.analyst.frame.SecureFrame.ols`. ``maxiter`` Newton steps are taken (a
+    :meth:`~ppa_kernel.analyst.frame.Frame.ols`. ``maxiter`` Newton steps are taken (a
     fit that has not converged by then is refused). See :mod:`ppa_kernel.contract.models.logit`
     for what is opened and the result's shape.
     """
-    from ppa_kernel.analyst.frame import Query
 
     design = build_design(frame, formula, response_kind="bool")
     model = design.model(KIND)
     del model["centered"]
     model["maxiter"] = maxiter
-    return Query(frame, [], [], kind="model", model=model, inputs=design.inputs)
+    return frame.model_query(model, inputs=design.inputs)

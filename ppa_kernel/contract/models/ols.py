@@ -62,18 +62,15 @@ so results agree with statsmodels to about 1e-6 of each coefficient's standard e
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import is_boolean
+from ..expr import is_boolean
+from .base import Frame, Query
 from .formula import build_design
 from .regression import Regression, validate_regression
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Query, SecureFrame
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +125,7 @@ def coefficient_table(plan: dict, opened: dict) -> pd.DataFrame:
     return frame
 
 
-def ols(frame: SecureFrame, formula: str) -> Query:
+def ols(frame: Frame, formula: str) -> Query:
     """Least-squares regression ``response ~ terms`` over the frame's complete rows.
 
     As ``statsmodels.formula.api.ols(formula, data).fit()`` (patsy's formula language:
@@ -137,8 +134,6 @@ def ols(frame: SecureFrame, formula: str) -> Query:
     ``party.column``). See :mod:`ppa_kernel.contract.models.ols` for what is opened and the
     result's shape.
     """
-    from ppa_kernel.analyst.frame import Query
 
     design = build_design(frame, formula)
-    return Query(frame, [], [], kind="model", model=design.model(KIND),
-                 inputs=design.inputs)
+    return frame.model_query(design.model(KIND), inputs=design.inputs)

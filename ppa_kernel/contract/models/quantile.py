@@ -87,20 +87,15 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ppa_kernel.party.policy import DEFAULT_QUANTILE_RESOLUTION
-
 from .. import bounds
 from ..errors import PlanError
-from ..plan import check_expr, expr_columns
-from . import ModelKind, output_name, require_keys
-
-if TYPE_CHECKING:
-    from ppa_kernel.analyst.frame import Column, Query, SecureFrame
+from ..expr import check_expr, expr_columns
+from ..limits import DEFAULT_QUANTILE_RESOLUTION, SCALE_BITS
+from .base import Column, Frame, ModelKind, Query, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +198,6 @@ def _first_at_least(value: fractions.Fraction, p: fractions.Fraction) -> int:
 
 def grid(model: dict, scale: int = 1) -> Grid:
     """The grid of a plan's model for a measure at scale exponent ``scale``."""
-    from ..program import SCALE_BITS
 
     unit = 1 << (SCALE_BITS * scale)
     p = step_fraction(model["precision"])
@@ -313,7 +307,7 @@ def nice_step(width: float | fractions.Fraction) -> int | float:
     raise AssertionError("unreachable")
 
 
-def owner_minimum(frame: SecureFrame, expr: dict) -> fractions.Fraction:
+def owner_minimum(frame: Frame, expr: dict) -> fractions.Fraction:
     """The strictest (largest) minimum precision the owners publish for the numeric
     columns ``expr`` reads (catalog ``min_precision``), exactly; 0 when there is none.
 
@@ -322,8 +316,7 @@ def owner_minimum(frame: SecureFrame, expr: dict) -> fractions.Fraction:
     """
     strictest = fractions.Fraction(0)
     for name in expr_columns(expr):
-        party, column = name.split(".", 1)
-        meta = frame._catalog[party][column]
+        meta = frame.column_meta(name)
         if meta.get("kind") != "numeric":
             continue
         minimum = meta.get("min_precision")
@@ -335,7 +328,7 @@ def owner_minimum(frame: SecureFrame, expr: dict) -> fractions.Fraction:
     return strictest
 
 
-def default_precision(frame: SecureFrame, expr: dict, low: float, high: float) -> int | float:
+def default_precision(frame: Frame, expr: dict, low: float, high: float) -> int | float:
     """The smallest 1-2-5 step at or above every owner's minimum for the columns the
     measure reads, and for an expression also at least its range / DEFAULT_POINTS."""
     width = owner_minimum(frame, expr)
@@ -344,12 +337,11 @@ def default_precision(frame: SecureFrame, expr: dict, low: float, high: float) -
     return nice_step(width)
 
 
-def expression_range(frame: SecureFrame, expr: dict) -> tuple[float, float]:
+def expression_range(frame: Frame, expr: dict) -> tuple[float, float]:
     """Bounds of an expression from the catalog's published min/max (interval arithmetic)."""
 
     def published(name: str) -> tuple[float, float]:
-        party, column = name.split(".", 1)
-        meta = frame._catalog[party][column]
+        meta = frame.column_meta(name)
         if meta.get("kind") == "bool":
             return 0.0, 1.0
         low, high = meta.get("min"), meta.get("max")
@@ -361,7 +353,7 @@ def expression_range(frame: SecureFrame, expr: dict) -> tuple[float, float]:
     return bounds.interval(expr, published)
 
 
-def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] = (0.25, 0.5, 0.75),
+def quantiles(frame: Frame, column: str | Column, q: float | list[float] = (0.25, 0.5, 0.75),
               by: str | Column | list[str | Column] | None = None,
               precision: float | None = None) -> Query:
     """Quantiles of ``column`` (per group of ``by``), rounded to multiples of ``precision``.
@@ -373,7 +365,7 @@ def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] =
     so the parties never refuse it; a finer explicit precision is refused by the owner.
     See :mod:`ppa_kernel.contract.models.quantile` for what is opened and the result's shape.
     """
-    measure = frame._column(column)
+    measure = frame.column(column)
     if measure.kind != "numeric":
         raise PlanError(f"quantile needs a numeric measure, not {measure.kind} "
                         f"{measure.name!r}")
@@ -389,8 +381,7 @@ def quantiles(frame: SecureFrame, column: str | Column, q: float | list[float] =
     model = {"kind": KIND, "measure": measure.expr, "q": qs, "precision": precision,
              "range": [low, high]}
     logger.debug("quantile plan: q=%s precision=%s range=%s", qs, precision, [low, high])
-    from ppa_kernel.analyst.frame import Query
 
-    return Query(frame, entries, [], kind="model", model=model, inputs=[measure])
+    return frame.model_query(model, groups=entries, inputs=[measure])
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import check_expr, is_boolean
-from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
+from ..expr import check_expr, is_boolean
+from .base import MASKED_TRUNCATION, ModelKind, output_name, require_keys
 
 DEFAULT_MIN_RESIDUAL_DF = 10
 """Used when a plan carries no ``min_residual_df`` (the client always fills it in)."""

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from ..plan import canonical_json
-from . import MASKED_TRUNCATION, ModelKind, output_name, require_keys
+from ..expr import canonical_json
+from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
 
 
 class TTest(ModelKind):
@@ -85,3 +85,28 @@ class TTest(ModelKind):
                 frame.index = frame.index.get_level_values(0)
         frame.attrs["suppressed"] = frame.isna()
         return frame
+
+
+def ttest(frame: Frame, column: str | Column, by: str | Column,
+          strata: str | Column | list[str | Column] | None = None) -> Query:
+    """Welch's t-test of ``column`` between the two levels of ``by`` (per stratum).
+
+    As ``scipy.stats.ttest_ind(first_level, second_level, equal_var=False)``; opens
+    counts, means, t and df per stratum whose two cells pass disclosure control.
+    """
+    measure = frame.column(column)
+    if measure.kind != "numeric":
+        raise PlanError(f"ttest needs a numeric measure, not {measure.kind} "
+                        f"{measure.name!r}")
+    keys = [] if strata is None else strata if isinstance(strata, list | tuple) \
+        else [strata]
+    entries = frame.groupby([*keys, by]).entries
+    group = entries[-1][0]
+    if len(group["levels"]) != 2:
+        raise PlanError(f"ttest compares two groups; {group['name']!r} has "
+                        f"{len(group['levels'])} levels",
+                        hint="filter to two levels and group by a boolean, "
+                             "e.g. t.assign(...) with a comparison")
+    specs = [("n", "count", measure), ("mean", "mean", measure)]
+    model = {"kind": "ttest", "measure": measure.expr, "group": group["name"]}
+    return frame.model_query(model, groups=entries, aggregates=specs)

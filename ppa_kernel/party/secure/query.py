@@ -26,7 +26,7 @@ import numpy as np
 
 from ppa_kernel.contract import bounds
 from ppa_kernel.contract.errors import PlanError, PolicyRefused
-from ppa_kernel.contract.plan import canonical_json, is_boolean
+from ppa_kernel.contract.expr import canonical_json, is_boolean
 from ppa_kernel.contract.program import SCALE_BITS, Feature, Program, cell_levels
 
 from .disclosure import REASONS, Kept, Rules, differencing_flags, dominance_fails

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.expr import canonical_json, is_boolean
 from ppa_kernel.contract.models import output_name
 from ppa_kernel.contract.models.regression import min_residual_df
-from ppa_kernel.contract.plan import canonical_json, is_boolean
 from ppa_kernel.contract.program import SCALE_BITS, Program
 
 from ..openings import compare, reveal

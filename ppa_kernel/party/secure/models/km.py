@@ -18,9 +18,9 @@ import logging
 
 import numpy as np
 
+from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import output_name
 from ppa_kernel.contract.models.km import index_digits
-from ppa_kernel.contract.plan import canonical_json
 from ppa_kernel.contract.program import Program, cell_levels
 
 from ..fixed import compute, fixed_type, from_scaled

@@ -12,6 +12,7 @@ from fractions import Fraction
 import numpy as np
 
 from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models.quantile import (
     BISECTION,
     PASS,
@@ -21,7 +22,6 @@ from ppa_kernel.contract.models.quantile import (
     grid_value,
     range_conditions,
 )
-from ppa_kernel.contract.plan import canonical_json
 from ppa_kernel.contract.program import Program, cell_levels
 
 from ..openings import MASKED_COMPARISON, compare, masked, reveal

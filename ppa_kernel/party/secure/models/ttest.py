@@ -7,8 +7,8 @@ import itertools
 
 import numpy as np
 
+from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import output_name
-from ppa_kernel.contract.plan import canonical_json
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 from ..fixed import compute, fixed_type, from_scaled
