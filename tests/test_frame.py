@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ppa_kernel.analyst.frame import Column, GroupBy, Query, SecureFrame, expression
+from ppa_kernel.analyst.results import layout_table
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.plan import plan_hash, validate_plan
@@ -51,10 +52,11 @@ class RecordingRunner:
         self.timeouts: list[float | None] = []
         self.result = result if result is not None else pd.DataFrame()
 
-    def run(self, plan: dict, *, timeout: float | None = None) -> pd.DataFrame:
+    def run(self, plan: dict, *, timeout: float | None = None,
+            layout: str = "table") -> pd.DataFrame:
         self.plans.append(plan)
         self.timeouts.append(timeout)
-        return self.result
+        return layout_table(self.result, plan, layout)
 
 
 def frame(link: list[str] = PARTIES, runner: RecordingRunner | None = None) -> SecureFrame:

@@ -15,10 +15,10 @@ import pytest
 
 from ppa_kernel.analyst.frame import SecureFrame
 from ppa_kernel.analyst.plotting import SUPPRESSED_GID, plot
-from ppa_kernel.analyst.results import stamp_release, to_frame
+from ppa_kernel.analyst.results import released_table
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
-from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
+from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 CATALOG = {
     "insurer": {
@@ -56,13 +56,14 @@ class FakeRunner:
     def __init__(self, data: Callable[[dict], list[float]] = rows) -> None:
         self.data = data
 
-    def run(self, plan: dict, *, timeout: float | None = None) -> pd.DataFrame:
+    def run(self, plan: dict, *, timeout: float | None = None,
+            layout: str = "table") -> pd.DataFrame:
         plan = {**plan, "min_cell_size": max(plan.get("min_cell_size") or 0, K)}
-        return stamp_release(to_frame(plan, self.stats(plan)), "run1")
+        return released_table(plan, self.stats(plan), "run1", layout=layout)
 
     def stats(self, plan: dict) -> dict:
         """Integer counts, sums and sums of squares per cell, as parties return them."""
-        cells = cell_levels(compile_plan(plan))
+        cells = cell_levels(plan)
         out: dict = {"counts": {}, "sums": {}, "sumsqs": {}, "scales": {}}
         for agg in plan["aggregates"]:
             key = "size" if agg["stat"] == "size" else canonical_json(agg["expr"])

@@ -29,10 +29,12 @@ from ppa_kernel.analyst.expressions import (
 )
 from ppa_kernel.analyst.frame import Query, SecureFrame
 from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.plan import AGGREGATES
 
 logger = logging.getLogger(__name__)
 
-STATISTICS = ("count", "sum", "mean", "var", "std")
+STATISTICS = tuple(s for s in AGGREGATES if s != "size")
+"""The builder's statistics: the plan's aggregates of one outcome."""
 OUTCOME = "outcome"
 """Name the outcome expression gets in the query when it is not a plain column."""
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -38,7 +38,7 @@ from ppa_kernel.contract.protocol import Channel
 
 from .local import STARTUP_TIMEOUT, launch_local
 from .progress import ProgressCallback, make_display
-from .results import stamp_release, to_frame
+from .results import released_table
 
 logger = logging.getLogger(__name__)
 
@@ -223,16 +223,18 @@ class Consortium:
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,
-            progress: bool | str | ProgressCallback | None = None) -> pd.DataFrame:
-        """Run a plan at every party; return the released table."""
+            progress: bool | str | ProgressCallback | None = None,
+            layout: str = "table") -> pd.DataFrame:
+        """Run a plan at every party; return the released table (see
+        :func:`.results.released_table` for ``layout``)."""
         outcome = self.run_raw(plan, timeout=timeout, progress=progress)
         first = outcome.results[self.names[0]]
-        frame = to_frame(outcome.plan, first["stats"])
-        frame.attrs.update(multiplicity=first["multiplicity"],
-                           phases={p: r["phases"] for p, r in outcome.results.items()},
-                           peak_rss_mb={p: r.get("peak_rss_mb")
-                                        for p, r in outcome.results.items()})
-        return stamp_release(frame, outcome.run_id)
+        return released_table(outcome.plan, first["stats"], outcome.run_id, layout=layout,
+                              attrs={"multiplicity": first["multiplicity"],
+                                     "phases": {p: r["phases"]
+                                                for p, r in outcome.results.items()},
+                                     "peak_rss_mb": {p: r.get("peak_rss_mb")
+                                                     for p, r in outcome.results.items()}})
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:
         """Check a plan with every party's policy without computing; return its hash."""

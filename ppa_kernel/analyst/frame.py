@@ -30,8 +30,6 @@ from ppa_kernel.contract.models import MODELS
 from ppa_kernel.contract.plan import AGGREGATES, PLAN_VERSION, validate_plan
 from ppa_kernel.contract.plan import plan_hash as _plan_hash
 
-from .results import stamp_release
-
 logger = logging.getLogger(__name__)
 
 Catalog = dict[str, dict[str, dict]]
@@ -51,7 +49,8 @@ _ORDERING = ("lt", "le", "gt", "ge")
 class Runner(Protocol):
     """Runs a plan at the parties and returns the released table."""
 
-    def run(self, plan: dict, *, timeout: float | None = None) -> pd.DataFrame: ...
+    def run(self, plan: dict, *, timeout: float | None = None, **options: Any) -> pd.DataFrame:
+        """Release the plan's table (``layout="crosstab"``: as :func:`pandas.crosstab`)."""
 
 
 def _constant(value: Any) -> dict:
@@ -689,30 +688,6 @@ class Query:
             raise PlanError("this frame has no runner to run plans",
                             hint="make frames with Consortium.link(...), or inspect plan()")
         logger.debug("running %s plan %s", self.kind, self.plan_hash()[:12])
-        result = runner.run(self.plan(), timeout=timeout, **options)
-        if self.kind == "crosstab":
-            return self._crosstab(result)
-        return result
-
-    def _crosstab(self, result: pd.DataFrame) -> pd.DataFrame:
-        """Unstack a two-level count table to rows = index levels, columns = column levels."""
-        (rows, _), (cols, _) = self._entries
-        index = pd.Index(rows["levels"], name=rows["name"])
-        columns = pd.Index(cols["levels"], name=cols["name"])
-
-        def shape(frame: pd.DataFrame, *, mask: bool) -> pd.DataFrame:
-            if frame.shape[0] == 0 or frame.shape[1] == 0:
-                table = pd.DataFrame(mask or np.nan, index=index, columns=columns)
-            else:
-                series = frame["count"] if "count" in frame.columns else frame.iloc[:, 0]
-                table = series.unstack(level=1).reindex(index=index, columns=columns)
-                table = table.fillna(True).astype(bool) if mask else table.astype(float)
-            table.index.name, table.columns.name = index.name, columns.name
-            return table
-
-        table = shape(result, mask=False)
-        attrs = dict(result.attrs)
-        if isinstance(attrs.get("suppressed"), pd.DataFrame):
-            attrs["suppressed"] = shape(attrs["suppressed"], mask=True)
-        table.attrs = attrs
-        return stamp_release(table, attrs["run_id"]) if "run_id" in attrs else table
+        if self.kind == "crosstab":  # rows = index levels, columns = column levels
+            options["layout"] = "crosstab"
+        return runner.run(self.plan(), timeout=timeout, **options)

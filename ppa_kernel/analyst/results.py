@@ -18,8 +18,10 @@ import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.models import model_kind
+from ppa_kernel.contract.models.chi2 import crosstab_table
 from ppa_kernel.contract.plan import plan_hash
-from ppa_kernel.contract.program import SCALE_BITS, cell_levels, compile_plan
+from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 SUPPRESSED = "suppressed"
 RELEASE_KEY = "release"
@@ -46,7 +48,7 @@ def _statistic(stat: str, count: int | None, total: int | None, sumsq: int | Non
 
 def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     """The released table for one plan, indexed by its groups."""
-    cells = cell_levels(compile_plan(plan))
+    cells = cell_levels(plan)
     names = [e["name"] for e in plan["groupby"]]
     data, mask, reasons = {}, {}, {}
     for agg in plan["aggregates"]:
@@ -76,14 +78,38 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
     frame.attrs["plan_hash"] = plan_hash(plan)
     frame.attrs["plan"] = plan
     if plan.get("model") is not None:
-        from ppa_kernel.contract.models import model_kind
-
         table = model_kind(plan).table(plan, stats, frame)
         table.attrs.update({k: v for k, v in frame.attrs.items()
                             if k not in ("suppressed", "reasons")},
                            statistics={})
         return table
     return frame
+
+
+LAYOUTS = ("table", "crosstab")
+"""How a released table is shaped: one row per cell, or a two-way table of counts."""
+
+
+def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table",
+                   attrs: dict | None = None) -> pd.DataFrame:
+    """The one way a run's statistics become the analyst's table: shaped from the plan
+    (:func:`layout_table`), given the run's ``attrs``, and stamped once."""
+    frame = layout_table(to_frame(plan, stats), plan, layout)
+    frame.attrs.update(attrs or {})
+    return stamp_release(frame, run_id)
+
+
+def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.DataFrame:
+    """A table of :func:`to_frame` in a layout: as it is (``table``), or the counts of a
+    two-way grouping as rows = index levels x columns = column levels (``crosstab``,
+    like :func:`pandas.crosstab`; its ``suppressed`` mask takes the same shape)."""
+    if layout not in LAYOUTS:
+        raise PlanError(f"unknown layout {layout!r}", hint=f"use one of {', '.join(LAYOUTS)}")
+    if layout == "table":
+        return frame
+    table = crosstab_table(plan, frame)
+    table.attrs = {**frame.attrs, "suppressed": table.attrs["suppressed"]}
+    return table
 
 
 def _values_digest(frame: pd.DataFrame) -> str:

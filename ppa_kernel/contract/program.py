@@ -24,7 +24,7 @@ from .limits import SCALE_BITS
 from .models import model_kind
 from .plan import SQUARE_STATISTICS, SUM_STATISTICS, validate_plan
 
-__all__ = ["SCALE_BITS", "Feature", "Program", "cell_levels", "compile_plan"]
+__all__ = ["SCALE_BITS", "Feature", "Program", "cell_levels", "compile_plan", "group_layout"]
 
 OPENING_NAMES = ("linkage.ready", "linkage.epoch", "linkage.party_sizes", "linkage.prf_masked",
                  "linkage.equality_masked", "disclosure.pass", "disclosure.reason",
@@ -125,12 +125,24 @@ class Program:
         raise KeyError(key)
 
 
-def cell_levels(program: Program) -> list[dict]:
-    """Each cell's level per groupby name, in the workers' cell order ([{}] if ungrouped)."""
+def group_layout(plan: dict) -> dict[str, list[dict]]:
+    """Each grouping party's groupby entries, parties in the order of their first entry:
+    a party's groups vary together in its one-hot columns."""
+    layout: dict[str, list[dict]] = {}
+    for entry in plan["groupby"]:
+        layout.setdefault(plan["columns"][entry["expr"]["col"]]["party"], []).append(entry)
+    return layout
+
+
+def cell_levels(plan: dict) -> list[dict]:
+    """Each cell's level per groupby name, in the workers' cell order ([{}] if ungrouped).
+
+    A function of the plan alone, so the analyst's client shapes results without
+    compiling the plan, in exactly the order the parties computed them."""
     per_party = [
-        [dict(zip([e["name"] for e in program.group_entries[p]], combo))
-         for combo in program.group_levels(p)]
-        for p in program.group_parties
+        [dict(zip([e["name"] for e in entries], combo))
+         for combo in itertools.product(*(e["levels"] for e in entries))]
+        for entries in group_layout(plan).values()
     ]
     cells = []
     for parts in itertools.product(*per_party):
@@ -150,12 +162,8 @@ def compile_plan(plan: dict) -> Program:
             program.add(Feature(party, "present"))
     if plan.get("filter") is not None:
         _add_condition(program, plan["filter"])
-    for entry in plan["groupby"]:
-        party = program.columns[entry["expr"]["col"]]["party"]
-        if party not in program.group_entries:
-            program.group_parties.append(party)
-            program.group_entries[party] = []
-        program.group_entries[party].append(entry)
+    program.group_entries = group_layout(plan)
+    program.group_parties = list(program.group_entries)
     for party in program.group_parties:
         entries = program.group_entries[party]
         program.implied_last[party] = all(e.get("bins") is None and program.complete(e["expr"])

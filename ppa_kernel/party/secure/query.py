@@ -416,7 +416,7 @@ def cell_definitions(program: Program) -> list[list]:
         return [canonical_json(entry["expr"]), entry["bins"][i], entry["bins"][i + 1], closed]
 
     return [sorted(part(name, level) for name, level in cell.items())
-            for cell in cell_levels(program)]
+            for cell in cell_levels(program.plan)]
 
 
 def _definition(program: Program, presence: str | None, cells: list) -> str:

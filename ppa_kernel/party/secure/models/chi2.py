@@ -22,7 +22,7 @@ def cell_grid(state: QueryState) -> np.ndarray:
     """Worker cell index of every (index level, column level), as an R x C array."""
     rows, cols = state.program.plan["groupby"]
     where = {(c[rows["name"]], c[cols["name"]]): i
-             for i, c in enumerate(cell_levels(state.program))}
+             for i, c in enumerate(cell_levels(state.program.plan))}
     return np.array([[where[(a, b)] for b in cols["levels"]] for a in rows["levels"]])
 
 

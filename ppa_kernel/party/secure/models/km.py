@@ -41,7 +41,7 @@ def _group_cells(program: Program) -> list[int]:
     """Worker cell index of every group, groups in plan order."""
     entries = program.plan["groupby"]
     where = {canonical_json([c[e["name"]] for e in entries]): i
-             for i, c in enumerate(cell_levels(program))}
+             for i, c in enumerate(cell_levels(program.plan))}
     combos = itertools.product(*(e["levels"] for e in entries))
     return [where[canonical_json(list(c))] for c in combos]
 

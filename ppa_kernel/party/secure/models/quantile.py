@@ -38,7 +38,7 @@ def _plan_order(program: Program) -> list[int]:
     """Worker cell index of every cell in plan order (product of the groupby levels)."""
     entries = program.plan["groupby"]
     where = {canonical_json([c[e["name"]] for e in entries]): i
-             for i, c in enumerate(cell_levels(program))}
+             for i, c in enumerate(cell_levels(program.plan))}
     return [where[canonical_json(list(c))]
             for c in itertools.product(*(e["levels"] for e in entries))]
 

@@ -22,7 +22,7 @@ def _strata_cells(state: QueryState) -> list[tuple[int, int]]:
     group = plan["groupby"][-1]
     strata = [e["name"] for e in plan["groupby"][:-1]]
     where = {tuple(c[n] for n in [*strata, group["name"]]): i
-             for i, c in enumerate(cell_levels(state.program))}
+             for i, c in enumerate(cell_levels(state.program.plan))}
     combos = itertools.product(*(e["levels"] for e in plan["groupby"][:-1]))
     return [(where[(*combo, group["levels"][0])], where[(*combo, group["levels"][1])])
             for combo in combos]
