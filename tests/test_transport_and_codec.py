@@ -23,7 +23,7 @@ def test_sealed_messages_round_trip_and_reject_tampering():
 
 
 def test_wire_codec_carries_integer_arrays_only():
-    from ppa_kernel.party.secure.patches import WireCodec
+    from ppa_kernel.party.secure.runtime import WireCodec
 
     a = np.array([int.from_bytes(os.urandom(32)) for _ in range(60)], dtype=object).reshape(6, 10)
     assert (WireCodec.loads(WireCodec.dumps(a)) == a).all()
@@ -43,7 +43,7 @@ def test_wire_codec_carries_integer_arrays_only():
 def test_fast_shamir_shares_recombine_to_the_secret():
     from mpyc import finfields, thresha
 
-    from ppa_kernel.party.secure.patches import _bulk_randbelow, np_random_split
+    from ppa_kernel.party.secure.runtime import _bulk_randbelow, np_random_split
 
     field = finfields.GF(finfields.find_prime_root(128)[0])
     secrets_ = np.arange(40, dtype=object) * 12345

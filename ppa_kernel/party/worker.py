@@ -147,12 +147,11 @@ async def _run(job: dict) -> dict:
     from ppa_kernel.contract.program import compile_plan
 
     from .owner import feature_matrix
-    from .secure import patches
     from .secure.disclosure import Rules
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER
     from .secure.query import run_query
-    from .secure.runtime import mpc, shares, value_type
+    from .secure.runtime import allow_disconnects, mpc, shares, value_type
 
     phases = Phases()
     LEDGER.record_values = bool(job.get("record_openings"))
@@ -176,7 +175,7 @@ async def _run(job: dict) -> dict:
 
         stats.model = await run_model(state)
         phases("model")
-    patches.allow_disconnects()
+    allow_disconnects()
     await mpc.shutdown()
     phases("release")
     return {"stats": asdict(stats), "multiplicity": linkage.multiplicity(),
@@ -190,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     sys.argv = _mpyc_argv(job)
-    from .secure import patches
-    from .secure.runtime import mpc
+    from .secure.runtime import LOST_PEERS, mpc
 
     try:
         result = mpc.run(_run(job))
@@ -199,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except PPAError as exc:
         result, status = {"error": exc.to_dict()}, 1
     except (asyncio.CancelledError, ConnectionError) as exc:
-        lost = [job["names"][p] for p in patches.LOST_PEERS if p is not None]
+        lost = [job["names"][p] for p in LOST_PEERS if p is not None]
         message = (f"lost connection to the MPC worker of {', '.join(lost)}" if lost
                    else f"MPC connection failed: {exc!r}")
         result, status = {"error": PartyFailed(message, party=job["party"]).to_dict()}, 1

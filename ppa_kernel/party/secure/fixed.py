@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from mpyc import thresha
 
 from ppa_kernel.contract.models import MASKED_TRUNCATION
 
 from .openings import masked
-from .runtime import mpc, shares, value_type
+from .runtime import mpc, random_field_array, reshare, shares, value_type, zero_sharing
 from .truncation import carry_bound
 
 FRAC_BITS = 56
@@ -78,15 +77,14 @@ async def truncate_product(product: np.ndarray, f: int, l: int) -> np.ndarray:  
     flat = product.reshape(-1) % field.modulus
     with masked(MASKED_TRUNCATION):
         if mpc.options.no_prss:  # no pseudorandom zero sharings: reshare, then truncate
-            reshared = await mpc._reshare(field.array(flat, check=False))
+            reshared = await reshare(field.array(flat, check=False))
             truncated = mpc.np_trunc(sectype.array(reshared), f=f, l=l)
             return (await shares(truncated)).reshape(shape)
         n = product.size
         k = mpc.options.sec_param
-        low = mpc._np_randoms(field, n, carry_bound() << f).value
-        high = mpc._np_randoms(field, n, carry_bound() << (k + l - f)).value
-        zero = thresha.np_pseudorandom_share_0(field, len(mpc.parties), mpc.pid,
-                                               mpc.prfs(field.order), mpc._prss_uci(), n)
+        low = random_field_array(field, n, carry_bound() << f).value
+        high = random_field_array(field, n, carry_bound() << (k + l - f)).value
+        zero = zero_sharing(field, n)
         offset = 1 << (l - 1)
         hidden = (flat + offset + low + (high << f) + zero.value) % field.modulus
         opened = await mpc.output(field.array(hidden, check=False),

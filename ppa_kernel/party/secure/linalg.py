@@ -46,7 +46,7 @@ from ppa_kernel.contract.models import MASKED_TRUNCATION
 
 from .fixed import FRAC_BITS, compute, fixed_type
 from .openings import MASKED_COMPARISON, masked
-from .runtime import mpc, shares, value_type, wrap
+from .runtime import mpc, random_field_array, shares, value_type, wrap
 from .truncation import carry_bound
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ async def pseudorandom(count: int, bits: int) -> np.ndarray:
     """Shares of ``count`` sums of ``d`` pseudorandom terms each uniform below 2^bits
     (d from :func:`~.truncation.carry_bound`), without communication."""
     field = value_type().field
-    values = mpc._np_randoms(field, count, carry_bound() << bits)
+    values = random_field_array(field, count, carry_bound() << bits)
     if mpc.options.no_prss:
         values = await values
     return np.asarray(values.value, dtype=object)

@@ -33,8 +33,8 @@ import numpy as np
 from ppa_kernel.contract.errors import PartyFailed
 
 from .openings import reveal
-from .prf import legendre_tags, zero_sharing
-from .runtime import link_type, mpc, shares, wrap
+from .prf import legendre_tags
+from .runtime import link_type, mpc, random_field_array, shares, wrap, zero_sharing
 from .shuffle import Subset, derive_seeds, shuffle_rows
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ async def _equal_public(sectype, x_share: np.ndarray, rows: np.ndarray,
     field = sectype.field
     p = field.modulus
     diff = (x_share[rows] - x_share[pivots]) % p
-    r = await shares(mpc._np_randoms(sectype, len(rows)))
+    r = await shares(random_field_array(sectype, len(rows)))
     masked = field.array((diff * r + zero_sharing(field, len(rows)).value) % p, check=False)
     opened = await reveal("linkage.equality_masked", masked, threshold=2 * mpc.threshold)
     return np.asarray(opened.value == 0, dtype=bool).reshape(-1)

@@ -41,7 +41,7 @@ import numpy as np
 
 from .fixed import FRAC_BITS, truncate_product
 from .linalg import bits
-from .runtime import mpc, value_type
+from .runtime import reshare, value_type
 from .truncation import carry_bound
 
 EXPONENT_BITS = 9
@@ -156,7 +156,7 @@ async def _out_of_range(values: np.ndarray, digits: np.ndarray) -> np.ndarray:
     weights = np.array([1 << i for i in range(digits.shape[1])], dtype=object)
     gap = (np.asarray(values, dtype=object) - digits @ weights) % field.modulus
     local = int(np.sum(gap * gap)) % field.modulus  # degree 2t
-    reshared = await mpc._reshare(field.array(np.array([local], dtype=object), check=False))
+    reshared = await reshare(field.array(np.array([local], dtype=object), check=False))
     return np.asarray(reshared.value, dtype=object)
 
 

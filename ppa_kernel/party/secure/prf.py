@@ -19,10 +19,9 @@ from collections.abc import Callable
 
 import gmpy2
 import numpy as np
-from mpyc import thresha
 
 from .openings import reveal
-from .runtime import mpc, shares
+from .runtime import mpc, random_field_array, shares, zero_sharing
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ async def legendre_tags(sectype, x_share: np.ndarray, bits: int, *, chunk: int =
         stop = min(n, start + chunk)
         rows = stop - start
         shifted = (x_share[start:stop, None] + k_share[None, :]).reshape(-1)
-        r = mpc._np_randoms(sectype, rows * bits)
+        r = random_field_array(sectype, rows * bits)
         squares = await shares(r * r)
         masked = (shifted * squares) % p
         masked = field.array(masked + zero_sharing(field, rows * bits).value)
@@ -68,10 +67,3 @@ async def legendre_tags(sectype, x_share: np.ndarray, bits: int, *, chunk: int =
         if progress is not None:
             progress(rows)
     return tags
-
-
-def zero_sharing(field, n: int):
-    """This party's degree-2t pseudorandom shares of n zeros (PRSS, no communication)."""
-    m = len(mpc.parties)
-    return thresha.np_pseudorandom_share_0(field, m, mpc.pid, mpc.prfs(field.order),
-                                           mpc._prss_uci(), n)

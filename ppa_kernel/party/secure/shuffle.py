@@ -17,9 +17,8 @@ import itertools
 import logging
 
 import numpy as np
-from mpyc import thresha
 
-from .runtime import mpc, shares
+from .runtime import mpc, prss_keys, recombination_coefficient, shares
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def derive_seeds(nonce: bytes) -> dict[Subset, str]:
     public per-linkage nonce. The seeds are this party's secret; keep them private.
     """
     seeds = {}
-    for subset, key in mpc._prss_keys.items():
+    for subset, key in prss_keys().items():
         digest = hashlib.sha256(b"ppa-shuffle-v1" + bytes(key) + nonce).hexdigest()
         seeds[tuple(subset)] = digest
     return seeds
@@ -63,7 +62,7 @@ async def shuffle_rows(x, seeds: dict[Subset, str]):
         senders = list(subset)
         if mpc.pid in subset:
             points = tuple(i + 1 for i in subset)
-            coefficient = thresha._recombination_vector(field, points, 0)[subset.index(mpc.pid)]
+            coefficient = recombination_coefficient(field, points, subset.index(mpc.pid))
             mine = (await shares(x)) * coefficient % field.modulus
             mine = mine[permutation(seeds[tuple(subset)], n)]
             own = sectype.array(field.array(mine, check=False))

@@ -19,6 +19,8 @@ Leakage: the opened ``c`` (named ``protocol.truncation_masked`` by callers) is `
 plus, from the point of view of any ``t`` colluding parties, a uniform ``u_S + 2^f v_S``
 in ``[0, 2^(k+l))`` from a set they are not in: statistically hiding ``a`` (|a| <
 2^(l-1)) to within 2^-k, exactly as MPyC's own truncation. Semi-honest, like MPyC.
+
+Importing this module (:mod:`.runtime` does) makes MPyC's runtime use these truncations.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import math
 from asyncio import Future
 
 import numpy as np
-from mpyc import asyncoro
-from mpyc.runtime import Runtime
+
+from .runtime import Runtime, mpc, mpc_coro, random_field_array, use_truncation
 
 
 def _mask_sets(runtime: Runtime) -> int:
@@ -39,12 +41,10 @@ def _mask_sets(runtime: Runtime) -> int:
 
 def carry_bound() -> int:
     """The largest rounding carry of a truncation in this runtime (d above)."""
-    from mpyc.runtime import mpc
-
     return _mask_sets(mpc)
 
 
-@asyncoro.mpc_coro
+@mpc_coro
 async def np_trunc(self: Runtime, a, f=None, l=None):  # noqa: E741 (MPyC's signature)
     """Secure truncation of the ``f`` low bits of (elements of) ``a``; rounds up by at
     most ``d`` units (see the module docstring). Replaces ``Runtime.np_trunc``."""
@@ -63,8 +63,8 @@ async def np_trunc(self: Runtime, a, f=None, l=None):  # noqa: E741 (MPyC's sign
         field = sftype.field
     k = self.options.sec_param
     d = _mask_sets(self)
-    low = self._np_randoms(field, n, d << f)
-    high = self._np_randoms(field, n, d << (k + l - f))
+    low = random_field_array(field, n, d << f)
+    high = random_field_array(field, n, d << (k + l - f))
     if self.options.no_prss:
         low, high = await low, await high
     low, high = low.value.reshape(a.shape), high.value.reshape(a.shape)
@@ -76,7 +76,7 @@ async def np_trunc(self: Runtime, a, f=None, l=None):  # noqa: E741 (MPyC's sign
     return field.array(low - remainder) >> f
 
 
-@asyncoro.mpc_coro
+@mpc_coro
 async def trunc(self: Runtime, x, f=None, l=None):  # noqa: E741 (MPyC's signature)
     """Scalar and list form of :func:`np_trunc` (replaces ``Runtime.trunc``)."""
     x_is_list = isinstance(x, list)
@@ -104,7 +104,4 @@ async def trunc(self: Runtime, x, f=None, l=None):  # noqa: E741 (MPyC's signatu
     return out if x_is_list else out[0]
 
 
-def install() -> None:
-    """Use these truncations for every fixed-point operation of the MPyC runtime."""
-    Runtime.np_trunc = np_trunc
-    Runtime.trunc = trunc
+use_truncation(np_trunc, trunc)  # for every fixed-point operation of the MPyC runtime
