@@ -147,6 +147,7 @@ async def _run(job: dict) -> dict:
     from ppa_kernel.contract.program import compile_plan
 
     from .owner import feature_matrix
+    from .secure import truncation  # noqa: F401  (installs the cheap truncation)
     from .secure.disclosure import Rules
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER

@@ -241,8 +241,8 @@ def _running_tasks(loop):
 
 
 def use_truncation(np_trunc: Callable, trunc: Callable) -> None:
-    """Make MPyC's runtime truncate with ``np_trunc`` and ``trunc`` (see :mod:`.truncation`,
-    which calls this when it is imported)."""
+    """Make MPyC's runtime truncate with ``np_trunc`` and ``trunc`` (:mod:`.truncation` calls
+    this when it is imported; :mod:`.fixed` and the worker import it)."""
     Runtime.np_trunc = np_trunc
     Runtime.trunc = trunc
 
@@ -255,4 +255,3 @@ def install() -> None:
 
 
 install()
-from . import truncation  # noqa: E402, F401  (installs the truncation; uses the wrappers above)
