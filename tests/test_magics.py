@@ -13,7 +13,7 @@ pytest.importorskip("IPython")
 from IPython.core.interactiveshell import InteractiveShell
 
 from ppa_kernel.analyst.results import format_html
-from ppa_kernel.notebook.cell import build_query
+from ppa_kernel.notebook.cell import cell_query
 
 PARTIES = ["insurer", "hospital", "bureau"]
 HEADLINE = """
@@ -70,7 +70,7 @@ def test_default_name_and_a_single_party_frame(shell, demo_data):
 def test_show_plan_prints_the_plan_and_hash_the_parties_audit(shell, consortium, capsys):
     assert run(shell, "%%secure --show-plan --dry-run\n" + HEADLINE).success
     out = capsys.readouterr().out
-    query = build_query(HEADLINE, consortium)
+    query = cell_query(HEADLINE, consortium)
     plan = consortium.prepare(query.plan())
     from ppa_kernel.contract.plan import plan_hash
 

@@ -238,15 +238,15 @@ def test_a_cancelled_run_is_recorded_its_worker_killed_and_folder_removed(kernel
     async def hang(proc, writer):  # a worker that never reports back
         await asyncio.sleep(60)
 
-    kernel._follow = hang
+    kernel.workers._follow = hang
 
     async def cancelled():
         task = asyncio.create_task(kernel._run({"op": "run", "run_id": run_id}, Writer()))
         for _ in range(500):
-            if run_id in kernel.workers:
+            if run_id in kernel.workers.running:
                 break
             await asyncio.sleep(0.01)
-        proc = kernel.workers[run_id]
+        proc = kernel.workers.running[run_id]
         assert mode(folder) == 0o700 and mode(folder / "job.json") == 0o600
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -256,4 +256,4 @@ def test_a_cancelled_run_is_recorded_its_worker_killed_and_folder_removed(kernel
     proc = asyncio.run(cancelled())
     assert proc.returncode is not None
     assert events(kernel) == [("plan_accepted", None), ("run_failed", "cancelled")]
-    assert not folder.exists() and kernel.workers == {}
+    assert not folder.exists() and kernel.workers.running == {}

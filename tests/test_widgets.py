@@ -22,10 +22,10 @@ from ppa_kernel.notebook import cell
 from ppa_kernel.widgets import (
     QueryBuilder,
     QuerySpec,
-    build_query,
     load_spec,
     run_spec,
     save_spec,
+    spec_query,
     spec_to_code,
 )
 from ppa_kernel.widgets.spec import catalog_choices, combine_conditions, filter_condition
@@ -76,7 +76,7 @@ def fake() -> FakeConsortium:
 def cell_plan(code: str, consortium) -> dict:
     first, body = code.split("\n", 1)
     assert first == "%%secure -o result"
-    return cell.build_query(body, consortium).plan()
+    return cell.cell_query(body, consortium).plan()
 
 
 # ----------------------------------------------------------------------------- specs
@@ -96,22 +96,22 @@ SPECS = [
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=range(len(SPECS)))
-def test_spec_code_builds_the_same_plan_as_build_query(fake, spec):
+def test_spec_code_builds_the_same_plan_as_spec_query(fake, spec):
     code = spec_to_code(spec)
-    assert cell_plan(code, fake) == build_query(spec, fake).plan()
+    assert cell_plan(code, fake) == spec_query(spec, fake).plan()
 
 
-def test_build_query_plan(fake):
+def test_spec_query_plan(fake):
     spec = SPECS[3]
     t = fake.link()
     t = t.assign(change=t.cost_2021 - t.cost_2020)
     t = t[(t["insurer.age"] >= 40) & t.region.isin(["North", "South"])]
     want = (t.groupby(["income_band", "app_user"])
             .agg(n=("change", "count"), mean=("change", "mean")).with_min_cell_size(12))
-    assert build_query(spec, fake).plan() == want.plan()
-    counted = build_query(QuerySpec(group_by=["region"], statistic="mean"), fake).plan()
+    assert spec_query(spec, fake).plan() == want.plan()
+    counted = spec_query(QuerySpec(group_by=["region"], statistic="mean"), fake).plan()
     assert counted["aggregates"] == [{"name": "n", "stat": "size", "expr": None}]
-    only_count = build_query(QuerySpec(outcome="visits", statistic="count"), fake).plan()
+    only_count = spec_query(QuerySpec(outcome="visits", statistic="count"), fake).plan()
     assert [a["name"] for a in only_count["aggregates"]] == ["n"]
 
 
@@ -134,11 +134,11 @@ def test_spec_to_code_text():
 def test_unsafe_spec_text_is_refused_everywhere(fake):
     spec = QuerySpec(outcome="__import__('os').system('true')")
     with pytest.raises(PlanError, match="function calls"):
-        build_query(spec, fake)
+        spec_query(spec, fake)
     with pytest.raises(PlanError, match="function calls"):
         spec_to_code(spec)
     with pytest.raises(PlanError, match="subscripts"):
-        build_query(QuerySpec(cohort="visits[0] > 1"), fake)
+        spec_query(QuerySpec(cohort="visits[0] > 1"), fake)
 
 
 def test_spec_dict_round_trip_and_papermill_values():

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ppa_kernel.widgets.spec import (
     QuerySpec,
-    build_query,
     catalog_choices,
     load_spec,
     run_spec,
     save_spec,
     spec_figure,
     spec_frame,
+    spec_query,
     spec_to_code,
 )
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "QueryBuilder",
     "QuerySpec",
-    "build_query",
     "catalog_choices",
     "load_spec",
     "query_builder",
@@ -37,6 +36,7 @@ __all__ = [
     "save_spec",
     "spec_figure",
     "spec_frame",
+    "spec_query",
     "spec_to_code",
 ]
 

@@ -25,7 +25,6 @@ from ppa_kernel.contract.errors import PlanError, PPAError
 from ppa_kernel.widgets.spec import (
     STATISTICS,
     QuerySpec,
-    build_query,
     catalog_choices,
     combine_conditions,
     figure_column,
@@ -33,6 +32,7 @@ from ppa_kernel.widgets.spec import (
     run_spec,
     save_spec,
     spec_figure,
+    spec_query,
     spec_to_code,
 )
 
@@ -331,7 +331,7 @@ class QueryBuilder:
         target = path if path is not None else self.export_path.value.strip() or DEFAULT_EXPORT
         try:
             spec = self.spec()
-            build_query(spec, self.consortium)  # refuse specs that do not make a plan
+            spec_query(spec, self.consortium)  # refuse specs that do not make a plan
             written = save_spec(spec, target)
         except OSError as exc:
             self._error(PPAError(f"cannot write {target}: {exc.strerror or exc}"))

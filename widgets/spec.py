@@ -4,7 +4,7 @@ A :class:`QuerySpec` names the parties to link, an outcome (a column or an expre
 a statistic, the groups, a cohort condition and a minimum cell size. Its fields are the
 papermill parameters of ``02-app-effect-study.ipynb``, so a spec saved with
 :func:`save_spec` runs there with ``papermill ... -f query.yaml``. Everything the panel
-does goes through the functions here: :func:`build_query` makes the secure-frame query,
+does goes through the functions here: :func:`spec_query` makes the secure-frame query,
 :func:`spec_to_code` the equivalent ``%%secure`` cell, :func:`run_spec` runs it.
 """
 
@@ -77,7 +77,7 @@ class QuerySpec:
             if key in data:
                 values[key] = _text(key, data[key])
         if "statistic" in data:
-            values["statistic"] = _statistic(data["statistic"])
+            values["statistic"] = _statistic_name(data["statistic"])
         if "min_cell_size" in data:
             values["min_cell_size"] = _cell_size(data["min_cell_size"])
         return cls(**values)
@@ -102,7 +102,7 @@ def _text(key: str, value: Any) -> str:
     return value
 
 
-def _statistic(value: Any) -> str:
+def _statistic_name(value: Any) -> str:
     if value not in STATISTICS:
         raise PlanError(f"unknown statistic {value!r}", hint=f"use one of {', '.join(STATISTICS)}")
     return value
@@ -202,7 +202,7 @@ def spec_frame(spec: QuerySpec, consortium: Any) -> tuple[SecureFrame, str | Non
     return frame, measure
 
 
-def build_query(spec: QuerySpec, consortium: Any) -> Query:
+def spec_query(spec: QuerySpec, consortium: Any) -> Query:
     """The secure-frame query a spec describes, on ``consortium``'s parties."""
     spec = check_spec(spec)
     frame, measure = spec_frame(spec, consortium)
@@ -214,7 +214,7 @@ def build_query(spec: QuerySpec, consortium: Any) -> Query:
 
 
 def spec_to_code(spec: QuerySpec, out: str = "result") -> str:
-    """The ``%%secure -o OUT`` cell that builds the same plan as :func:`build_query`."""
+    """The ``%%secure -o OUT`` cell that builds the same plan as :func:`spec_query`."""
     if not out.isidentifier() or keyword.iskeyword(out):
         raise PlanError(f"{out!r} is not a valid variable name")
     spec = check_spec(spec)
@@ -245,7 +245,7 @@ def spec_to_code(spec: QuerySpec, out: str = "result") -> str:
 def run_spec(spec: QuerySpec, consortium: Any, *, timeout: float | None = None,
              progress: Any = None) -> pd.DataFrame:
     """Run the spec's query at the parties; return the released table."""
-    query = build_query(spec, consortium)
+    query = spec_query(spec, consortium)
     logger.info("running query spec, plan %s", query.plan_hash()[:12])
     return query.collect(timeout=timeout, progress=progress)
 

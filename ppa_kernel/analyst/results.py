@@ -27,7 +27,7 @@ SUPPRESSED = "suppressed"
 RELEASE_KEY = "release"
 
 
-def _statistic(stat: str, count: int | None, total: int | None, sumsq: int | None,
+def _cell_value(stat: str, count: int | None, total: int | None, sumsq: int | None,
                scale: int) -> float:
     if count is None:
         return float("nan")
@@ -57,7 +57,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         sums = stats["sums"].get(key, [None] * len(counts))
         sumsqs = stats["sumsqs"].get(key, [None] * len(counts))
         scale = stats["scales"].get(key, 0)
-        data[agg["name"]] = [_statistic(agg["stat"], c, s, q, scale)
+        data[agg["name"]] = [_cell_value(agg["stat"], c, s, q, scale)
                              for c, s, q in zip(counts, sums, sumsqs)]
         mask[agg["name"]] = [c is None for c in counts]
         known = (stats.get("reasons") or {}).get(key)  # absent: the minimum size only

@@ -51,6 +51,7 @@ class Program:
     group_entries: dict[str, list[dict]] = field(default_factory=dict)
     measures: list[dict] = field(default_factory=list)  # unique measure expressions
     implied_last: dict[str, bool] = field(default_factory=dict)  # last one-hot not input
+    uses: dict[str, set[str]] = field(default_factory=dict)  # column -> filter|group|measure
     _known: set[Feature] = field(default_factory=set, repr=False)
 
     @property
@@ -117,6 +118,22 @@ class Program:
             names |= model_kind(self.plan).openings(self.plan)
         return names
 
+    def statistics(self) -> set[str]:
+        """The statistics the plan computes, by their policy names (``size`` counts)."""
+        names = {"count" if a["stat"] == "size" else a["stat"] for a in self.plan["aggregates"]}
+        if self.plan.get("model") is not None:
+            names.add(self.plan["model"]["kind"])
+        return names
+
+    def column_uses(self, party: str) -> dict[str, set[str]]:
+        """How the plan uses each of ``party``'s columns (its policy decides if it may)."""
+        return {meta["column"]: self.uses[name] for name, meta in self.columns.items()
+                if meta["party"] == party}
+
+    def _use(self, expr: dict | None, use: str) -> None:
+        for column in expr_columns(expr):
+            self.uses.setdefault(column, set()).add(use)
+
     def measure_entry(self, key: str) -> dict:
         """The measure entry of a canonical expression (registered by the aggregates)."""
         for entry in self.measures:
@@ -161,9 +178,14 @@ def compile_plan(plan: dict) -> Program:
         if len(program.link) < len(program.parties):
             program.add(Feature(party, "present"))
     if plan.get("filter") is not None:
+        program._use(plan["filter"], "filter")
         _add_condition(program, plan["filter"])
     program.group_entries = group_layout(plan)
     program.group_parties = list(program.group_entries)
+    for entry in plan["groupby"]:
+        program._use(entry["expr"], "group")
+    for agg in plan["aggregates"]:
+        program._use(agg["expr"], "measure")
     for party in program.group_parties:
         entries = program.group_entries[party]
         program.implied_last[party] = all(e.get("bins") is None and program.complete(e["expr"])
@@ -174,11 +196,18 @@ def compile_plan(plan: dict) -> Program:
     _add_measures(program)
     if plan.get("model") is not None:
         kind = model_kind(plan)
+        for expr in kind.value_inputs(plan) + kind.squared_measures(plan):
+            program._use(expr, "measure")
         for expr in kind.value_inputs(plan):
             bounds.check_sum(expr, program.columns, squared=True)  # models form products
             _add_value(program, expr)
-        for expr in kind.condition_inputs(plan):
+        for expr in kind.condition_inputs(plan):  # splits rows by a column's values
+            for column in expr_columns(expr):
+                numeric = program.columns[column]["kind"] == "numeric"
+                program._use({"col": column}, "filter" if numeric else "group")
             _add_condition(program, expr)
+    for name in program.columns:  # no column escapes the policy
+        program.uses.setdefault(name, {"measure"})
     return program
 
 

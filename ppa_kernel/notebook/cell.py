@@ -55,7 +55,7 @@ def split_cell(body: str) -> tuple[ast.Module, ast.Expression]:
     return tree, ast.Expression(body=last.value)
 
 
-def build_query(body: str, consortium: Any, user_ns: Mapping[str, Any] | None = None) -> Query:
+def cell_query(body: str, consortium: Any, user_ns: Mapping[str, Any] | None = None) -> Query:
     """Evaluate a cell body in the analyst's kernel and return the query it ends with."""
     statements, final = split_cell(body)
     namespace = cell_namespace(consortium, user_ns)

@@ -25,7 +25,7 @@ from ppa_kernel.analyst.progress import MODES
 from ppa_kernel.analyst.results import RELEASE_KEY, format_html, format_table
 from ppa_kernel.contract.errors import ConsortiumError, PPAError
 from ppa_kernel.contract.plan import plan_hash
-from ppa_kernel.notebook.cell import build_query
+from ppa_kernel.notebook.cell import cell_query
 from ppa_kernel.notebook.session import Session
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class PPAMagics(Magics):
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         consortium = self.session.require()
-        query = build_query(cell, consortium, self.shell.user_ns)
+        query = cell_query(cell, consortium, self.shell.user_ns)
         if args.show_plan:
             display(_PlanView(consortium.prepare(query.plan())))
         if args.dry_run:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ppa_kernel.contract.errors import PPAError
+
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
@@ -30,7 +32,7 @@ FILE_MODE = 0o600
 _RESERVED = ("seq", "time", "event", "prev", "hash")
 
 
-class AuditError(Exception):
+class AuditError(PPAError):
     """The audit log is malformed or its hash chain is broken at record ``seq``."""
 
     def __init__(self, message: str, seq: int | None = None) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from ppa_kernel.contract.errors import DataError
 from ppa_kernel.contract.limits import VALUE_LIMIT
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ NUMERIC_TEXT_SHARE = 0.9
 Source = pd.DataFrame | str | os.PathLike
 
 
-class DataSourceError(ValueError):
-    """A party's data source cannot be loaded or fails validation."""
+class DataSourceError(DataError, ValueError):
+    """A party's data source cannot be loaded or fails validation (the kernel adds which
+    party it is)."""
 
 
 # --------------------------------------------------------------------------- loading

@@ -99,6 +99,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ppa_kernel.contract.errors import PPAError
 from ppa_kernel.contract.limits import DEFAULT_QUANTILE_RESOLUTION
 from ppa_kernel.contract.models import MODEL_KINDS
 from ppa_kernel.contract.plan import AGGREGATES
@@ -123,14 +124,13 @@ DISCLOSURE_KEYS = {"dominance_n": ("dominance_n", 2, 1, 10),
 _DEFAULT_STATISTICS = frozenset(STATISTICS) - {"histogram", "crosstab"}
 
 
-class PolicyError(Exception):
-    """A policy is malformed, or refuses a plan; ``reasons`` lists every problem."""
+class PolicyError(PPAError):
+    """A policy is malformed, or refuses a plan; ``reasons`` lists every problem (the
+    kernel reports it as :class:`~ppa_kernel.contract.errors.PolicyRefused`)."""
 
     def __init__(self, party: str, reasons: list[str], hint: str | None = None) -> None:
-        self.party = party
         self.reasons = list(reasons)
-        self.hint = hint
-        super().__init__(str(self))
+        super().__init__("; ".join(self.reasons), party=party, hint=hint)
 
     def __str__(self) -> str:
         return f"[{self.party}] " + "; ".join(self.reasons)

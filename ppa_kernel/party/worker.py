@@ -30,6 +30,8 @@ from ppa_kernel.contract.errors import (
     RunTimeout,
 )
 
+from .job import Job
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,28 +49,28 @@ class Phases:
         print(json.dumps({"phase": phase, "elapsed": round(now - self.start, 3)}), flush=True)
 
 
-def _mpyc_argv(job: dict) -> list[str]:
-    argv = ["ppa-worker", "-I", str(job["index"]), "--no-log"]
-    for address in job["addresses"]:
+def _mpyc_argv(job: Job) -> list[str]:
+    argv = ["ppa-worker", "-I", str(job.index), "--no-log"]
+    for address in job.addresses:
         argv += ["-P", address]
     return argv
 
 
-async def _start(mpc, job: dict) -> None:
+async def _start(mpc, job: Job) -> None:
     """Connect to every other party's worker, or fail naming the missing ones."""
     try:
-        await asyncio.wait_for(mpc.start(), job["connect_timeout"])
+        await asyncio.wait_for(mpc.start(), job.connect_timeout)
     except TimeoutError:
-        missing = [job["names"][p.pid] for p in mpc.parties
+        missing = [job.names[p.pid] for p in mpc.parties
                    if p.pid != mpc.pid and p.protocol is None]
         raise PartyUnreachable(
             f"could not connect to the MPC worker of {', '.join(missing) or 'a peer'} "
-            f"within {job['connect_timeout']} s", party=job["party"],
+            f"within {job.connect_timeout} s", party=job.party,
             hint="check that every party kernel is running and its mpc_port is reachable",
         ) from None
 
 
-async def _agree(job: dict) -> None:
+async def _agree(job: Job) -> None:
     """Refuse to go on unless every party was sent the same plan for the same run.
 
     Each inputs a digest of (plan hash, run id) and all are opened
@@ -83,13 +85,13 @@ async def _agree(job: dict) -> None:
     from .secure.openings import reveal
     from .secure.runtime import link_type, mpc
 
-    text = f"{plan_hash(job['plan'])}:{job['run_id']}".encode()
+    text = f"{plan_hash(job.plan)}:{job.run_id}".encode()
     mine = int.from_bytes(hashlib.sha256(text).digest()[:15], "big")
     digests = {int(v) for v in await reveal("protocol.plan_agreement",
                                             mpc.input(link_type()(mine)))}
     if len(digests) != 1:
         raise PlanError("the parties were sent different plans (or runs)",
-                        party=job["party"], hint="send every party the same plan")
+                        party=job.party, hint="send every party the same plan")
 
 
 EPOCH_FOLDER = "epoch"
@@ -104,7 +106,7 @@ def data_fingerprint(frame: pd.DataFrame, keys) -> str:
     return lk.fingerprint(keys, "\x1f".join(map(str, frame.columns)).encode() + body)
 
 
-async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
+async def _linkage(job: Job, frame: pd.DataFrame, phases: Phases):
     """The data epoch's linkage and history; link again when any party's data changed.
 
     Every party inputs whether its stored epoch matches its data, the epoch's token and
@@ -118,8 +120,8 @@ async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
     from .secure.openings import reveal
     from .secure.runtime import mpc
 
-    folder = Path(job["state_dir"]) / EPOCH_FOLDER
-    keys = lk.hash_keys(frame[job["link_column"]].tolist(), job["link_salt"])
+    folder = Path(job.state_dir) / EPOCH_FOLDER
+    keys = lk.hash_keys(frame[job.link_column].tolist(), job.link_salt)
     digest = data_fingerprint(frame, keys)
     stored = lk.Linkage.load(folder)
     if stored is not None and stored.fingerprint != digest:
@@ -143,7 +145,7 @@ async def _linkage(job: dict, frame: pd.DataFrame, phases: Phases):
     return linkage, History(folder), True
 
 
-async def _run(job: dict) -> dict:
+async def _run(job: Job) -> dict:
     from ppa_kernel.contract.program import compile_plan
 
     from .owner import feature_matrix
@@ -155,11 +157,11 @@ async def _run(job: dict) -> dict:
     from .secure.runtime import allow_disconnects, mpc, shares, value_type
 
     phases = Phases()
-    LEDGER.record_values = bool(job.get("record_openings"))
-    program = compile_plan(job["plan"])
+    LEDGER.record_values = job.record_openings
+    program = compile_plan(job.plan)
     LEDGER.allowed = program.openings()
-    frame = pd.read_parquet(job["snapshot"])
-    block = feature_matrix(program, job["party"], frame)  # fail on own data before MPC
+    frame = pd.read_parquet(job.snapshot)
+    block = feature_matrix(program, job.party, frame)  # fail on own data before MPC
     await _start(mpc, job)
     await _agree(job)
     phases("connect")
@@ -169,9 +171,9 @@ async def _run(job: dict) -> dict:
     table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),
-                            Rules.from_plan(job["plan"]), progress=phases, history=history)
+                            Rules.from_plan(job.plan), progress=phases, history=history)
     stats = state.stats
-    if job["plan"].get("model") is not None:
+    if job.plan.get("model") is not None:
         from .secure.models import run_model
 
         stats.model = await run_model(state)
@@ -188,7 +190,7 @@ async def _run(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one job, write its result file, return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    job = json.loads(Path(argv[0]).read_text())
+    job = Job.read(argv[0])
     sys.argv = _mpyc_argv(job)
     from .secure.runtime import LOST_PEERS, mpc
 
@@ -198,17 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     except PPAError as exc:
         result, status = {"error": exc.to_dict()}, 1
     except (asyncio.CancelledError, ConnectionError) as exc:
-        lost = [job["names"][p] for p in LOST_PEERS if p is not None]
+        lost = [job.names[p] for p in LOST_PEERS if p is not None]
         message = (f"lost connection to the MPC worker of {', '.join(lost)}" if lost
                    else f"MPC connection failed: {exc!r}")
-        result, status = {"error": PartyFailed(message, party=job["party"]).to_dict()}, 1
+        result, status = {"error": PartyFailed(message, party=job.party).to_dict()}, 1
     except TimeoutError:
-        err = RunTimeout("the MPC computation timed out", party=job["party"])
+        err = RunTimeout("the MPC computation timed out", party=job.party)
         result, status = {"error": err.to_dict()}, 1
     except Exception as exc:  # any other failure still ends in a structured result
         logger.exception("worker failed")
-        err = PartyFailed(f"worker failed: {exc!r}", party=job["party"])
+        err = PartyFailed(f"worker failed: {exc!r}", party=job.party)
         result, status = {"error": err.to_dict()}, 1
-    Path(job["result_path"]).write_text(json.dumps(result))
+    Path(job.result_path).write_text(json.dumps(result))
     return status
 

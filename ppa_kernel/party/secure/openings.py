@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ppa_kernel.contract.errors import PartyFailed
+
 from .runtime import mpc
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def _plain(v: Any) -> Any:
     return int(v) if isinstance(v, (int, np.integer)) else str(v)
 
 
-class UnnamedOpening(RuntimeError):
+class UnnamedOpening(PartyFailed):
     """An attempt to open a value the plan does not name; nothing was opened."""
 
 

@@ -1,0 +1,129 @@
+"""A party's data as its kernel serves it: loaded once, described, and published as a
+catalog of the columns its policy approves; and the check that a plan's claims about
+those columns match what was published."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ppa_kernel.contract.config import PartyConfig
+from ppa_kernel.contract.errors import DataError, PlanError, PolicyRefused
+from ppa_kernel.contract.expr import canonical_json
+
+from .datasource import DataSourceError, describe_columns, load_table
+from .policy import Policy, published_min_precision
+
+
+def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The party's table sorted by link key, and its column descriptions."""
+    data = config.data
+    try:
+        frame = load_table(data["source"], table=data.get("table"), query=data.get("query"),
+                           link=data["link"])
+        described = describe_columns(frame, data["link"],
+                                     categorical=set(data.get("categorical", [])))
+    except DataSourceError as exc:
+        raise DataError(str(exc), party=config.name) from None
+    if frame.empty:
+        raise DataError(f"{data['source']} has no rows", party=config.name,
+                        hint="a party needs at least one record to take part")
+    frame = frame.sort_values(data["link"], kind="stable").reset_index(drop=True)
+    for column, meta in described.items():
+        if meta["kind"] == "numeric":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        elif meta["kind"] == "bool":
+            frame[column] = frame[column].astype("boolean")
+    return frame, described
+
+
+def coarse(value: float | None, up: bool) -> float | None:
+    """Round a bound outward to two significant digits (exact extremes are disclosive)."""
+    if value is None or value == 0:
+        return value
+    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
+    return float((math.ceil if up else math.floor)(value / step) * step)
+
+
+def check_policy_columns(party: str, policy: Policy, described: dict[str, dict]) -> None:
+    """Refuse to start when ``[policy.quantile_precision]`` names no numeric column."""
+    problems = [f"'policy.quantile_precision.{name}' names "
+                + ("no column of the data" if name not in described else
+                   f"a {described[name]['kind']} column (numeric only)")
+                for name in sorted(policy.quantile_precision)
+                if described.get(name, {}).get("kind") != "numeric"]
+    if problems:
+        numeric = sorted(c for c, m in described.items() if m["kind"] == "numeric")
+        raise PolicyRefused("invalid policy: " + "; ".join(problems), party=party,
+                            hint=f"numeric columns: {', '.join(numeric) or 'none'}")
+
+
+def build_catalog(policy: Policy, described: dict[str, dict]) -> dict[str, dict]:
+    """What the party publishes per approved column: kind, levels, coarse range, whether
+    values are missing, the minimum quantile precision and the approved uses."""
+    rules = policy.columns
+    out = {}
+    for column, meta in described.items():
+        if rules is not None and column not in rules:
+            continue
+        entry = dict(meta)
+        entry["missing"] = bool(meta.get("missing"))  # whether, not how many
+        if entry["kind"] == "numeric":
+            entry["min"], entry["max"] = coarse(meta["min"], False), coarse(meta["max"], True)
+            entry["min_precision"] = published_min_precision(
+                policy.min_precision(column, entry["min"], entry["max"]))
+        entry["uses"] = sorted(rules[column].uses) if rules is not None else \
+            ["filter", "group", "measure"]
+        out[column] = entry
+    return out
+
+
+def check_claims(plan: dict, catalog: dict[str, dict], party: str) -> None:
+    """Refuse a plan whose kind, range, missingness or group levels of one of ``party``'s
+    columns differ from what it published."""
+    for name, meta in plan["columns"].items():
+        if meta["party"] == party:
+            _check_column(name, meta, catalog, party)
+    for entry in plan["groupby"]:
+        if plan["columns"][entry["expr"]["col"]]["party"] == party:
+            _check_levels(entry, catalog, party)
+
+
+def _check_column(name: str, meta: dict, catalog: dict[str, dict], party: str) -> None:
+    column = meta["column"]
+    if column not in catalog:
+        raise PlanError(f"unknown column {name!r}", party=party,
+                        hint=f"{party} offers {', '.join(sorted(catalog))}")
+    entry = catalog[column]
+    if entry["kind"] != meta["kind"]:
+        raise PlanError(f"column {name!r} is {entry['kind']}, "
+                        f"not {meta['kind']}", party=party)
+    if meta.get("missing", True) is False and entry["missing"]:
+        raise PlanError(f"the plan says {name} has no missing values, but it has",
+                        party=party, hint="refresh the catalog and rebuild the plan")
+    if entry["kind"] == "numeric":
+        published = [entry.get("min"), entry.get("max")]
+        if None in published:
+            published = [0.0, 0.0]  # no values: every row is missing
+        if meta.get("range") is None or [float(b) for b in meta["range"]] != published:
+            raise PlanError(f"column {name!r} must carry its published range "
+                            f"{published[0]:g} .. {published[1]:g}", party=party,
+                            hint="refresh the catalog and rebuild the plan")
+
+
+def _check_levels(entry: dict, catalog: dict[str, dict], party: str) -> None:
+    """A group on one of the party's columns uses exactly its published levels (or bins of
+    a numeric column); extra levels would only cost inputs."""
+    meta = catalog[entry["expr"]["col"].split(".", 1)[1]]
+    if entry.get("bins") is not None:
+        if meta["kind"] != "numeric":
+            raise PlanError(f"group {entry['name']!r}: only numeric columns are binned",
+                            party=party)
+        return
+    published = meta.get("levels")
+    if published is None or sorted(map(canonical_json, entry["levels"])) != \
+            sorted(map(canonical_json, published)):
+        raise PlanError(f"group {entry['name']!r} must use the published levels of its "
+                        "column", party=party,
+                        hint="refresh the catalog and rebuild the plan")

@@ -1,0 +1,144 @@
+"""The MPyC worker processes of a party kernel: one per run, in its own job folder,
+followed for progress, killed when the run ends early."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ppa_kernel.contract.config import PartyConfig
+from ppa_kernel.contract.errors import PartyFailed, RunTimeout, error_from_dict
+
+from .job import RESULT_FILE, Job
+
+logger = logging.getLogger(__name__)
+
+WORKER_CONNECT_TIMEOUT = 30.0
+"""Seconds a worker waits to reach every peer's worker (at most the run's timeout)."""
+
+Progress = Callable[[dict], Awaitable[None]]
+"""Receives each progress event a worker prints."""
+
+
+class Workers:
+    """Starts, follows and stops this party's workers (one per run id)."""
+
+    def __init__(self, config: PartyConfig, snapshot: Path) -> None:
+        self.config = config
+        self.snapshot = snapshot
+        self.jobs = config.state_dir / "jobs"  # one folder per run, holding its job file
+        self.running: dict[str, asyncio.subprocess.Process] = {}
+
+    def clear_leftovers(self) -> None:
+        """Remove job folders left by a kernel killed mid-run (they hold the link salt)."""
+        self.jobs.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.jobs, 0o700)
+        leftovers = list(self.jobs.iterdir())
+        for folder in leftovers:
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("party %s: removed %d job folder(s) left by interrupted runs",
+                        self.config.name, len(leftovers))
+
+    def job(self, run_id: str, plan: dict, folder: Path, timeout: float) -> Job:
+        """The job of one run: everything but the plan and run id from this party's files."""
+        consortium = self.config.consortium
+        return Job(party=self.config.name, index=consortium.index(self.config.name),
+                   names=[p.name for p in consortium.parties],
+                   addresses=[f"{p.host}:{p.mpc_port}" for p in consortium.parties],
+                   plan=plan, run_id=run_id, snapshot=str(self.snapshot),
+                   link_column=self.config.data["link"], link_salt=consortium.link_salt,
+                   state_dir=str(self.config.state_dir),
+                   record_openings=bool(self.config.extra.get("record_openings")),
+                   connect_timeout=min(WORKER_CONNECT_TIMEOUT, timeout),
+                   result_path=str(folder / RESULT_FILE))
+
+    async def run(self, run_id: str, plan: dict, timeout: float, progress: Progress) -> dict:
+        """Run the plan in a worker whose job folder ``state_dir/jobs/<run_id>`` (0700)
+        lives only as long as the run; the worker is killed if the run ends early."""
+        folder = self.jobs / run_id
+        self.jobs.mkdir(mode=0o700, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # never read a stale result
+        folder.mkdir(mode=0o700)
+        try:
+            job = self.job(run_id, plan, folder, timeout)
+            job_path = job.write(folder)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ppa_kernel.cli", "--log-level",
+                self.config.worker_log_level, "worker", str(job_path),
+                stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            self.running[run_id] = proc
+            try:
+                await asyncio.wait_for(self._follow(proc, progress), timeout)
+            except TimeoutError:
+                await self.kill(run_id)
+                raise RunTimeout(f"run did not finish within {timeout:g} s",
+                                 party=self.config.name,
+                                 hint="raise the timeout, or check the other parties") from None
+            except BaseException:  # cancelled, or the client's connection broke
+                await self.kill(run_id)
+                raise
+            finally:
+                self.running.pop(run_id, None)
+            return self._result(proc, Path(job.result_path))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    async def _follow(self, proc: asyncio.subprocess.Process, progress: Progress) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            await progress(event)
+        await proc.wait()
+
+    def _result(self, proc: asyncio.subprocess.Process, path: Path) -> dict:
+        """The worker's result, or its error (a missing or unreadable result: PartyFailed)."""
+        party = self.config.name
+        if path.exists():
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError):
+                raise PartyFailed("MPC worker left an unreadable result", party=party,
+                                  hint="see the party kernel's log") from None
+            if not isinstance(result, dict):
+                raise PartyFailed("MPC worker left a malformed result", party=party)
+            if "error" in result:  # keep its kind: a plan error stays a PlanError
+                err = result["error"] if isinstance(result["error"], dict) else {}
+                error = error_from_dict({"type": err.get("type", "PartyFailed"),
+                                         "message": str(err.get("message", "MPC worker failed")),
+                                         "hint": err.get("hint")})
+                error.party = party
+                raise error
+            return result
+        code = proc.returncode
+        cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        raise PartyFailed(f"MPC worker died ({cause})", party=party)
+
+    async def kill(self, run_id: str) -> bool:
+        """Kill a run's worker (and its process group); whether one was running."""
+        proc = self.running.get(run_id)
+        if proc is None or proc.returncode is not None:
+            return False
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        await proc.wait()
+        return True
+
+    async def kill_all(self) -> None:
+        for run_id in list(self.running):
+            await self.kill(run_id)
