@@ -130,10 +130,6 @@ class Program:
         return {meta["column"]: self.uses[name] for name, meta in self.columns.items()
                 if meta["party"] == party}
 
-    def _use(self, expr: dict | None, use: str) -> None:
-        for column in expr_columns(expr):
-            self.uses.setdefault(column, set()).add(use)
-
     def measure_entry(self, key: str) -> dict:
         """The measure entry of a canonical expression (registered by the aggregates)."""
         for entry in self.measures:
@@ -178,14 +174,14 @@ def compile_plan(plan: dict) -> Program:
         if len(program.link) < len(program.parties):
             program.add(Feature(party, "present"))
     if plan.get("filter") is not None:
-        program._use(plan["filter"], "filter")
+        _mark_use(program, plan["filter"], "filter")
         _add_condition(program, plan["filter"])
     program.group_entries = group_layout(plan)
     program.group_parties = list(program.group_entries)
     for entry in plan["groupby"]:
-        program._use(entry["expr"], "group")
+        _mark_use(program, entry["expr"], "group")
     for agg in plan["aggregates"]:
-        program._use(agg["expr"], "measure")
+        _mark_use(program, agg["expr"], "measure")
     for party in program.group_parties:
         entries = program.group_entries[party]
         program.implied_last[party] = all(e.get("bins") is None and program.complete(e["expr"])
@@ -197,18 +193,24 @@ def compile_plan(plan: dict) -> Program:
     if plan.get("model") is not None:
         kind = model_kind(plan)
         for expr in kind.value_inputs(plan) + kind.squared_measures(plan):
-            program._use(expr, "measure")
+            _mark_use(program, expr, "measure")
         for expr in kind.value_inputs(plan):
             bounds.check_sum(expr, program.columns, squared=True)  # models form products
             _add_value(program, expr)
         for expr in kind.condition_inputs(plan):  # splits rows by a column's values
             for column in expr_columns(expr):
                 numeric = program.columns[column]["kind"] == "numeric"
-                program._use({"col": column}, "filter" if numeric else "group")
+                _mark_use(program, {"col": column}, "filter" if numeric else "group")
             _add_condition(program, expr)
     for name in program.columns:  # no column escapes the policy
         program.uses.setdefault(name, {"measure"})
     return program
+
+
+def _mark_use(program: Program, expr: dict | None, use: str) -> None:
+    """Record that the plan uses every column ``expr`` reads for ``use``."""
+    for column in expr_columns(expr):
+        program.uses.setdefault(column, set()).add(use)
 
 
 def _add_measures(program: Program) -> None:

@@ -1,10 +1,12 @@
 """The MPyC worker: one process per party per plan, started by the party kernel.
 
-Run as ``python -m ppa_kernel.cli --log-level L worker JOB.json``. The job file (written
-by the kernel) holds the plan, this party's index, the MPC addresses and where its data snapshot and
-linkage state live. The worker prints one JSON line per phase to stdout and writes its
-result (or a structured error) to the job's ``result_path``. It is the only place that
-imports MPyC: MPyC parses ``sys.argv`` and sets up a global runtime at import.
+Run as ``python -m ppa_kernel.cli --log-level L worker JOB.json``. The job file
+(:class:`.job.Job`, written by the kernel) holds the plan, this party's index, the MPC
+addresses and where its data snapshot and linkage state live. The worker prints one
+JSON line per phase to stdout and writes its result (or a structured error) to the
+job's ``result_path``. Only the worker process
+imports :mod:`.secure.runtime` (the MPyC adapter): MPyC parses ``sys.argv`` and sets up
+a global runtime at import, so the worker sets ``sys.argv`` first.
 """
 
 from __future__ import annotations
