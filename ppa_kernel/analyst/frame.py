@@ -1,8 +1,9 @@
 """Secure frames: the lazy, pandas-like API analysts write against.
 
 Nothing here computes on data. Column expressions build JSON trees; a finished query
-turns into an analysis plan (:mod:`.plan`), and ``collect()`` hands that plan to a runner
-(normally the :class:`~ppa_kernel.analyst.client.Consortium`), which returns the released table::
+turns into an analysis plan (:mod:`ppa_kernel.contract.plan`), and ``collect()`` hands
+that plan to a runner (normally the :class:`~ppa_kernel.analyst.client.Consortium`),
+which returns the released table::
 
     t = consortium.link()
     t = t.assign(change=t.cost_2021 - t.cost_2020)
