@@ -12,6 +12,7 @@ Every import counts, including those inside functions and ``TYPE_CHECKING`` bloc
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,13 +149,46 @@ def test_the_checker_sees_a_circle_and_a_wrong_import(tmp_path):
     assert sorted(import_circles(graph)) == [["a", "b", "c"], ["d"]]
 
 
+CATALOG = {
+    "insurer": {"age": {"kind": "numeric", "min": 18.0, "max": 90.0, "missing": False},
+                "cost": {"kind": "numeric", "min": 0.0, "max": 9e4, "missing": False},
+                "sex": {"kind": "categorical", "levels": ["F", "M"], "missing": False}},
+    "hospital": {"app_user": {"kind": "bool", "levels": [False, True], "missing": False},
+                 "days": {"kind": "numeric", "min": 0.0, "max": 720.0, "missing": False}},
+    "bureau": {"band": {"kind": "categorical", "levels": ["Q1", "Q2"], "missing": False}},
+}
+
+
+def _one_plan_per_model() -> dict[str, dict]:
+    """A plan of every registered model, built on the analyst side."""
+    from ppa_kernel.analyst.frame import SecureFrame
+    from ppa_kernel.contract.models import MODELS
+
+    t = SecureFrame(CATALOG, ["bureau", "hospital", "insurer"], ["bureau", "hospital", "insurer"])
+    queries = {"ttest": t.ttest("cost", by="app_user"), "chi2": t.chi2("sex", "band"),
+               "corr": t.corr(["age", "cost"]), "ols": t.ols("cost ~ age + sex"),
+               "logit": t.logit("app_user ~ age"), "km": t.kaplan_meier("days", "app_user"),
+               "quantile": t.quantiles("cost")}
+    assert set(queries) == {m.kind for m in MODELS}, "add the new model kind here"
+    return {kind: q.plan() for kind, q in queries.items()}
+
+
 def test_party_processes_load_no_analyst_code():
-    """A kernel and a worker import the party side only (checked in a fresh process)."""
-    code = ("import sys; import ppa_kernel.cli, ppa_kernel.party.kernel, "
-            "ppa_kernel.party.worker, ppa_kernel.party.secure.query; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[:2] in "
-            "(['ppa_kernel', 'analyst'], ['ppa_kernel', 'notebook'], ['ppa_kernel', 'widgets'])"
-            " or m.split('.')[0] in ('matplotlib', 'ipywidgets', 'IPython')); print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    """A kernel and a worker import the party side only, also when they compile every
+    model's plan and load every runner (checked in a fresh process)."""
+    code = """
+import json, sys, importlib
+import ppa_kernel.cli, ppa_kernel.party.kernel, ppa_kernel.party.worker
+from ppa_kernel.contract.program import compile_plan
+for kind, plan in json.load(sys.stdin).items():
+    compile_plan(plan).openings()
+    importlib.import_module(f"ppa_kernel.party.secure.models.{kind}")
+bad = sorted(m for m in sys.modules if m.split(".")[:2] in (
+    ["ppa_kernel", "analyst"], ["ppa_kernel", "notebook"], ["ppa_kernel", "widgets"])
+    or m.split(".")[0] in ("matplotlib", "ipywidgets", "IPython"))
+print(json.dumps(bad))
+"""
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(_one_plan_per_model()),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], out.stdout

@@ -165,3 +165,13 @@ def test_released_table_formats_counts_and_marks_suppressed_cells():
     lines = format_table(df).splitlines()
     assert lines[1].split() == ["a", "432", "3.14"]
     assert lines[2].split() == ["b", "suppressed", "suppressed"]
+
+
+def test_a_size_aggregate_may_leave_out_its_expression():
+    """The plan format allows ``{"name", "stat": "size"}`` without ``expr``; the uses of
+    every column still come out of the compiled program."""
+    plan = frame().groupby("income_band").size().plan()
+    del plan["aggregates"][0]["expr"]
+    program = compile_plan(plan)
+    assert program.column_uses("bureau") == {"income_band": {"group"}}
+    assert program.statistics() == {"count"}

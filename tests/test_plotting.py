@@ -343,3 +343,15 @@ def test_real_crosstab_and_histogram_through_the_accessor(consortium):
     assert [p.get_width() for p in released] == pytest.approx(np.diff(edges))
     assert [p.get_height() for p in released] == hist["count"].fillna(0).tolist()
     assert len(gaps(ax)) == int(hist.ppa.suppressed["count"].sum())
+
+
+def test_a_fresh_session_gets_the_ppa_accessor_with_the_consortium():
+    """``result.ppa.plot()`` works after ``from ppa_kernel import Consortium`` alone."""
+    import subprocess
+    import sys
+
+    code = ("import pandas as pd; from ppa_kernel import Consortium; "
+            "print(hasattr(pd.DataFrame(), 'ppa'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "True", out.stderr

@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from ppa_kernel.party.policy import MODELS, STATISTICS, USES, ColumnRule, Policy, PolicyError
+from ppa_kernel.contract.models import MODEL_KINDS as MODELS
+from ppa_kernel.party.policy import STATISTICS, USES, ColumnRule, Policy, PolicyError
 
 EXAMPLE = """
 [policy]

@@ -9,6 +9,7 @@ ipywidgets); :class:`QueryBuilder` maps the panel's controls to a spec::
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ppa_kernel.widgets.spec import (
@@ -57,4 +58,8 @@ def __getattr__(name: str) -> Any:
         from ppa_kernel.widgets.panel import QueryBuilder
 
         return QueryBuilder
+    if name == "build_query":  # its old name (notebook.cell has a different one)
+        warnings.warn("ppa_kernel.widgets.build_query is now spec_query", DeprecationWarning,
+                      stacklevel=2)
+        return spec_query
     raise AttributeError(name)

@@ -36,9 +36,10 @@ from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
 from ppa_kernel.contract.program import compile_plan
 from ppa_kernel.contract.protocol import Channel
 
+from . import plotting  # noqa: F401  (registers the result.ppa accessor)
 from .local import STARTUP_TIMEOUT, launch_local
 from .progress import ProgressCallback, make_display
-from .results import released_table
+from .results import check_layout, released_table
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class Consortium:
                                workdir=workdir, record_openings=record_openings,
                                startup_timeout=startup_timeout)
         consortium: Consortium | None = None
+        if parties.config is None:  # launch_local returns only once every kernel is ready
+            parties.kill()
+            raise PartyFailed("local kernels started without a consortium file")
 
         def close() -> None:
             if consortium is not None:
@@ -227,6 +231,7 @@ class Consortium:
             layout: str = "table") -> pd.DataFrame:
         """Run a plan at every party; return the released table (see
         :func:`.results.released_table` for ``layout``)."""
+        check_layout(layout)  # before anything runs
         outcome = self.run_raw(plan, timeout=timeout, progress=progress)
         first = outcome.results[self.names[0]]
         return released_table(outcome.plan, first["stats"], outcome.run_id, layout=layout,

@@ -90,6 +90,12 @@ LAYOUTS = ("table", "crosstab")
 """How a released table is shaped: one row per cell, or a two-way table of counts."""
 
 
+def check_layout(layout: object) -> None:
+    """PlanError unless ``layout`` is one of :data:`LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise PlanError(f"unknown layout {layout!r}", hint=f"use one of {', '.join(LAYOUTS)}")
+
+
 def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table",
                    attrs: dict | None = None) -> pd.DataFrame:
     """The one way a run's statistics become the analyst's table: shaped from the plan
@@ -103,8 +109,7 @@ def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.D
     """A table of :func:`to_frame` in a layout: as it is (``table``), or the counts of a
     two-way grouping as rows = index levels x columns = column levels (``crosstab``,
     like :func:`pandas.crosstab`; its ``suppressed`` mask takes the same shape)."""
-    if layout not in LAYOUTS:
-        raise PlanError(f"unknown layout {layout!r}", hint=f"use one of {', '.join(LAYOUTS)}")
+    check_layout(layout)
     if layout == "table":
         return frame
     table = crosstab_table(plan, frame)

@@ -47,12 +47,16 @@ class Program:
 
     plan: dict
     features: dict[str, list[Feature]] = field(default_factory=dict)
-    group_parties: list[str] = field(default_factory=list)
     group_entries: dict[str, list[dict]] = field(default_factory=dict)
     measures: list[dict] = field(default_factory=list)  # unique measure expressions
     implied_last: dict[str, bool] = field(default_factory=dict)  # last one-hot not input
     uses: dict[str, set[str]] = field(default_factory=dict)  # column -> filter|group|measure
     _known: set[Feature] = field(default_factory=set, repr=False)
+
+    @property
+    def group_parties(self) -> list[str]:
+        """Parties with grouping columns, in the order of their first groupby entry."""
+        return list(self.group_entries)
 
     @property
     def parties(self) -> list[str]:
@@ -177,11 +181,10 @@ def compile_plan(plan: dict) -> Program:
         _mark_use(program, plan["filter"], "filter")
         _add_condition(program, plan["filter"])
     program.group_entries = group_layout(plan)
-    program.group_parties = list(program.group_entries)
     for entry in plan["groupby"]:
         _mark_use(program, entry["expr"], "group")
     for agg in plan["aggregates"]:
-        _mark_use(program, agg["expr"], "measure")
+        _mark_use(program, agg.get("expr"), "measure")
     for party in program.group_parties:
         entries = program.group_entries[party]
         program.implied_last[party] = all(e.get("bins") is None and program.complete(e["expr"])

@@ -11,7 +11,7 @@ from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import PlanError, PolicyRefused, PPAError
 from ppa_kernel.contract.expr import expr_columns
 from ppa_kernel.contract.plan import plan_hash
-from ppa_kernel.contract.program import Program, compile_plan
+from ppa_kernel.contract.program import compile_plan
 
 from .catalog import check_claims
 from .policy import Policy, PolicyError, QuantileRequest
@@ -21,11 +21,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CheckedPlan:
-    """A plan this party accepted, its hash and the program every party derives from it."""
+    """A plan this party accepted and its hash."""
 
     plan: dict
     digest: str
-    program: Program
 
 
 def check_plan(request: dict, config: PartyConfig, policy: Policy,
@@ -57,7 +56,7 @@ def check_plan(request: dict, config: PartyConfig, policy: Policy,
     except PolicyError as exc:
         raise PolicyRefused("; ".join(exc.reasons), party=party, hint=exc.hint) from None
     check_claims(plan, catalog, party)
-    return CheckedPlan(plan, digest, program)
+    return CheckedPlan(plan, digest)
 
 
 def check_layout(plan: dict, names: list[str], party: str) -> None:

@@ -107,8 +107,8 @@ from ppa_kernel.contract.plan import AGGREGATES
 logger = logging.getLogger(__name__)
 
 USES = ("group", "filter", "measure", "link")
-MODELS = MODEL_KINDS
-STATISTICS = (*(s for s in AGGREGATES if s != "size"), "histogram", "crosstab", *MODELS)
+STATISTICS = (*(s for s in AGGREGATES if s != "size"), "histogram", "crosstab",
+              *MODEL_KINDS)
 """What a policy may allow: the plain aggregates, histograms, crosstabs and every model."""
 APPROVALS = ("automatic",)
 _NOT_YET = ("manual", "pinned")

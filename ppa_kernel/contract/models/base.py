@@ -58,10 +58,10 @@ def require_keys(model: dict, required: set[str], optional: set[str] = frozenset
             + ([f"unknown {', '.join(sorted(unknown))}"] if unknown else [])))
 
 
-Column = Any
+FrameColumn = Any
 """A column expression of the analyst's secure frame (it has ``expr``, ``kind``, ``name``)."""
 
-Query = Any
+FrameQuery = Any
 """The analyst's query a builder returns (``plan()``, ``collect()``)."""
 
 

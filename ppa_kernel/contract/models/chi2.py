@@ -48,7 +48,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PlanError
-from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
+from .base import (
+    MASKED_TRUNCATION,
+    Frame,
+    FrameColumn,
+    FrameQuery,
+    ModelKind,
+    output_name,
+    require_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ def crosstab_table(plan: dict, released: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def chi2(frame: Frame, index: str | Column, columns: str | Column) -> Query:
+def chi2(frame: Frame, index: str | FrameColumn, columns: str | FrameColumn) -> FrameQuery:
     """Pearson's chi-square test of independence of two grouping columns.
 
     As ``scipy.stats.chi2_contingency(pandas.crosstab(index, columns), correction=False)``

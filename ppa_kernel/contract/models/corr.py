@@ -48,7 +48,15 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..expr import check_expr
-from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
+from .base import (
+    MASKED_TRUNCATION,
+    Frame,
+    FrameColumn,
+    FrameQuery,
+    ModelKind,
+    output_name,
+    require_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +137,7 @@ def _p_value(r: float, n: int | None) -> float:
     return float(2 * sps.t.sf(abs(t), df))
 
 
-def corr(frame: Frame, columns: list[str | Column]) -> Query:
+def corr(frame: Frame, columns: list[str | FrameColumn]) -> FrameQuery:
     """Pearson correlations of numeric (or boolean) columns over the frame's complete rows.
 
     As ``DataFrame.dropna().corr()`` with p-values as ``scipy.stats.pearsonr``; see

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PlanError
-from .base import Column, Frame
+from .base import Frame, FrameColumn
 
 INTERCEPT = "Intercept"
 
@@ -342,12 +342,12 @@ class Design:
     """A formula resolved on a secure frame: plan expressions for every design column."""
 
     formula: Formula
-    response: Column
+    response: FrameColumn
     columns: list[DesignColumn]
     exprs: list[dict | None]  # per design column; None = the intercept (constant 1)
     complete: list[dict]  # conditions: a categorical factor is not missing
     centered: bool
-    inputs: list[Column] = field(default_factory=list)  # every column read
+    inputs: list[FrameColumn] = field(default_factory=list)  # every column read
 
     @property
     def names(self) -> list[str]:
@@ -361,7 +361,7 @@ class Design:
                 "complete": self.complete, "centered": self.centered}
 
 
-def _levels(column: Column) -> list:
+def _levels(column: FrameColumn) -> list:
     if "col" not in column.expr:
         if column.kind == "bool":
             return [False, True]
@@ -373,14 +373,14 @@ def _levels(column: Column) -> list:
     return list(levels)
 
 
-def _dummy(column: Column, level: Any) -> dict:
+def _dummy(column: FrameColumn, level: Any) -> dict:
     """0/1 condition: the factor takes this level (missing: 0)."""
     if "col" not in column.expr:  # a derived boolean: the condition itself, or its negation
         return column.expr if level else {"op": "not", "args": [column.expr]}
     return {"op": "eq", "args": [column.expr, {"const": level}]}
 
 
-def _present(column: Column, levels: list) -> dict | None:
+def _present(column: FrameColumn, levels: list) -> dict | None:
     """Condition that a categorical column is not missing (None if it never is)."""
     if "col" not in column.expr or column.columns[column.expr["col"]].get("missing") is False:
         return None

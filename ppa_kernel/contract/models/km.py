@@ -74,7 +74,15 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..expr import check_expr, is_boolean
-from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
+from .base import (
+    MASKED_TRUNCATION,
+    Frame,
+    FrameColumn,
+    FrameQuery,
+    ModelKind,
+    output_name,
+    require_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +198,7 @@ def time_grid(low: float | None, high: float | None, step: float) -> tuple[list,
     return times, [-0.5, *(t + 0.5 for t in times)]
 
 
-def _event(frame: Frame, event: str | Column) -> tuple[Column, Column]:
+def _event(frame: Frame, event: str | FrameColumn) -> tuple[FrameColumn, FrameColumn]:
     """The condition "the event happened" and the condition "the event is known"."""
     column = frame.column(event)
     if "col" in column.expr and column.kind == "numeric":  # 0/1
@@ -200,9 +208,9 @@ def _event(frame: Frame, event: str | Column) -> tuple[Column, Column]:
     return column, column.isin([False, True])
 
 
-def kaplan_meier(frame: Frame, duration: str | Column, event: str | Column,
-                 by: str | Column | list[str | Column] | None = None,
-                 step: float = 30) -> Query:
+def kaplan_meier(frame: Frame, duration: str | FrameColumn, event: str | FrameColumn,
+                 by: str | FrameColumn | list[str | FrameColumn] | None = None,
+                 step: float = 30) -> FrameQuery:
     """Kaplan-Meier survival curves per group of ``by`` and the log-rank test across them.
 
     ``duration``: numeric column of whole time units (e.g. days) with a published range;

@@ -57,7 +57,7 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..expr import is_boolean
-from .base import Frame, Query
+from .base import Frame, FrameQuery
 from .formula import build_design
 from .regression import Regression, validate_regression
 
@@ -120,12 +120,12 @@ def coefficient_table(plan: dict, opened: dict) -> pd.DataFrame:
     return frame
 
 
-def logit(frame: Frame, formula: str, maxiter: int = DEFAULT_ITERATIONS) -> Query:
+def logit(frame: Frame, formula: str, maxiter: int = DEFAULT_ITERATIONS) -> FrameQuery:
     """Logistic regression ``response ~ terms`` over the frame's complete rows.
 
     As ``statsmodels.formula.api.logit(formula, data).fit()``: the response is a truth
     value (a boolean column or an assigned condition); the terms as in
-    :meth:`~ppa_kernel.analyst.frame.Frame.ols`. ``maxiter`` Newton steps are taken (a
+    :meth:`~ppa_kernel.analyst.frame.SecureFrame.ols`. ``maxiter`` Newton steps are taken (a
     fit that has not converged by then is refused). See :mod:`ppa_kernel.contract.models.logit`
     for what is opened and the result's shape.
     """

@@ -68,7 +68,7 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..expr import is_boolean
-from .base import Frame, Query
+from .base import Frame, FrameQuery
 from .formula import build_design
 from .regression import Regression, validate_regression
 
@@ -125,7 +125,7 @@ def coefficient_table(plan: dict, opened: dict) -> pd.DataFrame:
     return frame
 
 
-def ols(frame: Frame, formula: str) -> Query:
+def ols(frame: Frame, formula: str) -> FrameQuery:
     """Least-squares regression ``response ~ terms`` over the frame's complete rows.
 
     As ``statsmodels.formula.api.ols(formula, data).fit()`` (patsy's formula language:

@@ -95,7 +95,7 @@ from .. import bounds
 from ..errors import PlanError
 from ..expr import check_expr, expr_columns
 from ..limits import DEFAULT_QUANTILE_RESOLUTION, SCALE_BITS
-from .base import Column, Frame, ModelKind, Query, output_name, require_keys
+from .base import Frame, FrameColumn, FrameQuery, ModelKind, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -353,9 +353,9 @@ def expression_range(frame: Frame, expr: dict) -> tuple[float, float]:
     return bounds.interval(expr, published)
 
 
-def quantiles(frame: Frame, column: str | Column, q: float | list[float] = (0.25, 0.5, 0.75),
-              by: str | Column | list[str | Column] | None = None,
-              precision: float | None = None) -> Query:
+def quantiles(frame: Frame, column: str | FrameColumn, q: float | list[float] = (0.25, 0.5, 0.75),
+              by: str | FrameColumn | list[str | FrameColumn] | None = None,
+              precision: float | None = None) -> FrameQuery:
     """Quantiles of ``column`` (per group of ``by``), rounded to multiples of ``precision``.
 
     As ``np.quantile(x, q, method="inverted_cdf")`` rounded to the nearest multiple of

@@ -24,7 +24,15 @@ import pandas as pd
 
 from ..errors import PlanError
 from ..expr import canonical_json
-from .base import MASKED_TRUNCATION, Column, Frame, ModelKind, Query, output_name, require_keys
+from .base import (
+    MASKED_TRUNCATION,
+    Frame,
+    FrameColumn,
+    FrameQuery,
+    ModelKind,
+    output_name,
+    require_keys,
+)
 
 
 class TTest(ModelKind):
@@ -87,8 +95,8 @@ class TTest(ModelKind):
         return frame
 
 
-def ttest(frame: Frame, column: str | Column, by: str | Column,
-          strata: str | Column | list[str | Column] | None = None) -> Query:
+def ttest(frame: Frame, column: str | FrameColumn, by: str | FrameColumn,
+          strata: str | FrameColumn | list[str | FrameColumn] | None = None) -> FrameQuery:
     """Welch's t-test of ``column`` between the two levels of ``by`` (per stratum).
 
     As ``scipy.stats.ttest_ind(first_level, second_level, equal_var=False)``; opens

@@ -85,6 +85,7 @@ class UnnamedOpening(PartyFailed):
 async def _recording_output(x, *args, **kwargs):
     name = _current_name.get()
     if LEDGER.allowed is not None and name not in LEDGER.allowed:
+        logger.error("refused to open %r: the plan does not name it", name)  # never expected
         raise UnnamedOpening(f"refused to open {name!r}: the plan does not name it")
     values = await _original_output(x, *args, **kwargs)
     LEDGER.add(name, values)

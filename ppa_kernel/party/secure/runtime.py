@@ -4,7 +4,8 @@ MPyC parses ``sys.argv`` and builds its global runtime when ``mpyc.runtime`` is 
 imported, so only the worker process imports this module, after it has set ``sys.argv``.
 It exports the runtime ``mpc`` (callers use its public API), the secure types the engine
 uses, small wrappers for the MPyC internals the protocols need, and the adjustments to
-MPyC 0.11 that it installs on import, before any protocol runs:
+MPyC 0.11 (the first, second and fourth installed on import, the truncation by
+:mod:`.truncation` through :func:`use_truncation` when that is imported):
 
 - **No pickle on the wire.** MPyC marshals NumPy share arrays between parties with
   ``pickle``; unpickling bytes from the network lets a peer (or anyone on an unprotected
@@ -47,7 +48,7 @@ __all__ = ["LOST_PEERS", "PeerLost", "Runtime", "WireCodec", "allow_disconnects"
 logger = logging.getLogger(__name__)
 
 LINK_FIELD_BITS = 128
-"""Field size for link keys and the Legendre PRF (at least 2^128, see ARCHITECTURE.md)."""
+"""Field size for link keys and the Legendre PRF (at least 2^128, see shared/ARCHITECTURE.md)."""
 
 VALUE_FIELD_BITS = 256
 """Field size for analysis values: room for sums of products of squared fixed-point values."""

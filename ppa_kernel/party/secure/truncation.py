@@ -20,7 +20,8 @@ plus, from the point of view of any ``t`` colluding parties, a uniform ``u_S + 2
 in ``[0, 2^(k+l))`` from a set they are not in: statistically hiding ``a`` (|a| <
 2^(l-1)) to within 2^-k, exactly as MPyC's own truncation. Semi-honest, like MPyC.
 
-Importing this module (:mod:`.runtime` does) makes MPyC's runtime use these truncations.
+Importing this module (:mod:`.fixed` and the worker do) makes MPyC's runtime use these
+truncations.
 """
 
 from __future__ import annotations
