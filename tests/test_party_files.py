@@ -257,3 +257,25 @@ def test_a_cancelled_run_is_recorded_its_worker_killed_and_folder_removed(kernel
     assert proc.returncode is not None
     assert events(kernel) == [("plan_accepted", None), ("run_failed", "cancelled")]
     assert not folder.exists() and kernel.workers.running == {}
+
+
+def test_a_job_file_is_private_never_follows_a_planted_link_and_reads_back_whole(tmp_path):
+    from ppa_kernel.party.job import JOB_FILE, Job
+
+    job = Job(party="insurer", index=2, names=["bureau", "hospital", "insurer"],
+              addresses=["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], plan={"p": 1},
+              run_id="0123456789abcdef", snapshot="s.parquet", link_column="pseudonym",
+              link_salt="00", state_dir=str(tmp_path), record_openings=False,
+              connect_timeout=30.0, result_path=str(tmp_path / "result.json"))
+    path = job.write(tmp_path)
+    assert mode(path) == 0o600 and Job.read(path) == job
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / JOB_FILE).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(FileExistsError):
+        job.write(planted)  # O_EXCL: a planted name (or link) is never written through
+    assert not (tmp_path / "elsewhere.json").exists()
+    extra = json.loads(path.read_text()) | {"snapshot_override": "/etc/passwd"}
+    path.write_text(json.dumps(extra))
+    with pytest.raises(ValueError, match="snapshot_override"):
+        Job.read(path)

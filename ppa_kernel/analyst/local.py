@@ -130,7 +130,7 @@ class LocalParties:
 
     def __init__(self, folder: Path, names: list[str], record_openings: bool = False):
         self.folder = folder
-        self.config: ConsortiumConfig | None = None  # set once every kernel is ready
+        self.config: ConsortiumConfig = load_consortium(folder / "consortium.toml")
         self.procs: dict[str, subprocess.Popen] = {}
         self.stderr: dict[str, Path] = {}
         for name in names:
@@ -219,8 +219,7 @@ def launch_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
         raise PartyFailed("a consortium needs at least three parties",
                           hint="MPyC's honest-majority protocols need three or more")
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppa-local-"))
-    config_path = write_local_config(folder, sources, link, policies, categorical)
+    write_local_config(folder, sources, link, policies, categorical)
     parties = LocalParties(folder, list(sources), record_openings)
     parties.wait_ready(startup_timeout)
-    parties.config = load_consortium(config_path)
     return parties

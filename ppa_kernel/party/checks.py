@@ -5,7 +5,6 @@ on a large plan); raises a :class:`~ppa_kernel.contract.errors.PPAError` on refu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import PlanError, PolicyRefused, PPAError
@@ -19,17 +18,10 @@ from .policy import Policy, PolicyError, QuantileRequest
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CheckedPlan:
-    """A plan this party accepted and its hash."""
-
-    plan: dict
-    digest: str
-
-
 def check_plan(request: dict, config: PartyConfig, policy: Policy,
-               catalog: dict[str, dict]) -> CheckedPlan:
-    """Validate the request's plan and check it against this party's files and policy."""
+               catalog: dict[str, dict]) -> tuple[dict, str]:
+    """Validate the request's plan and check it against this party's files and policy;
+    return the plan and its hash."""
     plan = request.get("plan")
     try:
         program = compile_plan(plan)  # validates, derives the layout and checks every bound
@@ -56,7 +48,7 @@ def check_plan(request: dict, config: PartyConfig, policy: Policy,
     except PolicyError as exc:
         raise PolicyRefused("; ".join(exc.reasons), party=party, hint=exc.hint) from None
     check_claims(plan, catalog, party)
-    return CheckedPlan(plan, digest)
+    return plan, digest
 
 
 def check_layout(plan: dict, names: list[str], party: str) -> None:

@@ -163,8 +163,7 @@ class PartyKernel:
     # ------------------------------------------------------------------ checking
     def check_plan(self, request: dict) -> tuple[dict, str]:
         """Validate a plan and check it against this party's policy; the plan and its hash."""
-        checked = checks.check_plan(request, self.config, self.policy, self.catalog)
-        return checked.plan, checked.digest
+        return checks.check_plan(request, self.config, self.policy, self.catalog)
 
     async def _check(self, request: dict, writer: asyncio.StreamWriter) -> None:
         _, digest = await asyncio.to_thread(self.check_plan, request)
