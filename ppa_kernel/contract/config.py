@@ -1,18 +1,20 @@
 """Party and consortium configuration files (TOML).
 
 A consortium file, shared by all parties and the analyst, lists the parties in MPC
-order with their kernel and MPC addresses::
+order with their addresses and pins each party's certificate by its fingerprint (see
+:mod:`.identity`; there is no shared secret)::
 
     [consortium]
     name = "demo"
-    secret_file = "consortium.key"   # HMAC key for client<->kernel messages (keep private)
     link_salt = "3f1c..."            # public salt for hashing link keys
 
     [[party]]
     name = "insurer"
-    host = "127.0.0.1"
-    port = 7101       # party kernel (control messages)
-    mpc_port = 7201   # MPyC worker (MPC messages)
+    host = "10.0.0.1"
+    port = 7101                      # party kernel: analysts' requests (TLS)
+    mpc_port = 7201                  # party kernel: MPC links between workers (TLS)
+    certificate = "certs/insurer.crt"
+    fingerprint = "sha256:9f2c..."   # checked against the certificate on every load
 
 A party file holds one party's own settings, read only by its kernel::
 
@@ -20,8 +22,12 @@ A party file holds one party's own settings, read only by its kernel::
     name = "insurer"
     consortium = "consortium.toml"
     state_dir = "state/insurer"      # audit log, linkage state, data snapshot
+    certificate = "keys/insurer.crt" # this party's identity (`ppa identity new`)
+    key = "keys/insurer.key"         # 0600, never leaves this machine
+    stall_timeout = 30               # seconds of silence after which a peer has stalled
+    # listen_host = "0.0.0.0"        # bind address, if not the consortium file's host
 
-    [data]
+    [data]                           # absent for a compute-only party
     source = "insurer.csv"           # CSV, Parquet, SQLite file or SQLAlchemy URL
     link = "pseudonym"
     table = "claims"                 # SQL sources: table or query
@@ -30,17 +36,24 @@ A party file holds one party's own settings, read only by its kernel::
     [policy]                         # see ppa_kernel.party.policy
     min_cell_size = 10
 
+    [policy.analysts.alice]          # the analysts (and reviewers) this party serves
+    role = "analyst"
+    certificate = "analysts/alice.crt"
+    fingerprint = "sha256:41d0..."
+
 Relative paths are relative to the file that names them.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import PPAError
+from .identity import Identity, IdentityError, Pin
 
 
 class ConfigError(PPAError):
@@ -55,6 +68,7 @@ class PartyAddress:
     host: str
     port: int
     mpc_port: int
+    pin: Pin  # the party's certificate, as pinned by the consortium file
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,6 @@ class ConsortiumConfig:
 
     name: str
     parties: list[PartyAddress]
-    secret: bytes
     link_salt: str
     path: Path | None = None
 
@@ -77,6 +90,36 @@ class ConsortiumConfig:
     def index(self, name: str) -> int:
         return self.parties.index(self.party(name))
 
+    @property
+    def pins(self) -> dict[str, Pin]:
+        """Every party's pinned certificate, by name."""
+        return {p.name: p.pin for p in self.parties}
+
+
+ROLES = ("analyst", "reviewer")
+"""What a party lets a named person do: analysts run plans; reviewers (the approval issue)
+read what the party publishes."""
+
+DEFAULT_STALL_TIMEOUT = 30.0
+"""Seconds without a word from a peer (kernel or worker) after which it has stalled."""
+
+MAX_STALL_TIMEOUT = 3600.0
+
+DEFAULT_MAX_QUEUE = 64
+"""Runs a party kernel holds waiting for their turn; more are refused."""
+
+
+@dataclass(frozen=True)
+class Analyst:
+    """A person a party serves, pinned by certificate, with a role from :data:`ROLES`."""
+
+    pin: Pin
+    role: str
+
+    @property
+    def name(self) -> str:
+        return self.pin.name
+
 
 @dataclass(frozen=True)
 class PartyConfig:
@@ -85,14 +128,27 @@ class PartyConfig:
     name: str
     consortium: ConsortiumConfig
     state_dir: Path
-    data: dict[str, Any]
+    data: dict[str, Any] | None  # None: a compute-only party, holding no data
     policy: dict[str, Any] | None
+    identity: Identity
+    analysts: dict[str, Analyst]
     worker_log_level: str = "WARNING"
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    max_queue: int = DEFAULT_MAX_QUEUE
+    listen_host: str | None = None  # bind address; default: the consortium file's host
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def address(self) -> PartyAddress:
         return self.consortium.party(self.name)
+
+    @property
+    def bind_host(self) -> str:
+        return self.listen_host or self.address.host
+
+    @property
+    def holds_data(self) -> bool:
+        return self.data is not None
 
 
 def _read_toml(path: Path) -> dict:
@@ -115,24 +171,67 @@ def load_consortium(path: str | Path) -> ConsortiumConfig:
     path = Path(path).resolve()
     data = _read_toml(path)
     head = _need(data, "consortium", str(path))
+    if "secret_file" in head:
+        raise ConfigError(f"{path} names a shared secret_file; consortia no longer use one",
+                          hint="give each party a certificate and pin its fingerprint "
+                               "(see the README's deployment guide)")
     parties = []
     for entry in _need(data, "party", str(path)):
         where = f"{path} [[party]]"
-        parties.append(PartyAddress(str(_need(entry, "name", where)),
-                                    str(entry.get("host", "127.0.0.1")),
-                                    int(_need(entry, "port", where)),
-                                    int(_need(entry, "mpc_port", where))))
+        name = str(_need(entry, "name", where))
+        pin = _pin(name, entry, path, f"{where} {name}")
+        parties.append(PartyAddress(name, str(entry.get("host", "127.0.0.1")),
+                                    _port(_need(entry, "port", where), where),
+                                    _port(_need(entry, "mpc_port", where), where), pin))
     if len({p.name for p in parties}) != len(parties) or len(parties) < 3:
         raise ConfigError(f"{path} must list at least three parties with distinct names",
                           hint="MPyC's honest-majority protocols need three or more parties")
-    secret_path = path.parent / _need(head, "secret_file", f"{path} [consortium]")
-    try:
-        secret = secret_path.read_bytes().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"consortium secret {secret_path} not found",
-                          hint="every party and the analyst need the same secret file") from None
-    return ConsortiumConfig(str(head.get("name", path.stem)), parties, secret,
+    if len({p.pin.fingerprint for p in parties}) != len(parties):
+        raise ConfigError(f"{path} pins one certificate for two parties",
+                          hint="every party needs its own identity")
+    return ConsortiumConfig(str(head.get("name", path.stem)), parties,
                             str(_need(head, "link_salt", f"{path} [consortium]")), path)
+
+
+def _port(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ConfigError(f"{where}: port {value!r} is not a number from 1 to 65535")
+    return value
+
+
+def _pin(name: str, entry: dict, path: Path, where: str) -> Pin:
+    """The certificate an entry names, checked against the fingerprint it pins."""
+    try:
+        return Pin.load(name, path.parent / str(_need(entry, "certificate", where)),
+                        entry.get("fingerprint"))
+    except IdentityError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
+def _seconds(value: Any, where: str, default: float, limit: float) -> float:
+    if value is None:
+        return default
+    if not isinstance(value, int | float) or isinstance(value, bool) or \
+            not 0 < value <= limit or math.isnan(value):
+        raise ConfigError(f"{where} must be a number of seconds above 0 and at most {limit:g}")
+    return float(value)
+
+
+def _analysts(policy: dict | None, path: Path) -> dict[str, Analyst]:
+    """The ``[policy.analysts.NAME]`` tables, taken out of the policy."""
+    table = (policy or {}).pop("analysts", None) or {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path} [policy.analysts] must be a table of analysts")
+    analysts = {}
+    for name, entry in table.items():
+        where = f"{path} [policy.analysts.{name}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table (role, certificate, fingerprint)")
+        role = entry.get("role", "analyst")
+        if role not in ROLES:
+            raise ConfigError(f"{where}: unknown role {role!r}", hint=f"roles are {ROLES}")
+        analysts[name] = Analyst(_pin(name, entry, path, where), role)
+    return analysts
 
 
 def load_party(path: str | Path) -> PartyConfig:
@@ -141,13 +240,38 @@ def load_party(path: str | Path) -> PartyConfig:
     data = _read_toml(path)
     head = _need(data, "party", str(path))
     consortium = load_consortium(path.parent / _need(head, "consortium", f"{path} [party]"))
-    name = str(_need(head, "name", f"{path} [party]"))
+    where = f"{path} [party]"
+    name = str(_need(head, "name", where))
     consortium.party(name)
-    source = dict(_need(data, "data", str(path)))
-    raw = _need(source, "source", f"{path} [data]")
-    if "://" not in str(raw):
-        source["source"] = str((path.parent / raw).resolve())
-    _need(source, "link", f"{path} [data]")
+    source = None
+    if "data" in data:
+        source = dict(data["data"])
+        raw = _need(source, "source", f"{path} [data]")
+        if "://" not in str(raw):
+            source["source"] = str((path.parent / raw).resolve())
+        _need(source, "link", f"{path} [data]")
     state_dir = (path.parent / head.get("state_dir", f"state/{name}")).resolve()
-    return PartyConfig(name, consortium, state_dir, source, data.get("policy"),
-                       str(head.get("worker_log_level", "WARNING")))
+    try:
+        identity = Identity.load(path.parent / str(_need(head, "certificate", where)),
+                                 path.parent / str(_need(head, "key", where)))
+        identity.check_valid()
+    except IdentityError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if identity.fingerprint != consortium.party(name).pin.fingerprint:
+        raise ConfigError(f"{where}: this party's certificate is not the one the consortium "
+                          f"file pins for {name}",
+                          hint="send the other parties the new fingerprint, or use the "
+                               "pinned key")
+    policy = data.get("policy")
+    policy = dict(policy) if isinstance(policy, dict) else policy
+    analysts = _analysts(policy, path)
+    max_queue = head.get("max_queue", DEFAULT_MAX_QUEUE)
+    if not isinstance(max_queue, int) or isinstance(max_queue, bool) or \
+            not 1 <= max_queue <= 10_000:
+        raise ConfigError(f"{where}: max_queue must be a whole number from 1 to 10000")
+    listen = head.get("listen_host")
+    return PartyConfig(name, consortium, state_dir, source, policy, identity, analysts,
+                       str(head.get("worker_log_level", "WARNING")),
+                       _seconds(head.get("stall_timeout"), f"{where} stall_timeout",
+                                DEFAULT_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
+                       max_queue, str(listen) if listen else None)
