@@ -29,6 +29,49 @@ def _party_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _party_stop(args: argparse.Namespace) -> int:
+    """Stop the kernel a party file describes (the local operator's action: SIGTERM)."""
+    import os
+    import signal
+
+    from ppa_kernel.contract.config import load_party
+    from ppa_kernel.party.kernel import PID_FILE
+
+    config = load_party(args.config)
+    pid_file = config.state_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        print(f"error: no kernel of {config.name} is running ({pid_file})", file=sys.stderr)
+        return 1
+    print(f"sent SIGTERM to the kernel of {config.name} (pid {pid})")
+    return 0
+
+
+def _identity_new(args: argparse.Namespace) -> int:
+    from ppa_kernel.contract.identity import create_identity
+
+    identity = create_identity(Path(args.folder), args.name, days=args.days)
+    print(f"key:         {identity.key_path} (0600; keep it on this machine, never share it)")
+    print(f"certificate: {identity.cert_path} (send it to the other parties)")
+    print(f"fingerprint: {identity.fingerprint}")
+    print("Tell the other parties the fingerprint by a second channel (phone, signed mail) "
+          "so they can pin it.")
+    return 0
+
+
+def _identity_show(args: argparse.Namespace) -> int:
+    from ppa_kernel.contract.identity import describe, load_certificate
+
+    for path in args.certificates:
+        info = describe(load_certificate(path))
+        print(f"{path}:")
+        for key, value in info.items():
+            print(f"  {key + ':':13}{value}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from ppa_kernel.party.worker import main as worker_main
 
@@ -62,9 +105,11 @@ def _init(args: argparse.Namespace) -> int:
     paths = write_demo_data(folder / "data", n_core=args.n_core, seed=args.seed, fmt="mixed")
     config = write_local_config(folder, {n: paths[n] for n in ("insurer", "hospital", "bureau")},
                                 "pseudonym")
-    print(f"wrote {config} and one party file per party; start each with:")
+    print(f"wrote {config}, one party file per party and throwaway identities in "
+          f"{folder / 'keys'}; start each party with:")
     for name in ("insurer", "hospital", "bureau"):
         print(f"  ppa party serve {folder / (name + '.toml')}")
+    print(f"and connect with identity={str(folder / 'keys' / 'analyst')!r}")
     return 0
 
 
@@ -90,6 +135,22 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--exit-with-parent", type=int, metavar="PID", default=None,
                        help="stop when process PID (the one that started this kernel) exits")
     serve.set_defaults(func=_party_serve)
+    stop = party_sub.add_parser("stop", help="stop this party's running kernel (SIGTERM)")
+    stop.add_argument("config", help="the party's TOML file")
+    stop.set_defaults(func=_party_stop)
+
+    identity = sub.add_parser("identity", help="keys and certificates of parties and analysts")
+    identity_sub = identity.add_subparsers(dest="identity_command", required=True)
+    new = identity_sub.add_parser("new", help="make a key pair and a self-signed certificate")
+    new.add_argument("name", help="the party's or analyst's name (the certificate's CN)")
+    new.add_argument("--folder", default="keys", help="where to write NAME.key and NAME.crt "
+                                                      "(default keys)")
+    new.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    new.set_defaults(func=_identity_new)
+    show = identity_sub.add_parser("show", help="print a certificate's name, fingerprint and "
+                                                "validity")
+    show.add_argument("certificates", nargs="+", metavar="CERT")
+    show.set_defaults(func=_identity_show)
 
     worker = sub.add_parser("worker", help="(internal) run one MPC job for a party kernel")
     worker.add_argument("job", help="job file written by the party kernel")

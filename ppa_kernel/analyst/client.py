@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import secrets
 import threading
 import time
@@ -21,7 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from ppa_kernel.contract.config import ConsortiumConfig, PartyAddress, load_consortium
+from ppa_kernel.contract.config import (
+    DEFAULT_STALL_TIMEOUT,
+    ConsortiumConfig,
+    PartyAddress,
+    load_consortium,
+)
 from ppa_kernel.contract.errors import (
     ConsortiumError,
     PartyFailed,
@@ -31,10 +37,11 @@ from ppa_kernel.contract.errors import (
     RunTimeout,
     error_from_dict,
 )
+from ppa_kernel.contract.identity import Identity, IdentityError
 from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
 from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
 from ppa_kernel.contract.program import compile_plan
-from ppa_kernel.contract.protocol import Channel
+from ppa_kernel.contract.protocol import Channel, request
 
 from . import plotting  # noqa: F401  (registers the result.ppa accessor)
 from .local import STARTUP_TIMEOUT, launch_local
@@ -44,6 +51,9 @@ from .results import check_layout, released_table
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
+IDENTITY_ENV = "PPA_IDENTITY"
+"""Environment variable naming the analyst's identity (``keys/alice`` for
+``keys/alice.crt`` and ``keys/alice.key``) when none is given."""
 CANCEL_TIMEOUT = 5.0
 ERROR_GRACE = 1.0
 """After a first error, how long to wait for the other parties' own reports before cancelling."""
@@ -67,11 +77,14 @@ class RunOutcome:
 class Consortium:
     """A connection to the party kernels of one consortium."""
 
-    def __init__(self, config: ConsortiumConfig, *,
+    def __init__(self, config: ConsortiumConfig, *, identity: Identity | str | Path | None = None,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT,
                  on_close: Callable[[], None] | None = None):
         self.config = config
+        self.identity = _identity(identity)
         self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
         self._on_close = on_close
         self._closed = False
         self.parties: dict[str, dict] = {}
@@ -80,7 +93,8 @@ class Consortium:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Consortium:
-        """Connect to the running party kernels a consortium file lists."""
+        """Connect to the running party kernels a consortium file lists, as the analyst
+        ``identity`` (a path prefix like ``keys/alice``; default ``$PPA_IDENTITY``)."""
         return cls(load_consortium(path), **kwargs)
 
     @classmethod
@@ -88,21 +102,23 @@ class Consortium:
               policies: Mapping[str, Mapping] | None = None,
               categorical: Mapping[str, list[str]] | None = None,
               workdir: str | Path | None = None, record_openings: bool = False,
-              startup_timeout: float = STARTUP_TIMEOUT, **kwargs: Any) -> Consortium:
+              startup_timeout: float = STARTUP_TIMEOUT, analysts: tuple[str, ...] = (),
+              party_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Consortium:
         """Start one local party kernel per source and connect (see
-        :func:`.local.launch_local` for the sources it takes); ``close()`` stops them."""
+        :func:`.local.launch_local` for the sources and options it takes); ``close()``
+        stops them. The kernels get throwaway identities, made for this consortium."""
         parties = launch_local(sources, link=link, policies=policies, categorical=categorical,
                                workdir=workdir, record_openings=record_openings,
-                               startup_timeout=startup_timeout)
+                               startup_timeout=startup_timeout, analysts=analysts,
+                               party_options=party_options)
         consortium: Consortium | None = None
 
         def close() -> None:
-            if consortium is not None:
-                consortium.shutdown_parties()
             parties.stop()
 
         try:
-            consortium = cls(parties.config, on_close=close, **kwargs)
+            consortium = cls(parties.config, identity=parties.analyst, on_close=close,
+                             **kwargs)
         except PPAError:
             parties.kill()
             raise
@@ -125,7 +141,7 @@ class Consortium:
     # ---------------------------------------------------------------- metadata
     def refresh(self) -> None:
         """Ask every party for its size, catalog and policy."""
-        self.parties = self._ask_all({"op": "hello"}, "hello")
+        self.parties = self._ask_all("hello", {}, "hello")
 
     def status(self, timeout: float = 5.0) -> pd.DataFrame:
         """One row per party: reachable, data rows and a policy summary (never raises)."""
@@ -133,7 +149,7 @@ class Consortium:
         for party in self.config.parties:
             row: dict[str, Any] = {"party": party.name, "address": f"{party.host}:{party.port}"}
             try:
-                info = self._request(party, {"op": "hello"}, "hello", timeout=timeout)
+                info = self._request(party, "hello", {}, "hello", timeout=timeout)
             except PPAError as exc:
                 row.update(reachable=False, error=exc.message)
             else:
@@ -243,8 +259,7 @@ class Consortium:
         check_depth(plan)
         plan = self.prepare(plan)
         digest = plan_hash(plan)
-        self._ask_all({"op": "check", "plan": plan, "plan_hash": digest}, "checked",
-                      timeout=timeout)
+        self._ask_all("check", {"plan": plan, "plan_hash": digest}, "checked", timeout=timeout)
         return digest
 
     def run_raw(self, plan: dict, *, timeout: float | None = None,
@@ -253,7 +268,7 @@ class Consortium:
         check_depth(plan)  # before anything walks it recursively (hashing, copying)
         plan = self.prepare(plan)
         run_id = secrets.token_hex(8)
-        request = {"op": "run", "run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
+        request = {"run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
                    "timeout": timeout or DEFAULT_RUN_TIMEOUT}
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
@@ -300,9 +315,17 @@ class Consortium:
             failed.set()
             return
         try:
-            channel.send(request)
+            channel.send(self._signed("run", party.name, request))
             while not outcome.closed:
-                reply = channel.receive(timeout=max(0.1, deadline - time.monotonic()))
+                left = deadline - time.monotonic()
+                try:
+                    reply = channel.receive(timeout=max(0.1, min(left, self.stall_timeout)))
+                except TimeoutError:
+                    if deadline - time.monotonic() <= 0.1:
+                        raise
+                    raise PartyFailed(f"sent nothing for {self.stall_timeout:g} s "
+                                      "(stalled, or the network is silent)", party=party.name,
+                                      hint="check that party's kernel and network") from None
                 event = reply.get("event")
                 if event == "progress" and callback:
                     callback(party.name, reply.get("phase", ""), reply.get("elapsed", 0.0))
@@ -329,7 +352,7 @@ class Consortium:
     def _cancel(self, run_id: str) -> None:
         for party in self.config.parties:
             try:
-                self._request(party, {"op": "cancel", "run_id": run_id}, "cancelled",
+                self._request(party, "cancel", {"run_id": run_id}, "cancelled",
                               timeout=CANCEL_TIMEOUT)
             except PPAError as exc:
                 logger.warning("could not cancel run %s at %s: %s", run_id, party.name, exc)
@@ -344,30 +367,34 @@ class Consortium:
     # ---------------------------------------------------------------- transport
     def _connect(self, party: PartyAddress) -> Channel:
         try:
-            return Channel(party.host, party.port, self.config.secret, party.name,
+            return Channel(party.host, party.port, self.identity, party.pin,
                            self.connect_timeout)
         except OSError as exc:
             raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:{party.port}"
                                    f" ({exc.strerror or exc})", party=party.name,
                                    hint="is `ppa party serve` running there?") from None
 
-    def _ask_all(self, body: dict, expect: str, timeout: float | None = None) -> dict[str, dict]:
+    def _signed(self, op: str, party: str, fields: dict) -> dict:
+        return request(op, self.identity, party, **fields)
+
+    def _ask_all(self, op: str, fields: dict, expect: str,
+                 timeout: float | None = None) -> dict[str, dict]:
         """Send one request to every party; gather all errors into one ConsortiumError."""
         replies, errors = {}, []
         for party in self.config.parties:
             try:
-                replies[party.name] = self._request(party, body, expect, timeout=timeout)
+                replies[party.name] = self._request(party, op, fields, expect, timeout=timeout)
             except PPAError as exc:
                 errors.append(exc)
         if errors:
             raise ConsortiumError(errors)
         return replies
 
-    def _request(self, party: PartyAddress, body: dict, expect: str,
+    def _request(self, party: PartyAddress, op: str, fields: dict, expect: str,
                  timeout: float | None = None) -> dict:
         channel = self._connect(party)
         try:
-            channel.send(body)
+            channel.send(self._signed(op, party.name, fields))
             reply = channel.receive(timeout=timeout or self.connect_timeout)
         except (OSError, ConnectionError) as exc:
             raise PartyUnreachable(f"no answer ({exc})", party=party.name) from None
@@ -379,13 +406,19 @@ class Consortium:
             raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=party.name)
         return reply
 
-    def shutdown_parties(self) -> None:
-        """Ask every party kernel to stop."""
-        for party in self.config.parties:
-            try:
-                self._request(party, {"op": "shutdown"}, "bye", timeout=CANCEL_TIMEOUT)
-            except PPAError as exc:
-                logger.info("shutdown of %s: %s", party.name, exc)
+
+def _identity(identity: Identity | str | Path | None) -> Identity:
+    """The analyst's identity: given, as a path prefix, or from ``$PPA_IDENTITY``."""
+    if isinstance(identity, Identity):
+        return identity
+    prefix = identity or os.environ.get(IDENTITY_ENV)
+    if not prefix:
+        raise IdentityError("no analyst identity given",
+                            hint=f"pass identity='keys/alice' (for keys/alice.crt and .key) "
+                                 f"or set {IDENTITY_ENV}; make one with `ppa identity new`")
+    found = Identity.from_prefix(prefix)
+    found.check_valid()
+    return found
 
 
 def _display(progress: bool | str | ProgressCallback | None, names: list[str]):

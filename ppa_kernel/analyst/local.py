@@ -1,9 +1,10 @@
 """A consortium of party kernels on this machine, for demos, tests and notebooks.
 
-:func:`launch_local` writes a consortium file, one party file per source and a fresh
-secret into a working folder, starts ``ppa party serve`` for each party as a separate
+:func:`launch_local` writes a consortium file, one party file per source and throwaway
+identities (a key and certificate per party and per local analyst, under ``keys/``, keys
+0600) into a working folder, starts ``ppa party serve`` for each party as a separate
 process, waits until all are ready (or one fails, with its error), and connects.
-Closing the consortium shuts the kernels down and kills whatever remains.
+Closing the consortium stops the kernels (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ from ppa_kernel.contract.errors import (
     PPAError,
     error_from_dict,
 )
+from ppa_kernel.contract.identity import Identity, create_identity
 from ppa_kernel.contract.protocol import ERROR_MARKER, READY_MARKER
 
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 60.0
+LOCAL_ANALYST = "analyst"
+"""Name of the local consortium's analyst identity."""
+KEYS = "keys"
 
 
 def free_ports(count: int) -> list[int]:
@@ -85,23 +90,45 @@ def _policy_toml(policy: Mapping[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _analysts_toml(identities: Mapping[str, Identity], folder: Path) -> str:
+    lines = []
+    for name, identity in identities.items():
+        lines += [f"[policy.analysts.{_toml(name)}]", 'role = "analyst"',
+                  f"certificate = {_toml(str(identity.cert_path.relative_to(folder)))}",
+                  f"fingerprint = {_toml(identity.fingerprint)}", ""]
+    return "\n".join(lines)
+
+
 def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
                        policies: Mapping[str, Mapping] | None = None,
-                       categorical: Mapping[str, list[str]] | None = None) -> Path:
-    """Write consortium and party files for local kernels; return the consortium file."""
+                       categorical: Mapping[str, list[str]] | None = None, *,
+                       analysts: tuple[str, ...] = (LOCAL_ANALYST,),
+                       party_options: Mapping[str, Any] | None = None) -> Path:
+    """Write consortium and party files and throwaway identities for local kernels; return
+    the consortium file. A source of None makes a compute-only party (it holds no data);
+    ``party_options`` go into every party file's ``[party]`` table (e.g. stall_timeout)."""
     folder.mkdir(parents=True, exist_ok=True)
-    key = folder / "consortium.key"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
+    keys = folder / KEYS
+    keys.mkdir(mode=0o700, exist_ok=True)
+    people = {name: create_identity(keys, name) for name in analysts}
     ports = free_ports(2 * len(sources))
-    lines = ["[consortium]", 'name = "local"', 'secret_file = "consortium.key"',
-             f'link_salt = "{secrets.token_hex(16)}"', ""]
+    lines = ["[consortium]", 'name = "local"', f'link_salt = "{secrets.token_hex(16)}"', ""]
     for i, name in enumerate(sources):
+        identity = create_identity(keys, name)
         lines += ["[[party]]", f"name = {_toml(name)}", 'host = "127.0.0.1"',
-                  f"port = {ports[2 * i]}", f"mpc_port = {ports[2 * i + 1]}", ""]
+                  f"port = {ports[2 * i]}", f"mpc_port = {ports[2 * i + 1]}",
+                  f"certificate = {_toml(f'{KEYS}/{name}.crt')}",
+                  f"fingerprint = {_toml(identity.fingerprint)}", ""]
     (folder / "consortium.toml").write_text("\n".join(lines))
+    extra = [f"{key} = {_toml(value)}" for key, value in (party_options or {}).items()]
     for name, source in sources.items():
+        head = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
+                f'state_dir = "state/{name}"', f"certificate = {_toml(f'{KEYS}/{name}.crt')}",
+                f"key = {_toml(f'{KEYS}/{name}.key')}", *extra, ""]
+        policy = _policy_toml((policies or {}).get(name)) + _analysts_toml(people, folder)
+        if source is None:
+            (folder / f"{name}.toml").write_text("\n".join(head) + "\n" + policy)
+            continue
         options = dict(source) if isinstance(source, Mapping) else {"source": source}
         source = options.pop("source")
         if isinstance(source, pd.DataFrame):
@@ -113,15 +140,12 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
                                 hint="give each column one type") from None
             source = path
         location = str(source) if "://" in str(source) else str(Path(source).resolve())
-        text = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
-                f'state_dir = "state/{name}"', "", "[data]", f"source = {_toml(location)}",
-                f"link = {_toml(link)}"]
+        text = [*head, "[data]", f"source = {_toml(location)}", f"link = {_toml(link)}"]
         text += [f"{key} = {_toml(options[key])}" for key in ("table", "query") if key in options]
         if categorical and categorical.get(name):
             text.append(f"categorical = {_toml(list(categorical[name]))}")
         text.append("")
-        (folder / f"{name}.toml").write_text("\n".join(text) + _policy_toml(
-            (policies or {}).get(name)))
+        (folder / f"{name}.toml").write_text("\n".join(text) + policy)
     return folder / "consortium.toml"
 
 
@@ -131,6 +155,7 @@ class LocalParties:
     def __init__(self, folder: Path, names: list[str], record_openings: bool = False):
         self.folder = folder
         self.config: ConsortiumConfig = load_consortium(folder / "consortium.toml")
+        self.analyst = Identity.from_prefix(folder / KEYS / LOCAL_ANALYST)
         self.procs: dict[str, subprocess.Popen] = {}
         self.stderr: dict[str, Path] = {}
         for name in names:
@@ -179,7 +204,13 @@ class LocalParties:
             raise ConsortiumError(errors)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Give the kernels ``grace`` seconds to exit after a shutdown request, then kill."""
+        """Stop every kernel (SIGTERM: each stops its workers), killing it after ``grace`` s."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             try:
@@ -208,18 +239,25 @@ def launch_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
                  policies: Mapping[str, Mapping] | None = None,
                  categorical: Mapping[str, list[str]] | None = None,
                  workdir: str | Path | None = None, record_openings: bool = False,
-                 startup_timeout: float = STARTUP_TIMEOUT) -> LocalParties:
+                 startup_timeout: float = STARTUP_TIMEOUT,
+                 analysts: tuple[str, ...] = (LOCAL_ANALYST,),
+                 party_options: Mapping[str, Any] | None = None) -> LocalParties:
     """Write the files for a kernel per source, start the kernels and wait until all are
     ready (:meth:`ppa_kernel.analyst.client.Consortium.local` connects to them).
 
-    A source is a path (CSV, Parquet, SQLite), an SQLAlchemy URL, a DataFrame, or a dict
-    ``{"source": ..., "table": ...}`` / ``{"source": ..., "query": ...}`` for SQL sources.
+    A source is a path (CSV, Parquet, SQLite), an SQLAlchemy URL, a DataFrame, a dict
+    ``{"source": ..., "table": ...}`` / ``{"source": ..., "query": ...}`` for SQL sources,
+    or None for a compute-only party. ``analysts`` names the local analyst identities
+    (the first is the one :meth:`~ppa_kernel.analyst.client.Consortium.local` uses).
     """
+    if LOCAL_ANALYST not in analysts:
+        analysts = (LOCAL_ANALYST, *analysts)
     if len(sources) < 3:
         raise PartyFailed("a consortium needs at least three parties",
                           hint="MPyC's honest-majority protocols need three or more")
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppa-local-"))
-    write_local_config(folder, sources, link, policies, categorical)
+    write_local_config(folder, sources, link, policies, categorical, analysts=analysts,
+                       party_options=party_options)
     parties = LocalParties(folder, list(sources), record_openings)
     parties.wait_ready(startup_timeout)
     return parties

@@ -26,6 +26,8 @@ A party file holds one party's own settings, read only by its kernel::
     key = "keys/insurer.key"         # 0600, never leaves this machine
     stall_timeout = 30               # seconds of silence after which a peer has stalled
     # listen_host = "0.0.0.0"        # bind address, if not the consortium file's host
+    # listen_port = 7101             # bind ports, if peers reach us through a port forward
+    # listen_mpc_port = 7201
 
     [data]                           # absent for a compute-only party
     source = "insurer.csv"           # CSV, Parquet, SQLite file or SQLAlchemy URL
@@ -136,6 +138,8 @@ class PartyConfig:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     max_queue: int = DEFAULT_MAX_QUEUE
     listen_host: str | None = None  # bind address; default: the consortium file's host
+    listen_port: int | None = None  # bind ports, if others reach this party through a
+    listen_mpc_port: int | None = None  # port forward or proxy; default: the file's
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -147,8 +151,21 @@ class PartyConfig:
         return self.listen_host or self.address.host
 
     @property
+    def bind_port(self) -> int:
+        return self.listen_port or self.address.port
+
+    @property
+    def bind_mpc_port(self) -> int:
+        return self.listen_mpc_port or self.address.mpc_port
+
+    @property
     def holds_data(self) -> bool:
         return self.data is not None
+
+    @property
+    def link_column(self) -> str:
+        """The data's link column (a compute-only party's empty table names it ``link``)."""
+        return str(self.data["link"]) if self.data is not None else "link"
 
 
 def _read_toml(path: Path) -> dict:
@@ -270,8 +287,10 @@ def load_party(path: str | Path) -> PartyConfig:
             not 1 <= max_queue <= 10_000:
         raise ConfigError(f"{where}: max_queue must be a whole number from 1 to 10000")
     listen = head.get("listen_host")
+    ports = [None if head.get(key) is None else _port(head[key], f"{where} {key}")
+             for key in ("listen_port", "listen_mpc_port")]
     return PartyConfig(name, consortium, state_dir, source, policy, identity, analysts,
                        str(head.get("worker_log_level", "WARNING")),
                        _seconds(head.get("stall_timeout"), f"{where} stall_timeout",
                                 DEFAULT_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
-                       max_queue, str(listen) if listen else None)
+                       max_queue, str(listen) if listen else None, *ports)

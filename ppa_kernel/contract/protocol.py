@@ -1,29 +1,37 @@
 """Messages between the analyst's client and party kernels.
 
-One message per line: ``<MAC> <body>\\n``, where ``<body>`` is the canonical JSON text of an
-object and ``<MAC>`` the 64 hex digits of its HMAC-SHA256 under the consortium secret. A
-receiver checks, in this order and before any parsing: the line's length (``MAX_REQUEST``
-at a kernel, ``MAX_MESSAGE`` at the client), the MAC over the exact body bytes, the
-nesting depth (``MAX_DEPTH``, by a linear scan); only then does it parse the body, refusing
-NaN and infinities. JSON only: nothing received is ever executed or unpickled.
+The link is mutual TLS (:mod:`.identity`): the client checks that the kernel holds the
+certificate the consortium file pins for that party, and the kernel that the client holds
+one its policy pins for an analyst. One message per line: the canonical JSON text of an
+object. A receiver checks, in this order and before any parsing: the line's length
+(``MAX_REQUEST`` at a kernel, ``MAX_MESSAGE`` at the client) and the nesting depth
+(``MAX_DEPTH``, by a linear scan); only then does it parse the body, refusing NaN and
+infinities. JSON only: nothing received is ever executed or unpickled.
+
+Every request is signed by the analyst and carries the analyst's name, the party it is
+for, a fresh nonce and the time (:func:`request`); a kernel refuses a request that is
+stale, from the future, meant for another party or seen before
+(:mod:`ppa_kernel.party.requests`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import socket
+import ssl
+import time
 from itertools import accumulate
 from typing import Any, NoReturn
 
 from . import limits
-from .errors import ProtocolError
+from .errors import PartyUnreachable, ProtocolError
 from .expr import canonical_json
+from .identity import Identity, Pin, client_context, peer_fingerprint, sign
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +58,12 @@ LINGER = 2.0
 (at most ``MAX_MESSAGE`` bytes): closing with unread input would reset the connection and
 destroy the answer before the client reads it."""
 
-MAC_HEX = 64
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between the ``alive`` events a kernel sends while a request waits or runs."""
+
+NONCE_HEX = 32
+"""Hex digits of a request's nonce (128 random bits)."""
+
 READ_CHUNK = 64 * 1024
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -58,14 +71,16 @@ _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
-def _mac(body: bytes | memoryview, secret: bytes) -> bytes:
-    return hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+def encode(body: dict) -> bytes:
+    """One message line."""
+    return canonical_json(body).encode() + b"\n"
 
 
-def seal(body: dict, secret: bytes) -> bytes:
-    """Encode one authenticated message line."""
-    text = canonical_json(body).encode()
-    return _mac(text, secret) + b" " + text + b"\n"
+def request(op: str, identity: Identity, party: str, **fields: Any) -> dict:
+    """A signed request for ``party``: op, analyst, party, nonce, time and ``fields``."""
+    return sign({"op": op, "analyst": identity.name, "party": party,
+                 "nonce": secrets.token_hex(NONCE_HEX // 2), "time": time.time(), **fields},
+                identity)
 
 
 def too_large(size: int, limit: int, *, at_least: bool = False) -> ProtocolError:
@@ -84,18 +99,11 @@ def _no_constant(name: str) -> NoReturn:
     raise ProtocolError(f"message contains {name}, which JSON does not allow")
 
 
-def unseal(line: bytes, secret: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+def decode(line: bytes, limit: int = MAX_MESSAGE) -> dict[str, Any]:
     """Check and decode one message line of at most ``limit`` bytes (see the module doc)."""
     if len(line) > limit:
         raise too_large(len(line), limit)
-    end = len(line) - line.endswith(b"\n")
-    if end <= MAC_HEX or line[MAC_HEX:MAC_HEX + 1] != b" ":
-        raise ProtocolError("malformed message", hint="expected '<hex MAC> <JSON body>'")
-    view = memoryview(line)[MAC_HEX + 1:end]  # no copy of unauthenticated bytes
-    if not hmac.compare_digest(line[:MAC_HEX], _mac(view, secret)):
-        raise ProtocolError("message failed authentication",
-                            hint="client and parties must share the consortium secret")
-    body = view.tobytes()
+    body = line[:len(line) - line.endswith(b"\n")]
     if nesting_depth(body) > MAX_DEPTH:
         raise ProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
     try:
@@ -158,29 +166,45 @@ class LineReader:
 
 
 class Channel:
-    """A blocking, authenticated line channel to one party kernel (client side)."""
+    """A blocking mutual-TLS line channel to one party kernel (client side).
 
-    def __init__(self, host: str, port: int, secret: bytes, party: str, timeout: float):
-        self.party, self.secret = party, secret
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    It connects within ``timeout`` seconds and refuses a kernel that does not hold the
+    certificate ``pin`` (raising :class:`PartyUnreachable`)."""
+
+    def __init__(self, host: str, port: int, identity: Identity, pin: Pin, timeout: float):
+        self.party = pin.name
+        raw = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock = client_context(identity, [pin]).wrap_socket(raw)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise PartyUnreachable(f"TLS with the kernel at {host}:{port} failed "
+                                   f"({getattr(exc, 'reason', None) or exc})", party=pin.name,
+                                   hint="check that it holds the certificate the consortium "
+                                        "file pins, and that its policy names you") from None
+        if peer_fingerprint(self.sock) != pin.fingerprint:  # the context trusts only pin
+            self.close()
+            raise PartyUnreachable(f"the kernel at {host}:{port} is not {pin.name}",
+                                   party=pin.name)
         self.reader = self.sock.makefile("rb")
 
     def send(self, body: dict) -> None:
-        self.sock.sendall(seal(body, self.secret))
+        self.sock.sendall(encode(body))
 
     def receive(self, timeout: float | None) -> dict:
-        """The next reply, checked as :func:`unseal` does, within ``MAX_MESSAGE`` bytes."""
+        """The next reply, checked as :func:`decode` does, within ``MAX_MESSAGE`` bytes."""
         self.sock.settimeout(timeout)
         line = self.reader.readline(MAX_MESSAGE + 1)
         if not line:
             raise ConnectionError(f"{self.party} closed the connection")
         if not line.endswith(b"\n") and len(line) <= MAX_MESSAGE:
             raise ConnectionError(f"{self.party} closed the connection mid-message")
-        return unseal(line, self.secret, MAX_MESSAGE)
+        return decode(line, MAX_MESSAGE)
 
     def close(self) -> None:
         try:
-            self.reader.close()
+            if hasattr(self, "reader"):
+                self.reader.close()
             self.sock.close()
         except OSError:
             pass

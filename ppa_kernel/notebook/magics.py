@@ -74,6 +74,9 @@ class PPAMagics(Magics):
     @argument("--seed", type=int, default=7, help="demo: seed of the synthetic data")
     @argument("--timeout", type=float, default=None,
               help="connect: seconds to wait for each party (default 30)")
+    @argument("--identity", default=None,
+              help="connect: your key and certificate as a path prefix, e.g. keys/alice "
+                   "(default $PPA_IDENTITY)")
     @line_magic
     def ppa(self, line: str) -> Any:
         """Manage the consortium: ``%ppa demo|connect FILE|status|catalog|progress MODE|stop``."""
@@ -94,7 +97,9 @@ class PPAMagics(Magics):
     def _ppa_connect(self, args: Any) -> None:
         if not args.target:
             raise UsageError("usage: %ppa connect consortium.toml")
-        kwargs = {"connect_timeout": args.timeout} if args.timeout else {}
+        kwargs: dict[str, Any] = {"connect_timeout": args.timeout} if args.timeout else {}
+        if args.identity:
+            kwargs["identity"] = args.identity
         consortium = self.session.connect(args.target, **kwargs)
         print(f"connected to {', '.join(consortium.names)} ({args.target})")
 

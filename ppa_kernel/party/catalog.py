@@ -17,8 +17,11 @@ from .policy import Policy, published_min_precision
 
 
 def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """The party's table sorted by link key, and its column descriptions."""
+    """The party's table sorted by link key, and its column descriptions (a compute-only
+    party: an empty table of link keys, and no columns)."""
     data = config.data
+    if data is None:
+        return pd.DataFrame({config.link_column: pd.Series([], dtype=object)}), {}
     try:
         frame = load_table(data["source"], table=data.get("table"), query=data.get("query"),
                            link=data["link"])

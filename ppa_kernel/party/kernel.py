@@ -1,48 +1,58 @@
 """The party kernel: one long-lived process per data party.
 
 It loads the party's data once and publishes its catalog (:mod:`.catalog`), serves
-authenticated JSON requests from analysts' clients (:mod:`ppa_kernel.contract.protocol`),
-checks each plan (:mod:`.checks`), logs to the hash-chained audit log (:mod:`.audit`),
-runs the plan in a fresh MPyC worker subprocess under a deadline (:mod:`.runs`), and
-returns the released aggregates. It never executes analyst text.
+signed JSON requests from the analysts its policy pins, over mutual TLS
+(:mod:`ppa_kernel.contract.protocol`, :mod:`.requests`), checks each plan (:mod:`.checks`),
+logs to the hash-chained audit log (:mod:`.audit`) who asked for what, queues accepted
+runs (:mod:`.schedule`), runs each in a fresh MPyC worker subprocess under a deadline
+(:mod:`.runs`) whose links to the other parties' workers come through this kernel's MPC
+listener (:mod:`.mpc_listener`), and returns the released aggregates. It never executes
+analyst text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import re
 import shutil
 import signal
+import socket
 import time
 from functools import partial
 from typing import Any
 
 from ppa_kernel.contract import VERSION
-from ppa_kernel.contract.config import PartyConfig
+from ppa_kernel.contract.config import ConfigError, PartyConfig
 from ppa_kernel.contract.errors import (
     PartyFailed,
     PlanError,
     PolicyRefused,
     PPAError,
 )
+from ppa_kernel.contract.identity import HANDSHAKE_TIMEOUT, IdentityError, peer_name, server_context
 from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
 from ppa_kernel.contract.protocol import (
+    HEARTBEAT_INTERVAL,
     MAX_REQUEST,
     READY_MARKER,
     LineReader,
+    decode,
+    encode,
     idle_timeout,
-    seal,
-    unseal,
 )
 
 from . import checks
 from .audit import AuditLog
 from .catalog import build_catalog, check_policy_columns, load_party_data
+from .mpc_listener import MPCListener
 from .policy import Policy, PolicyError
-from .runs import Workers
+from .requests import RequestGuard
+from .runs import WORKER_CONNECT_TIMEOUT, Workers
+from .schedule import RunQueue
 
 logger = logging.getLogger(__name__)
 
@@ -76,29 +86,72 @@ class PartyKernel:
             self.frame.to_parquet(fh)
         self.audit = AuditLog(state / "audit.jsonl")
         self.audit.append("kernel_started", party=self.name, rows=len(self.frame),
-                          policy=self.policy.summary())
-        self.lock = asyncio.Lock()
+                          policy=self.policy.summary(), analysts={
+                              a.name: {"role": a.role, "fingerprint": a.pin.fingerprint}
+                              for a in config.analysts.values()})
+        if not config.analysts:
+            raise ConfigError(f"the policy of {self.name} names no analysts",
+                              hint="add a [policy.analysts.NAME] table with the analyst's "
+                                   "role, certificate and fingerprint")
+        try:
+            self.tls = server_context(config.identity,
+                                      [a.pin for a in config.analysts.values()])
+        except (IdentityError, OSError) as exc:
+            raise ConfigError(f"cannot set up TLS for {self.name}: {exc}") from None
+        self.guard = RequestGuard(self.name)
+        index = config.consortium.index(self.name)
+        self.queue = RunQueue(self.name, sequencer=index == 0, capacity=config.max_queue)
+        self.index = index
+        self.mpc = MPCListener(config, self._route)
         self.server: asyncio.base_events.Server | None = None
         self.stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ serving
     async def serve(self) -> None:
-        address = self.config.address
-        self.server = await asyncio.start_server(self._connection, address.host, address.port,
-                                                 limit=MAX_REQUEST)
-        print(f"{READY_MARKER} {self.name} {address.host}:{address.port}", flush=True)
-        logger.info("party %s serving on %s:%s", self.name, address.host, address.port)
-        async with self.server:
-            await self.stopped.wait()
-        await self.workers.kill_all()
+        config, host = self.config, self.config.bind_host
+        self.server = await asyncio.start_server(
+            self._connection, host, config.bind_port, limit=MAX_REQUEST, ssl=self.tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        await self.mpc.start()
+        print(f"{READY_MARKER} {self.name} {host}:{config.bind_port}", flush=True)
+        logger.info("party %s serving on %s:%s (MPC links on port %s)", self.name, host,
+                    config.bind_port, config.bind_mpc_port)
+        try:
+            async with self.server:
+                await self.stopped.wait()
+        finally:
+            await self.mpc.close()
+            await self.workers.kill_all()
+
+    async def _route(self, run_id: str, from_index: int) -> socket.socket | None:
+        """The hand-off socket of ``run_id``'s worker, for a lower party's worker dialling
+        in; starting the run if it waits here (see :mod:`.schedule`). None: refuse."""
+        if from_index >= self.index:
+            return None
+        if self.queue.active != run_id:
+            if not self.queue.trigger(run_id) or \
+                    not await self.queue.until_active(run_id, WORKER_CONNECT_TIMEOUT):
+                return None
+        deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT
+        while (handoff := self.workers.handoff(run_id)) is None:
+            if self.queue.active != run_id or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.02)
+        return handoff
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         """Answer request lines until the client closes, idles or sends an oversized line.
 
-        Every failure of a request gets a sealed error reply; the idle timeout bounds only
-        the wait for the next line, never a run streaming its progress.
+        A client whose certificate the policy does not pin never gets this far (the TLS
+        handshake fails); every failure of a request gets an error reply; the idle timeout
+        bounds only the wait for the next line, never a run streaming its progress.
         """
-        secret = self.config.consortium.secret
+        name = peer_name(writer.get_extra_info("ssl_object"),
+                         {a.name: a.pin for a in self.config.analysts.values()})
+        if name is None:  # the TLS context trusts only pinned certificates
+            writer.close()
+            return
+        analyst = self.config.analysts[name]
         lines, idle = LineReader(reader, MAX_REQUEST), idle_timeout()
 
         async def reply_error(exc: PPAError) -> None:
@@ -120,7 +173,9 @@ class PartyKernel:
                 if not line:
                     break
                 try:
-                    await self._dispatch(unseal(line, secret, MAX_REQUEST), writer)
+                    request = decode(line, MAX_REQUEST)
+                    self.guard.check(request, analyst)
+                    await self._dispatch(request, writer)
                 except PPAError as exc:
                     await reply_error(exc)
                 except ConnectionError:
@@ -135,7 +190,7 @@ class PartyKernel:
             writer.close()
 
     async def _send(self, writer: asyncio.StreamWriter, body: dict) -> None:
-        writer.write(seal(body, self.config.consortium.secret))
+        writer.write(encode(body))
         await writer.drain()
 
     async def _dispatch(self, request: dict, writer: asyncio.StreamWriter) -> None:
@@ -147,18 +202,23 @@ class PartyKernel:
         elif op == "check":
             await self._check(request, writer)
         elif op == "cancel":
-            killed = await self.workers.kill(str(request.get("run_id")))
-            await self._send(writer, {"event": "cancelled", "killed": killed})
-        elif op == "shutdown":
-            await self._send(writer, {"event": "bye"})
-            self.stopped.set()
+            await self._send(writer, {"event": "cancelled", "killed": await self._cancel(
+                str(request.get("run_id")), str(request["analyst"]))})
         else:
             raise PlanError(f"unknown request {op!r}")
+
+    async def _cancel(self, run_id: str, analyst: str) -> bool:
+        """Stop a run this analyst asked for, waiting or running; whether one was stopped."""
+        if self.queue.owners.get(run_id) != analyst:
+            return False
+        self.audit.append("run_cancel_requested", run_id=run_id, analyst=analyst)
+        return self.queue.cancel(run_id) or await self.workers.kill(run_id)
 
     def describe(self) -> dict[str, Any]:
         """What the party publishes: size, approved columns, policy summary."""
         return {"party": self.name, "rows": len(self.frame), "catalog": self.catalog,
-                "policy": self.policy.summary(), "version": VERSION}
+                "policy": self.policy.summary(), "version": VERSION,
+                "holds_data": self.config.holds_data}
 
     # ------------------------------------------------------------------ checking
     def check_plan(self, request: dict) -> tuple[dict, str]:
@@ -167,7 +227,8 @@ class PartyKernel:
 
     async def _check(self, request: dict, writer: asyncio.StreamWriter) -> None:
         _, digest = await asyncio.to_thread(self.check_plan, request)
-        self.audit.append("plan_checked", run_id=str(request.get("run_id")), plan_hash=digest)
+        self.audit.append("plan_checked", run_id=str(request.get("run_id")), plan_hash=digest,
+                          **_asked_by(request))
         await self._send(writer, {"event": "checked", "plan_hash": digest})
 
     # ------------------------------------------------------------------ running
@@ -190,20 +251,21 @@ class PartyKernel:
         except PPAError as exc:
             self.audit.append("plan_refused", run_id=run_id, reason=str(exc),
                               plan=request.get("plan") if isinstance(request.get("plan"), dict)
-                              else None)
+                              else None, **_asked_by(request))
             raise
-        self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan)
+        asked = _asked_by(request)
+        self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan, **asked)
         try:
-            if self.lock.locked():
-                # Queueing could pair this run's worker with another run's workers at the
-                # other parties (they share MPC ports); refusing keeps runs apart.
-                raise PartyFailed("busy with another run", party=self.name,
-                                  hint="runs go one at a time per consortium; retry when it ends")
-            async with self.lock:  # taken without yielding right after the check above
+            await self.queue.turn(run_id, asked["analyst"], timeout,
+                                  partial(self._queued, writer))
+            try:
                 await self._send(writer, {"event": "progress", "phase": "policy check",
                                           "elapsed": 0})
-                result = await self.workers.run(run_id, plan, timeout,
-                                                partial(self._progress, writer))
+                async with _heartbeat(writer):
+                    result = await self.workers.run(run_id, plan, timeout,
+                                                    partial(self._progress, writer))
+            finally:
+                self.queue.finish(run_id)
             counts = result["stats"]["counts"].values()
             released = sum(sum(v is not None for v in col) for col in counts)
             openings = [{"name": e["name"], "count": e["count"]} for e in result["openings"]]
@@ -228,6 +290,42 @@ class PartyKernel:
     async def _progress(self, writer: asyncio.StreamWriter, event: dict) -> None:
         await self._send(writer, {"event": "progress", **event})
 
+    async def _queued(self, writer: asyncio.StreamWriter, position: int) -> None:
+        await self._send(writer, {"event": "progress", "phase": "queued", "elapsed": 0,
+                                  "position": position})
+
+
+def _asked_by(request: dict) -> dict[str, str]:
+    """Who asked, for the audit log (the request's checked analyst and nonce)."""
+    return {"analyst": str(request.get("analyst")), "nonce": str(request.get("nonce"))}
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(writer: asyncio.StreamWriter):
+    """Send ``alive`` every :data:`HEARTBEAT_INTERVAL` while the block runs, so the client
+    can tell a busy party from a stalled one; a client that went away cancels the block."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                writer.write(encode({"event": "alive"}))
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                task.cancel()
+                return
+
+    beater = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beater.cancel()
+
+
+PID_FILE = "kernel.pid"
+"""File in the state folder holding the running kernel's process id (``ppa party stop``)."""
 
 PARENT_POLL = 1.0
 """Seconds between checks that the process which started a local kernel is still alive."""
@@ -246,7 +344,7 @@ async def _stop_when_orphaned(kernel: PartyKernel, parent_pid: int) -> None:
 
 def serve(config: PartyConfig, *, record_openings: bool = False,
           parent_pid: int | None = None) -> None:
-    """Run a party kernel until it is asked to shut down or receives SIGTERM/SIGINT.
+    """Run a party kernel until it receives SIGTERM/SIGINT (its local operator's stop).
 
     With ``parent_pid`` (local kernels) it also stops within about a second of that
     process's death, so a crashed notebook kernel leaves no party processes behind.
@@ -256,13 +354,18 @@ def serve(config: PartyConfig, *, record_openings: bool = False,
 
     async def main():
         kernel = PartyKernel(config)
+        pid_file = config.state_dir / PID_FILE
+        pid_file.write_text(f"{os.getpid()}\n")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, kernel.stopped.set)
         watch = None if parent_pid is None else \
             asyncio.create_task(_stop_when_orphaned(kernel, parent_pid))
         started = time.time()
-        await kernel.serve()
+        try:
+            await kernel.serve()
+        finally:
+            pid_file.unlink(missing_ok=True)
         if watch is not None:
             watch.cancel()
         logger.info("party %s stopped after %.0f s", kernel.name, time.time() - started)
