@@ -387,7 +387,8 @@ MINI_WORKER = textwrap.dedent("""
     except BaseException as exc:
         stalled = [job.names[p] for p in rt.STALLED_PEERS]
         lost = [job.names[p] for p in rt.LOST_PEERS if p is not None]
-        print(json.dumps({"error": repr(exc), "stalled": stalled, "lost": lost}), flush=True)
+        print(json.dumps({"error": repr(exc), "stalled": stalled, "lost": lost,
+                          "orphaned": bool(rt.ORPHANED)}), flush=True)
 """)
 
 
@@ -479,3 +480,113 @@ def test_a_killed_peer_is_named_as_lost_at_once(parties, tmp_path):
         _three_workers(parties, tmp_path, 2, 30, stop=2, how=signal.SIGKILL), 90))
     assert all(o.get("lost") == ["c"] for o in outs), outs
     assert time.monotonic() - started < 20
+
+
+ORPHAN_PARENT = textwrap.dedent("""
+    import subprocess, sys, time
+    script, job, fd, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    child = subprocess.Popen([sys.executable, script, job, "0"], pass_fds=(fd,),
+                             stdout=open(out, "w"))
+    print(child.pid, flush=True)
+    time.sleep(2.0)  # the worker is connecting (to peers that never come); then we go
+""")
+
+
+def test_a_worker_whose_kernel_died_stops(parties, tmp_path):
+    script = tmp_path / "mini_worker.py"
+    script.write_text(MINI_WORKER)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    job = make_job(parties, 1, tmp_path, handoff_fd=theirs.fileno(), timeout=60)
+    path = job.write(tmp_path)
+    parent = subprocess.run(
+        [sys.executable, "-c", ORPHAN_PARENT, str(script), str(path), str(theirs.fileno()),
+         str(tmp_path / "orphan.out")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=30,
+        pass_fds=(theirs.fileno(),))
+    theirs.close()
+    pid = int(parent.stdout.split()[0])
+    started = time.monotonic()
+    while time.monotonic() - started < 15:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                break  # exited; its new parent has not reaped it yet
+        except (FileNotFoundError, IndexError):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the orphaned worker did not stop")
+    ours.close()
+    assert json.loads((tmp_path / "orphan.out").read_text().splitlines()[-1])["orphaned"]
+
+
+def test_three_real_workers_run_a_plan_over_the_links(tmp_path):
+    """``ppa_kernel.cli worker`` end to end (fake kernels: listener and hand-off only)."""
+    import numpy as np
+    import pandas as pd
+
+    from ppa_kernel.analyst.frame import SecureFrame
+
+    names = ["insurer", "hospital", "bureau"]
+    catalog = {"insurer": {"age": {"kind": "numeric", "min": 18.0, "max": 90.0, "missing": 0}},
+               "hospital": {"visits": {"kind": "numeric", "min": 0.0, "max": 50.0,
+                                       "missing": 0}},
+               "bureau": {"band": {"kind": "categorical", "levels": ["a", "b"], "missing": 0}}}
+    plan = {**SecureFrame(catalog, names, names).agg(n=("age", "count")).plan(),
+            "min_cell_size": 5, "disclosure": {"dominance_n": 2, "dominance_k": 90,
+                                               "p_ratio": 10, "history_limit": 100,
+                                               "differencing": False}}
+    ids = {n: create_identity(tmp_path / "keys", n) for n in names}
+    pins = [Pin(n, ids[n].certificate, ids[n].fingerprint) for n in names]
+    ports = [free_port() for _ in names]
+    rng = np.random.default_rng(1)
+    columns = {"insurer": ("age", lambda k: rng.integers(18, 90, k).astype(float)),
+               "hospital": ("visits", lambda k: rng.integers(0, 50, k).astype(float)),
+               "bureau": ("band", lambda k: rng.choice(["a", "b"], k))}
+
+    async def scenario():
+        kernels, procs, jobs = [], [], []
+        for index, name in enumerate(names):
+            members = [PartyAddress(n, "127.0.0.1", 1, ports[i], pins[i])
+                       for i, n in enumerate(names)]
+            config = PartyConfig(name, ConsortiumConfig("t", members, "00"), tmp_path, None,
+                                 None, ids[name], {})
+            kernel = FakeKernel(config)
+            await kernel.listener.start()
+            theirs = kernel.add_run(RUN)
+            column, make = columns[name]
+            frame = pd.DataFrame({"pseudonym": [f"p{i}" for i in range(40)], column: make(40)})
+            snapshot = tmp_path / f"{name}.parquet"
+            frame.to_parquet(snapshot)
+            state = tmp_path / "state" / name
+            state.mkdir(parents=True)
+            job = Job(party=name, index=index, names=names,
+                      addresses=[f"127.0.0.1:{p}" for p in ports], plan=plan, run_id=RUN,
+                      snapshot=str(snapshot), link_column="pseudonym", link_salt="00",
+                      state_dir=str(state), record_openings=False, connect_timeout=20,
+                      result_path=str(state / "result.json"),
+                      certificate=str(ids[name].cert_path), key=str(ids[name].key_path),
+                      peer_certificates=[p.pem for p in pins],
+                      fingerprints=[p.fingerprint for p in pins], stall_timeout=30,
+                      handoff_fd=theirs.fileno())
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ppa_kernel.cli", "worker", str(job.write(state)),
+                cwd=ROOT, env=_env(), stdout=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),))
+            theirs.close()
+            kernels.append(kernel)
+            procs.append(proc)
+            jobs.append(job)
+        try:
+            codes = [await asyncio.wait_for(proc.wait(), 120) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+            for kernel in kernels:
+                await kernel.listener.close()
+        return codes, [json.loads(Path(j.result_path).read_text()) for j in jobs]
+
+    codes, results = asyncio.run(asyncio.wait_for(scenario(), 150))
+    assert codes == [0, 0, 0], results
+    assert results[0]["stats"] == results[1]["stats"] == results[2]["stats"]

@@ -247,7 +247,11 @@ async def _dial_once(settings: LinkSettings, peer: int, context: ssl.SSLContext)
         if seen != settings.pins[peer].fingerprint:  # the context trusts only this pin
             raise _wrong_certificate(settings, peer, seen)
         transport.write(settings.binding(settings.index, peer, "dial"))
-        reply = await handshake.readline(MAX_BINDING)
+        try:
+            reply = await handshake.readline(MAX_BINDING)
+        except LinkRefused as exc:
+            raise LinkRefused(f"its worker closed the link after TLS ({exc}): it refuses "
+                              "this party's certificate or binding, or is not ready") from None
         if reply != settings.binding(settings.index, peer, "accept"):
             raise PartyFailed(f"the MPC worker of {settings.names[peer]} is bound to another "
                               "run or plan", party=settings.party,
@@ -370,9 +374,6 @@ class Acceptor:
             logger.warning("MPC connection dropped (%s): %s", _describe(header),
                            str(exc) or type(exc).__name__)
             conn.close()
-            return
-        if self.complete.is_set() and link.peer not in self.links:
-            link.close()
             return
         if (old := self.links.get(link.peer)) is not None:
             logger.info("the worker of %s linked again; keeping the newer link",

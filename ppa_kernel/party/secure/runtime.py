@@ -388,7 +388,11 @@ async def connect(job: Job, parent_pid: int | None = None) -> None:
     parent = os.getppid() if parent_pid is None else parent_pid
     _watchdog = mpc._loop.create_task(_watch(job.stall_timeout, parent))
     handoff = socket.socket(fileno=job.handoff_fd) if job.handoff_fd >= 0 else None
-    links = await establish(settings, handoff)
+    try:
+        links = await establish(settings, handoff)
+    except BaseException:
+        _watchdog.cancel()
+        raise
     attach(links)
     try:  # the PRSS keys follow the links at once
         await asyncio.wait_for(mpc.parties[mpc.pid].protocol, job.connect_timeout)
