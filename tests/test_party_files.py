@@ -266,7 +266,11 @@ def test_a_job_file_is_private_never_follows_a_planted_link_and_reads_back_whole
               addresses=["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], plan={"p": 1},
               run_id="0123456789abcdef", snapshot="s.parquet", link_column="pseudonym",
               link_salt="00", state_dir=str(tmp_path), record_openings=False,
-              connect_timeout=30.0, result_path=str(tmp_path / "result.json"))
+              connect_timeout=30.0, result_path=str(tmp_path / "result.json"),
+              certificate="keys/insurer.crt", key="keys/insurer.key",
+              peer_certificates=["pem0", "pem1", "pem2"],
+              fingerprints=["sha256:" + "0" * 64, "sha256:" + "1" * 64, "sha256:" + "2" * 64],
+              stall_timeout=30.0, handoff_fd=3)
     path = job.write(tmp_path)
     assert mode(path) == 0o600 and Job.read(path) == job
     planted = tmp_path / "planted"

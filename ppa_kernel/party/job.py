@@ -35,6 +35,12 @@ class Job:
     record_openings: bool  # test kernels only: also return the opened values
     connect_timeout: float  # seconds to reach every peer's worker
     result_path: str
+    certificate: str  # path of this party's certificate (its identity)
+    key: str  # path of this party's private key (0600)
+    peer_certificates: list[str]  # PEM of every party's pinned certificate, in MPC order
+    fingerprints: list[str]  # every party's pinned fingerprint, in MPC order
+    stall_timeout: float  # seconds of silence after which a peer's worker has stalled
+    handoff_fd: int  # this worker's end of the kernel's hand-off socket (MPC connections)
 
     def write(self, folder: Path) -> Path:
         """Write the job into the run's folder (created by the kernel); return its path."""

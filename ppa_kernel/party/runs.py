@@ -1,5 +1,10 @@
 """The MPyC worker processes of a party kernel: one per run, in its own job folder,
-followed for progress, killed when the run ends early."""
+followed for progress, killed when the run ends early.
+
+Workers do not listen: the kernel's :class:`.mpc_listener.MPCListener` accepts the MPC
+connections and hands each one, by file descriptor, to the worker of the run it names,
+over that run's hand-off socket (:meth:`Workers.handoff`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +30,9 @@ logger = logging.getLogger(__name__)
 WORKER_CONNECT_TIMEOUT = 30.0
 """Seconds a worker waits to reach every peer's worker (at most the run's timeout)."""
 
+HANDOFF_POLL = 0.05
+"""Seconds between looks for a run's hand-off socket in :meth:`Workers.wait_handoff`."""
+
 Progress = Callable[[dict], Awaitable[None]]
 """Receives each progress event a worker prints."""
 
@@ -35,6 +45,19 @@ class Workers:
         self.snapshot = snapshot
         self.jobs = config.state_dir / "jobs"  # one folder per run, holding its job file
         self.running: dict[str, asyncio.subprocess.Process] = {}
+        self._handoffs: dict[str, socket.socket] = {}  # run id -> kernel's end
+
+    def handoff(self, run_id: str) -> socket.socket | None:
+        """The kernel's end of a run's hand-off socket, while its worker runs."""
+        return self._handoffs.get(run_id)
+
+    async def wait_handoff(self, run_id: str, timeout: float) -> socket.socket | None:
+        """:meth:`handoff`, waiting up to ``timeout`` s for the run to start (for a route
+        of :class:`.mpc_listener.MPCListener` that a peer reaches a little early)."""
+        deadline = time.monotonic() + timeout
+        while (sock := self._handoffs.get(run_id)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(HANDOFF_POLL)
+        return sock
 
     def clear_leftovers(self) -> None:
         """Remove job folders left by a kernel killed mid-run (they hold the link salt)."""
@@ -50,9 +73,11 @@ class Workers:
             logger.info("party %s: removed %d job folder(s) left by interrupted runs",
                         self.config.name, len(leftovers))
 
-    def job(self, run_id: str, plan: dict, folder: Path, timeout: float) -> Job:
+    def job(self, run_id: str, plan: dict, folder: Path, timeout: float,
+            handoff_fd: int = -1) -> Job:
         """The job of one run: everything but the plan and run id from this party's files."""
         consortium = self.config.consortium
+        identity = self.config.identity
         return Job(party=self.config.name, index=consortium.index(self.config.name),
                    names=[p.name for p in consortium.parties],
                    addresses=[f"{p.host}:{p.mpc_port}" for p in consortium.parties],
@@ -61,7 +86,11 @@ class Workers:
                    state_dir=str(self.config.state_dir),
                    record_openings=bool(self.config.extra.get("record_openings")),
                    connect_timeout=min(WORKER_CONNECT_TIMEOUT, timeout),
-                   result_path=str(folder / RESULT_FILE))
+                   result_path=str(folder / RESULT_FILE),
+                   certificate=str(identity.cert_path), key=str(identity.key_path),
+                   peer_certificates=[p.pin.pem for p in consortium.parties],
+                   fingerprints=[p.pin.fingerprint for p in consortium.parties],
+                   stall_timeout=self.config.stall_timeout, handoff_fd=handoff_fd)
 
     async def run(self, run_id: str, plan: dict, timeout: float, progress: Progress) -> dict:
         """Run the plan in a worker whose job folder ``state_dir/jobs/<run_id>`` (0700)
@@ -70,14 +99,19 @@ class Workers:
         self.jobs.mkdir(mode=0o700, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)  # never read a stale result
         folder.mkdir(mode=0o700)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
         try:
-            job = self.job(run_id, plan, folder, timeout)
+            job = self.job(run_id, plan, folder, timeout, theirs.fileno())
             job_path = job.write(folder)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ppa_kernel.cli", "--log-level",
                 self.config.worker_log_level, "worker", str(job_path),
-                stdout=asyncio.subprocess.PIPE, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, start_new_session=True,
+                pass_fds=(theirs.fileno(),))
+            theirs.close()  # the worker holds its end now
             self.running[run_id] = proc
+            self._handoffs[run_id] = ours
             try:
                 await asyncio.wait_for(self._follow(proc, progress), timeout)
             except TimeoutError:
@@ -90,8 +124,11 @@ class Workers:
                 raise
             finally:
                 self.running.pop(run_id, None)
+                self._handoffs.pop(run_id, None)
             return self._result(proc, Path(job.result_path))
         finally:
+            ours.close()
+            theirs.close()
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _follow(self, proc: asyncio.subprocess.Process, progress: Progress) -> None:

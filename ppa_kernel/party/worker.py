@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import resource
 import secrets
 import shutil
@@ -26,7 +27,6 @@ import pandas as pd
 
 from ppa_kernel.contract.errors import (
     PartyFailed,
-    PartyUnreachable,
     PlanError,
     PPAError,
     RunTimeout,
@@ -35,6 +35,9 @@ from ppa_kernel.contract.errors import (
 from .job import Job
 
 logger = logging.getLogger(__name__)
+
+PARENT_PID = os.getppid()
+"""The party kernel that started this worker; when it goes, the worker stops."""
 
 
 class Phases:
@@ -58,18 +61,12 @@ def _mpyc_argv(job: Job) -> list[str]:
     return argv
 
 
-async def _start(mpc, job: Job) -> None:
-    """Connect to every other party's worker, or fail naming the missing ones."""
-    try:
-        await asyncio.wait_for(mpc.start(), job.connect_timeout)
-    except TimeoutError:
-        missing = [job.names[p.pid] for p in mpc.parties
-                   if p.pid != mpc.pid and p.protocol is None]
-        raise PartyUnreachable(
-            f"could not connect to the MPC worker of {', '.join(missing) or 'a peer'} "
-            f"within {job.connect_timeout} s", party=job.party,
-            hint="check that every party kernel is running and its mpc_port is reachable",
-        ) from None
+async def _start(job: Job) -> None:
+    """Make authenticated links to every other party's worker (through the kernels'
+    listeners), or fail naming the missing ones (:func:`.secure.runtime.connect`)."""
+    from .secure.runtime import connect
+
+    await connect(job, PARENT_PID)
 
 
 async def _agree(job: Job) -> None:
@@ -164,7 +161,7 @@ async def _run(job: Job) -> dict:
     LEDGER.allowed = program.openings()
     frame = pd.read_parquet(job.snapshot)
     block = feature_matrix(program, job.party, frame)  # fail on own data before MPC
-    await _start(mpc, job)
+    await _start(job)
     await _agree(job)
     phases("connect")
     linkage, history, relinked = await _linkage(job, frame, phases)
@@ -194,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = Job.read(argv[0])
     sys.argv = _mpyc_argv(job)
-    from .secure.runtime import LOST_PEERS, mpc
+    from .secure.runtime import LOST_PEERS, ORPHANED, STALLED_PEERS, mpc
 
     try:
         result = mpc.run(_run(job))
@@ -202,9 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     except PPAError as exc:
         result, status = {"error": exc.to_dict()}, 1
     except (asyncio.CancelledError, ConnectionError) as exc:
+        stalled = [job.names[p] for p in STALLED_PEERS]
         lost = [job.names[p] for p in LOST_PEERS if p is not None]
-        message = (f"lost connection to the MPC worker of {', '.join(lost)}" if lost
-                   else f"MPC connection failed: {exc!r}")
+        if ORPHANED:
+            message = "the party kernel that started this MPC worker has gone"
+        elif stalled:
+            message = (f"the MPC worker of {', '.join(stalled)} has sent nothing for "
+                       f"{job.stall_timeout:g} s (stalled or network silent)")
+        elif lost:
+            message = f"lost connection to the MPC worker of {', '.join(lost)}"
+        else:
+            message = f"MPC connection failed: {exc!r}"
         result, status = {"error": PartyFailed(message, party=job.party).to_dict()}, 1
     except TimeoutError:
         err = RunTimeout("the MPC computation timed out", party=job.party)

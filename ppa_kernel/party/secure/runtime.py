@@ -21,6 +21,10 @@ MPyC 0.11 (the first, second and fourth installed on import, the truncation by
 - **A lost peer is an error, not a hang.** MPyC raises inside an asyncio callback when a
   connection drops, and then waits forever; we record the loss and stop the worker's
   event loop so it fails promptly, naming the peer.
+- **Our links, not MPyC's.** :func:`connect` replaces ``mpc.start()``: the links are made
+  and authenticated by :mod:`.links` (TLS with pinned certificates, bound to the run) and
+  attached to MPyC through :class:`LinkExchanger`, which also carries heartbeats; a
+  watchdog fails the run when a peer stalls, and ends an orphaned worker.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import struct
+import time
 from collections.abc import Callable, Mapping
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mpyc import asyncoro, finfields, thresha
@@ -40,7 +46,13 @@ from mpyc import runtime as mpyc_runtime
 from mpyc.asyncoro import mpc_coro
 from mpyc.runtime import Runtime, mpc
 
-__all__ = ["LOST_PEERS", "PeerLost", "Runtime", "WireCodec", "allow_disconnects",
+from .links import Link, LinkSettings, establish
+
+if TYPE_CHECKING:
+    from ppa_kernel.party.job import Job
+
+__all__ = ["HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS", "LinkExchanger",
+           "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
            "link_type", "mpc", "mpc_coro", "np_random_split", "prss_keys",
            "random_field_array", "recombination_coefficient", "reshare", "shares",
            "use_truncation", "value_type", "wrap", "zero_sharing"]
@@ -219,6 +231,8 @@ def allow_disconnects() -> None:
     """Mark the orderly end of a run: peers closing connections is expected now."""
     global _shutting_down
     _shutting_down = True
+    if _watchdog is not None:
+        _watchdog.cancel()
 
 
 def _connection_lost(self, exc):
@@ -229,13 +243,164 @@ def _connection_lost(self, exc):
     peer = getattr(self, "peer_pid", None)
     LOST_PEERS.append(peer)
     logger.error("lost connection to party %s: %s", peer, exc or "closed by peer")
-    loop = self.runtime._loop
-    for task in _running_tasks(loop):
-        task.cancel()
+    _cancel_run()
 
 
 def _running_tasks(loop):
     return [t for t in asyncio.all_tasks(loop) if not t.done()]
+
+
+def _cancel_run() -> None:
+    """Cancel every task of the run (but the caller's), so the worker fails promptly."""
+    current = asyncio.current_task(mpc._loop) if mpc._loop.is_running() else None
+    for task in _running_tasks(mpc._loop):
+        if task is not current:
+            task.cancel()
+
+
+# -- Our links, not MPyC's --------------------------------------------------------------
+
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between heartbeats to each peer (and watchdog checks)."""
+
+HEARTBEAT_SIZE = 0xFFFFFFFF
+"""The payload size that marks a heartbeat frame (MPyC never sends a 4 GiB payload)."""
+
+HEARTBEAT = struct.pack("<qI", 0, HEARTBEAT_SIZE)
+"""A heartbeat: an MPyC frame header (pc, payload size) with no payload."""
+
+STALLED_PEERS: list[int] = []
+ORPHANED: list[int] = []  # the parent pid, once the kernel that started us has gone
+_LINKS: dict[int, LinkExchanger] = {}
+_watchdog: asyncio.Task | None = None
+
+
+class LinkExchanger(asyncoro.MessageExchanger):
+    """MPyC's exchanger on an authenticated link, its peer fixed by the handshake.
+
+    ``dialed``: this party dialed (the lower index, MPyC's client) and sends its pid and
+    PRSS keys first; otherwise the 2-byte pid the peer sends must be the authenticated
+    one. Heartbeat frames (:data:`HEARTBEAT`) are skipped; any bytes count as a sign of
+    life (:attr:`last_heard`).
+    """
+
+    def __init__(self, rt: Runtime, peer_pid: int, dialed: bool) -> None:
+        super().__init__(rt, peer_pid)
+        self.dialed = dialed
+        self.identified = dialed
+        self.last_heard = time.monotonic()
+
+    def connection_made(self, transport) -> None:
+        if self.dialed:
+            super().connection_made(transport)  # sends pid and PRSS keys, registers us
+        else:
+            self.transport = transport
+
+    def heartbeat(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(HEARTBEAT)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        buffer = self.bytes
+        buffer.extend(data)
+        if not self.identified and not self._identify(buffer):
+            return
+        while len(buffer) >= 12:
+            pc, payload_size = struct.unpack_from("<qI", buffer)
+            if payload_size == HEARTBEAT_SIZE:
+                del buffer[:12]
+                continue
+            end = 12 + payload_size
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[12:end])
+            del buffer[:end]
+            if pc in self.buffers:
+                self.buffers.pop(pc).set_result(payload)
+            else:
+                self.buffers[pc] = payload
+
+    def _identify(self, buffer: bytearray) -> bool:
+        """Read the peer's pid (it must be the authenticated one) and its PRSS keys."""
+        if len(buffer) < 2:
+            return False
+        rt, claimed = self.runtime, int.from_bytes(buffer[:2], "little")
+        if claimed != self.peer_pid:
+            logger.error("party %s sent MPyC pid %s on its authenticated link; dropped",
+                         self.peer_pid, claimed)
+            self.transport.abort()  # connection_lost: the run fails, naming the peer
+            buffer.clear()
+            return False
+        size = 0 if rt.options.no_prss else rt._prss_keys_from_peer(claimed)
+        if len(buffer) < 2 + size:
+            return False
+        del buffer[:2]
+        if size:
+            rt._prss_keys_from_peer(claimed, buffer)
+            del buffer[:size]
+        self.identified = True
+        rt.set_protocol(claimed, self)
+        return True
+
+
+def attach(links: Mapping[int, Link]) -> None:
+    """Give MPyC the authenticated links, as ``mpc.start()`` would its own."""
+    loop = mpc._loop
+    for peer in mpc.parties:
+        peer.protocol = asyncio.Future(loop=loop) if peer.pid == mpc.pid else None
+    for pid, link in links.items():
+        exchanger = LinkExchanger(mpc, pid, link.dialed)
+        _LINKS[pid] = exchanger
+        link.attach(exchanger)
+
+
+async def _watch(stall_timeout: float, parent_pid: int) -> None:
+    """Send heartbeats; fail the run when a peer stalls or our kernel has gone."""
+    last_tick = responsive_since = time.monotonic()
+    while not _shutting_down:
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+        now = time.monotonic()
+        if now - last_tick > 2 * HEARTBEAT_INTERVAL:
+            responsive_since = now  # our own loop was busy: peers' bytes may be queued
+        last_tick = now
+        if os.getppid() != parent_pid:
+            ORPHANED.append(parent_pid)
+            logger.error("the party kernel (pid %d) has gone; stopping", parent_pid)
+            _cancel_run()
+            return
+        for pid, exchanger in _LINKS.items():
+            exchanger.heartbeat()
+            if now - max(exchanger.last_heard, responsive_since) > stall_timeout:
+                STALLED_PEERS.append(pid)
+                logger.error("the worker of party %d has sent nothing for %g s", pid,
+                             stall_timeout)
+                _cancel_run()
+                return
+
+
+async def connect(job: Job, parent_pid: int | None = None) -> None:
+    """Replace ``mpc.start()``: authenticated links to every peer's worker (or
+    :class:`~ppa_kernel.contract.errors.PartyUnreachable`), attached to MPyC, with
+    heartbeats and a watchdog (stall timeout, orphan check) until the run ends."""
+    global _watchdog
+    settings = LinkSettings.from_job(job)
+    parent = os.getppid() if parent_pid is None else parent_pid
+    _watchdog = mpc._loop.create_task(_watch(job.stall_timeout, parent))
+    handoff = socket.socket(fileno=job.handoff_fd) if job.handoff_fd >= 0 else None
+    try:
+        links = await establish(settings, handoff)
+    except BaseException:
+        _watchdog.cancel()
+        raise
+    attach(links)
+    try:  # the PRSS keys follow the links at once
+        await asyncio.wait_for(mpc.parties[mpc.pid].protocol, job.connect_timeout)
+    except TimeoutError:
+        missing = [job.names[p.pid] for p in mpc.parties
+                   if p.pid != mpc.pid and p.protocol is None]
+        raise PeerLost(f"no MPyC greeting from {', '.join(missing)}") from None
+    mpc.start_time = time.time()
 
 
 # -- Installing the patches -------------------------------------------------------------
