@@ -233,10 +233,10 @@ def test_history_survives_a_restart_on_the_same_data(data, tmp_path):
     parties = LocalParties(tmp_path, PARTIES)  # the same files: same data, same epoch
     try:
         parties.wait_ready(60)
-        with Consortium(load_consortium(tmp_path / "consortium.toml")) as c:
+        with Consortium(load_consortium(tmp_path / "consortium.toml"),
+                        identity=parties.analyst) as c:
             t = c.link()
             outcome = c.run_raw(t[t.age > a].agg(n=("age", "count")).plan())
-            c.shutdown_parties()
     finally:
         parties.kill()
     result = outcome.results["insurer"]

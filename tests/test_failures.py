@@ -77,7 +77,7 @@ def test_missing_party_at_connect(tmp_path, demo_data):
 
     path = write_local_config(tmp_path, demo_data, "pseudonym")
     with pytest.raises(ConsortiumError) as info:
-        Consortium.from_file(path, connect_timeout=2)
+        Consortium.from_file(path, identity=tmp_path / "keys" / "analyst", connect_timeout=2)
     text = str(info.value)
     assert all(f"[{p}]" in text for p in demo_data)
 
@@ -138,13 +138,16 @@ def test_type_errors_in_a_data_source_are_named(demo_data, tmp_path):
     assert "[bureau]" in str(info.value) and "mixed types" in str(info.value)
 
 
-def test_wrong_secret_is_refused(consortium):
+def test_a_kernel_that_is_not_the_pinned_party_is_refused(consortium):
+    from dataclasses import replace
+
     from ppa_kernel.contract.config import ConsortiumConfig
 
-    forged = ConsortiumConfig(consortium.config.name, consortium.config.parties, b"wrong",
-                              consortium.config.link_salt)
-    with pytest.raises(ConsortiumError, match="authentication"):
-        Consortium(forged)
+    parties = consortium.config.parties
+    swapped = [replace(parties[0], port=parties[1].port), *parties[1:]]  # hospital answers
+    forged = ConsortiumConfig(consortium.config.name, swapped, consortium.config.link_salt)
+    with pytest.raises(ConsortiumError, match=rf"\[{parties[0].name}\] TLS with the kernel"):
+        Consortium(forged, identity=consortium.identity)
 
 
 def test_data_that_changed_levels_fails_before_any_mpc(consortium):

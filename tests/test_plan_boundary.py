@@ -17,7 +17,7 @@ from ppa_kernel.analyst.synthetic import generate
 from ppa_kernel.contract.limits import MAX_LEVELS, MAX_THRESHOLD
 from ppa_kernel.contract.plan import plan_hash, validate_plan
 from ppa_kernel.contract.program import compile_plan
-from ppa_kernel.contract.protocol import Channel
+from ppa_kernel.contract.protocol import Channel, request
 
 PARTIES = ["insurer", "hospital", "bureau"]
 FIELD_PRIME_PLUS_ONE = 2 ** 256 + 1  # larger than the value field: wraps to a tiny number
@@ -193,10 +193,11 @@ def send_runs(c, requests: dict) -> dict[str, dict]:
     replies: dict[str, dict] = {}
 
     def ask(party):
-        channel = Channel(party.host, party.port, c.config.secret, party.name, 10)
+        channel = Channel(party.host, party.port, c.identity, party.pin, 10)
         try:
-            channel.send(requests[party.name])
-            while (reply := channel.receive(timeout=60))["event"] == "progress":
+            fields = {k: v for k, v in requests[party.name].items() if k != "op"}
+            channel.send(request("run", c.identity, party.name, **fields))
+            while (reply := channel.receive(timeout=60))["event"] in ("progress", "alive"):
                 pass
             replies[party.name] = reply
         finally:
@@ -221,8 +222,8 @@ def test_a_hostile_linkage_id_reaches_no_file(c, tmp_path):
     a linkage id in a request (once used as a path) is ignored."""
     target = tmp_path / "escaped"
     plan = c.prepare(c.link().agg(n=("age", "count")).plan())
-    request = run_request(plan, "ab" * 8, linkage_id=str(target))
-    replies = send_runs(c, {p: request for p in PARTIES})
+    hostile = run_request(plan, "ab" * 8, linkage_id=str(target))
+    replies = send_runs(c, {p: hostile for p in PARTIES})
     assert {r["event"] for r in replies.values()} == {"result"}
     assert not target.exists()
 

@@ -1,13 +1,13 @@
-"""Hostile input on the client-kernel wire: bounded, authenticated before parsing, answered."""
+"""Hostile input on the client-kernel wire: bounded before parsing, answered, and only for
+a peer holding a pinned certificate and sending fresh signed requests."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import secrets
 import socket
+import ssl
 import threading
 import time
 from types import SimpleNamespace
@@ -17,26 +17,29 @@ import pytest
 from ppa_kernel import Consortium
 from ppa_kernel.analyst.synthetic import generate
 from ppa_kernel.contract import protocol as proto
-from ppa_kernel.contract.errors import ProtocolError
+from ppa_kernel.contract.config import Analyst
+from ppa_kernel.contract.errors import ConsortiumError, ProtocolError
 from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.identity import (
+    Pin,
+    client_context,
+    create_identity,
+    server_context,
+)
 from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.protocol import (
     MAX_DEPTH,
     MAX_REQUEST,
     Channel,
+    decode,
+    encode,
     nesting_depth,
-    seal,
-    unseal,
+    request,
 )
 from ppa_kernel.party.kernel import PartyKernel
+from ppa_kernel.party.requests import RequestGuard
 
-KEY = b"k"
 IDLE = 1.0
-
-
-def raw_line(body: bytes, secret: bytes = KEY) -> bytes:
-    """A correctly authenticated line around arbitrary body bytes."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest().encode() + b" " + body + b"\n"
 
 
 def nested(depth: int) -> bytes:
@@ -44,115 +47,81 @@ def nested(depth: int) -> bytes:
     return b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
 
 
-@pytest.fixture
-def no_json(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("json.loads called on an unauthenticated message")
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    made = {name: create_identity(folder, name) for name in ("kernel", "alice")}
+    return made, {name: Pin.load(name, i.cert_path, i.fingerprint) for name, i in made.items()}
 
-    monkeypatch.setattr(json, "loads", refuse)
 
-
-# ---------------------------------------------------------------- seal / unseal
-def test_wire_format_is_mac_space_canonical_body():
+# ---------------------------------------------------------------- encode / decode
+def test_wire_format_is_one_canonical_json_line():
     body = {"op": "hello", "b": [1, "x"], "ü": None}
-    line = seal(body, KEY)
-    text = canonical_json(body).encode()
-    assert line == hmac.new(KEY, text, hashlib.sha256).hexdigest().encode() + b" " + text + b"\n"
-    assert unseal(line, KEY) == body
-    assert unseal(line.rstrip(b"\n"), KEY) == body
-
-
-def test_bad_mac_on_a_huge_line_is_refused_fast_without_parsing(no_json):
-    line = b"0" * 64 + b" " + b'{"a":"' + b"x" * 30_000_000 + b'"}\n'
-    started = time.perf_counter()
-    with pytest.raises(ProtocolError, match="authentication"):
-        unseal(line, KEY)
-    assert time.perf_counter() - started < 0.2
-
-
-def test_tampered_or_malformed_lines_are_refused_before_parsing(no_json):
-    line = seal({"op": "hello", "n": 1}, KEY)
-    for bad in (line.replace(b'"n":1', b'"n":2'), line.replace(b" ", b"  ", 1),
-                line[:64].upper() + line[64:]):
-        with pytest.raises(ProtocolError, match="authentication"):
-            unseal(bad, KEY)
-    with pytest.raises(ProtocolError, match="authentication"):
-        unseal(line, b"other")
-    for bad in (b"not json", b"", b"\n", line[:64] + b"\n", line.replace(b" ", b":", 1)):
-        with pytest.raises(ProtocolError, match="malformed"):
-            unseal(bad, KEY)
-
-
-def test_size_bound_is_checked_before_the_mac(no_json):
-    line = raw_line(b'{"a":"' + b"x" * MAX_REQUEST + b'"}')
-    with pytest.raises(ProtocolError,
-                       match=rf"message too large \({len(line)} bytes > limit {MAX_REQUEST}\)"):
-        unseal(line, KEY, MAX_REQUEST)
-    with pytest.raises(ProtocolError, match="too large"):
-        unseal(b"x" * 101, b"other", 100)
-
-
-@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
-def test_nan_and_infinities_are_refused(constant):
-    with pytest.raises(ProtocolError, match=constant.lstrip(b"-").decode()):
-        unseal(raw_line(b'{"x":[1,' + constant + b"]}"), KEY)
-
-
-def test_deep_nesting_is_refused_without_recursion():
-    assert unseal(raw_line(nested(MAX_DEPTH)), KEY)["a"] is not None
-    for body in (nested(MAX_DEPTH + 1), nested(600), b"[" * 200_000, b'{"a":' * 100_000):
-        with pytest.raises(ProtocolError, match=f"nested deeper than {MAX_DEPTH}"):
-            unseal(raw_line(body), KEY)
-
-
-def test_nesting_depth_ignores_brackets_inside_strings():
-    assert nesting_depth(b'{"s":"[[[{{{\\"[[[","t":["]]]"]}') == 2
+    assert encode(body) == canonical_json(body).encode() + b"\n"
+    assert decode(encode(body)) == body and decode(encode(body).rstrip(b"\n")) == body
     assert nesting_depth(b"17") == 0
-    assert unseal(raw_line(b'{"s":"' + b"[" * 1000 + b'"}'), KEY) == {"s": "[" * 1000}
+    assert decode(b'{"s":"' + b"[" * 1000 + b'"}') == {"s": "[" * 1000}
+
+
+def test_decode_bounds_before_parsing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(a))
+    with pytest.raises(ProtocolError, match="too large"):
+        decode(b"x" * 101, 100)
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        decode(nested(MAX_DEPTH + 1))
+    assert not calls
+    monkeypatch.undo()
+    assert decode(nested(MAX_DEPTH))["a"] is not None
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(ProtocolError, match="JSON does not allow"):
+            decode(b'{"x":[1,' + constant + b"]}")
+    with pytest.raises(ProtocolError, match="object"):
+        decode(b"[1]")
 
 
 # ---------------------------------------------------------------- client side
-def serve_once(payload: bytes) -> tuple[str, int]:
-    """A one-shot TCP server that sends ``payload`` to its first client and closes."""
+def serve_once(payload: bytes, keys) -> tuple[str, int]:
+    """A one-shot TLS server (the pinned kernel) that sends ``payload`` and closes."""
+    made, pins = keys
     server = socket.create_server(("127.0.0.1", 0))
+    context = server_context(made["kernel"], [pins["alice"]])
 
     def run():
         conn, _ = server.accept()
-        with conn, server:
+        with server:
             try:
-                conn.sendall(payload)
-            except OSError:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(payload)
+            except (OSError, ssl.SSLError):
                 pass  # the client stopped reading
 
     threading.Thread(target=run, daemon=True).start()
     return server.getsockname()
 
 
-def receive(payload: bytes):
-    host, port = serve_once(payload)
-    channel = Channel(host, port, KEY, "p", timeout=5)
+def receive(payload: bytes, keys):
+    made, pins = keys
+    host, port = serve_once(payload, keys)
+    channel = Channel(host, port, made["alice"], Pin("p", pins["kernel"].certificate,
+                                                      pins["kernel"].fingerprint), timeout=5)
     try:
         return channel.receive(timeout=5)
     finally:
         channel.close()
 
 
-def test_client_checks_replies_like_the_kernel(monkeypatch):
-    assert receive(seal({"event": "hello"}, KEY)) == {"event": "hello"}
+def test_client_checks_replies_like_the_kernel(monkeypatch, keys):
+    assert receive(encode({"event": "hello"}), keys) == {"event": "hello"}
     with pytest.raises(ProtocolError, match="NaN"):
-        receive(raw_line(b'{"event":NaN}'))
+        receive(b'{"event":NaN}\n', keys)
     with pytest.raises(ProtocolError, match="nested deeper"):
-        receive(raw_line(nested(600)))
+        receive(nested(600) + b"\n", keys)
     with pytest.raises(ConnectionError, match="mid-message"):
-        receive(seal({"event": "hello"}, KEY)[:-5])
+        receive(encode({"event": "hello"})[:-5], keys)
     monkeypatch.setattr(proto, "MAX_MESSAGE", 1000)
-    calls = []
-    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(a))
-    with pytest.raises(ProtocolError, match="authentication"):
-        receive(b"0" * 64 + b" {}\n")
     with pytest.raises(ProtocolError, match=r"too large \(1001 bytes > limit 1000\)"):
-        receive(raw_line(b'{"a":"' + b"x" * 5000 + b'"}'))
-    assert not calls
+        receive(b'{"a":"' + b"x" * 5000 + b'"}\n', keys)
 
 
 # ---------------------------------------------------------------- a real kernel
@@ -166,23 +135,27 @@ def consortium(tmp_path_factory):
 
 
 class Raw:
-    """A raw TCP connection to one party kernel."""
+    """A TLS connection to one party kernel, as the consortium's analyst."""
 
     def __init__(self, c: Consortium, index: int = 0):
         party = c.config.parties[index]
-        self.secret = c.config.secret
-        self.sock = socket.create_connection((party.host, party.port), timeout=5)
+        self.identity, self.party = c.identity, party.name
+        raw = socket.create_connection((party.host, party.port), timeout=5)
+        self.sock = client_context(c.identity, [party.pin]).wrap_socket(raw)
         self.file = self.sock.makefile("rb")
+
+    def line(self, op: str, **fields) -> bytes:
+        return encode(request(op, self.identity, self.party, **fields))
 
     def ask(self, line: bytes) -> dict:
         self.sock.sendall(line)
         return self.reply()
 
     def reply(self) -> dict:
-        return unseal(self.file.readline(), self.secret)
+        return decode(self.file.readline())
 
     def hello(self) -> dict:
-        return self.ask(seal({"op": "hello"}, self.secret))
+        return self.ask(self.line("hello"))
 
     def close(self) -> None:
         self.file.close()
@@ -205,7 +178,7 @@ def error_of(reply: dict, *types: str) -> str:
 def test_kernel_answers_an_oversized_line_and_stays_up(consortium, raw):
     def flood():
         try:
-            raw.sock.sendall(b"0" * 64 + b" " + b"x" * (4 * MAX_REQUEST) + b"\n")
+            raw.sock.sendall(b"x" * (4 * MAX_REQUEST) + b"\n")
         except OSError:
             pass  # the kernel closed the connection without reading the rest
 
@@ -214,8 +187,8 @@ def test_kernel_answers_an_oversized_line_and_stays_up(consortium, raw):
     sender.start()
     message = error_of(raw.reply())
     assert message.startswith("message too large (") and f"> limit {MAX_REQUEST})" in message
-    assert raw.file.readline() == b""  # then closed
-    assert time.monotonic() - started < 2
+    assert raw.file.readline() == b""  # then closed, after lingering (TLS cannot half-close)
+    assert time.monotonic() - started < proto.LINGER + 2
     started = time.monotonic()
     status = consortium.status(timeout=1)
     assert status["reachable"].all() and time.monotonic() - started < 1
@@ -223,13 +196,13 @@ def test_kernel_answers_an_oversized_line_and_stays_up(consortium, raw):
 
 
 def test_kernel_refuses_nan_and_deep_nesting_and_keeps_the_connection(consortium, raw):
-    secret = raw.secret
-    assert "NaN" in error_of(raw.ask(raw_line(b'{"op":"hello","x":NaN}', secret)))
+    assert "NaN" in error_of(raw.ask(b'{"op":"hello","x":NaN}\n'))
     assert raw.hello()["event"] == "hello"
-    assert "Infinity" in error_of(raw.ask(raw_line(b'{"op":"hello","x":-Infinity}', secret)))
-    assert f"nested deeper than {MAX_DEPTH}" in error_of(raw.ask(raw_line(nested(600), secret)))
-    assert "authentication" in error_of(raw.ask(raw_line(b'{"op":"hello"}', b"wrong")))
-    assert "malformed" in error_of(raw.ask(raw_line(b'{"op":', secret)))
+    assert "Infinity" in error_of(raw.ask(b'{"op":"hello","x":-Infinity}\n'))
+    assert f"nested deeper than {MAX_DEPTH}" in error_of(raw.ask(nested(600) + b"\n"))
+    assert "malformed" in error_of(raw.ask(b'{"op":\n'))
+    assert "not signed" in error_of(raw.ask(b'{"op":"hello","analyst":"analyst","party":"'
+                                            + raw.party.encode() + b'"}\n'))
     assert raw.hello()["event"] == "hello"
     log = consortium.local_parties.stderr[consortium.config.parties[0].name].read_text()
     assert "RecursionError" not in log and "client_connected_cb" not in log
@@ -237,29 +210,58 @@ def test_kernel_refuses_nan_and_deep_nesting_and_keeps_the_connection(consortium
 
 def test_kernel_answers_a_request_it_cannot_handle_and_keeps_the_connection(consortium, raw):
     plan = consortium.prepare(consortium.link().agg(n=("age", "count")).plan())
-    request = {"op": "run", "run_id": secrets.token_hex(8), "plan": plan,
-               "plan_hash": plan_hash(plan), "timeout": "soon"}
-    error_of(raw.ask(seal(request, raw.secret)), "PlanError", "PartyFailed")
+    line = raw.line("run", run_id=secrets.token_hex(8), plan=plan, plan_hash=plan_hash(plan),
+                    timeout="soon")
+    error_of(raw.ask(line), "PlanError", "PartyFailed")
     assert raw.hello()["event"] == "hello"
 
 
-def test_any_unexpected_exception_gets_an_error_reply():
+def test_a_replayed_or_misdirected_request_is_refused(consortium, raw):
+    line = raw.line("hello")
+    assert raw.ask(line)["event"] == "hello"
+    assert "replayed request" in error_of(raw.ask(line))
+    other = consortium.config.parties[1].name
+    misdirected = encode(request("hello", raw.identity, other))
+    assert f"meant for '{other}'" in error_of(raw.ask(misdirected))
+    assert raw.hello()["event"] == "hello"
+
+
+def test_there_is_no_shutdown_request(consortium, raw):
+    assert "may not send 'shutdown'" in error_of(raw.ask(raw.line("shutdown")), "PolicyRefused")
+    assert consortium.status(timeout=2)["reachable"].all()
+
+
+def test_an_unpinned_analyst_gets_no_answer(consortium, tmp_path):
+    mallory = create_identity(tmp_path, "analyst")  # the right name, not the pinned key
+    with pytest.raises(ConsortiumError, match="without answering") as info:
+        Consortium(consortium.config, identity=mallory, connect_timeout=5)
+    assert all(f"[{p}]" in str(info.value) for p in consortium.names)
+    assert "[policy.analysts]" in str(info.value)
+
+
+def test_any_unexpected_exception_gets_an_error_reply(keys):
+    made, pins = keys
+
     class Kernel:
-        name, config = "p", SimpleNamespace(consortium=SimpleNamespace(secret=KEY))
+        name, guard = "p", RequestGuard("p", started=time.time() - 1)
+        config = SimpleNamespace(analysts={"alice": Analyst(pins["alice"], "analyst")})
         _connection, _send = PartyKernel._connection, PartyKernel._send
 
         async def _dispatch(self, request: dict, writer) -> None:
-            if request["op"] == "boom":
+            if request["op"] == "check":
                 raise RuntimeError("internal detail")
             await self._send(writer, {"event": "hello"})
 
     async def main() -> list[dict]:
-        server = await asyncio.start_server(Kernel()._connection, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        server = await asyncio.start_server(Kernel()._connection, "127.0.0.1", 0,
+                                            ssl=server_context(made["kernel"], [pins["alice"]]))
+        reader, writer = await asyncio.open_connection(
+            *server.sockets[0].getsockname()[:2],
+            ssl=client_context(made["alice"], [pins["kernel"]]), server_hostname="")
         replies = []
-        for op in ("boom", "hello"):
-            writer.write(seal({"op": op}, KEY))
-            replies.append(unseal(await asyncio.wait_for(reader.readline(), 5), KEY))
+        for op in ("check", "hello"):
+            writer.write(encode(request(op, made["alice"], "p")))
+            replies.append(decode(await asyncio.wait_for(reader.readline(), 5)))
         writer.close()
         server.close()
         return replies
@@ -270,7 +272,7 @@ def test_any_unexpected_exception_gets_an_error_reply():
 
 
 def test_kernel_closes_an_idle_partial_line(raw):
-    raw.sock.sendall(b"0" * 64 + b' {"op":"hel')
+    raw.sock.sendall(b'{"op":"hel')
     started = time.monotonic()
     raw.sock.settimeout(IDLE + 5)
     assert raw.sock.recv(1) == b""

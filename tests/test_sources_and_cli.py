@@ -52,11 +52,18 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
     try:
         for proc in procs:
             assert "PPA-PARTY-READY" in proc.stdout.readline()
-        with Consortium.from_file(folder / "consortium.toml") as c:
+        with Consortium.from_file(folder / "consortium.toml",
+                                  identity=folder / "keys" / "analyst") as c:
             got = c.link().agg(n=("age", "count"), mean=("age", "mean")).collect()
-            c.shutdown_parties()
+        for p in PARTIES:  # the operator's stop, not a request
+            stop = subprocess.run([*ppa, "party", "stop", str(folder / f"{p}.toml")],
+                                  capture_output=True, text=True, timeout=60)
+            assert stop.returncode == 0 and "SIGTERM" in stop.stdout, stop.stderr
         for proc in procs:
             proc.wait(timeout=15)
+        again = subprocess.run([*ppa, "party", "stop", str(folder / "insurer.toml")],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "no kernel" in again.stderr
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -187,14 +187,29 @@ class Channel:
             raise PartyUnreachable(f"the kernel at {host}:{port} is not {pin.name}",
                                    party=pin.name)
         self.reader = self.sock.makefile("rb")
+        self.answered = False
 
     def send(self, body: dict) -> None:
         self.sock.sendall(encode(body))
 
     def receive(self, timeout: float | None) -> dict:
-        """The next reply, checked as :func:`decode` does, within ``MAX_MESSAGE`` bytes."""
+        """The next reply, checked as :func:`decode` does, within ``MAX_MESSAGE`` bytes.
+
+        A kernel that ends the connection before its first reply has refused us (under
+        TLS 1.3 the client learns that the kernel rejected its certificate only then)."""
         self.sock.settimeout(timeout)
-        line = self.reader.readline(MAX_MESSAGE + 1)
+        try:
+            line = self.reader.readline(MAX_MESSAGE + 1)
+        except ssl.SSLError as exc:
+            line = b""
+            if self.answered:
+                raise ConnectionError(f"TLS error from {self.party}: {exc}") from None
+        if not line and not self.answered:
+            raise PartyUnreachable("the kernel ended the connection without answering",
+                                   party=self.party,
+                                   hint="does its policy pin your certificate "
+                                        "([policy.analysts])? Is yours still valid?")
+        self.answered = True
         if not line:
             raise ConnectionError(f"{self.party} closed the connection")
         if not line.endswith(b"\n") and len(line) <= MAX_MESSAGE:

@@ -132,12 +132,7 @@ class PartyKernel:
             if not self.queue.trigger(run_id) or \
                     not await self.queue.until_active(run_id, WORKER_CONNECT_TIMEOUT):
                 return None
-        deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT
-        while (handoff := self.workers.handoff(run_id)) is None:
-            if self.queue.active != run_id or time.monotonic() > deadline:
-                return None
-            await asyncio.sleep(0.02)
-        return handoff
+        return await self.workers.wait_handoff(run_id, WORKER_CONNECT_TIMEOUT)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         """Answer request lines until the client closes, idles or sends an oversized line.
@@ -167,7 +162,8 @@ class PartyKernel:
                     break
                 except PPAError as exc:  # an oversized line: answer, drop the rest, close
                     await reply_error(exc)
-                    writer.write_eof()
+                    if writer.can_write_eof():  # TLS cannot half-close: the close ends it
+                        writer.write_eof()
                     await lines.discard()
                     break
                 if not line:

@@ -54,7 +54,7 @@ class MPCListener:
     async def start(self) -> None:
         """Bind ``(bind_host, mpc_port)`` and start accepting."""
         loop = asyncio.get_running_loop()
-        host, port = self.config.bind_host, self.config.address.mpc_port
+        host, port = self.config.bind_host, self.config.bind_mpc_port
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]

@@ -82,7 +82,7 @@ class Workers:
                    names=[p.name for p in consortium.parties],
                    addresses=[f"{p.host}:{p.mpc_port}" for p in consortium.parties],
                    plan=plan, run_id=run_id, snapshot=str(self.snapshot),
-                   link_column=self.config.data["link"], link_salt=consortium.link_salt,
+                   link_column=self.config.link_column, link_salt=consortium.link_salt,
                    state_dir=str(self.config.state_dir),
                    record_openings=bool(self.config.extra.get("record_openings")),
                    connect_timeout=min(WORKER_CONNECT_TIMEOUT, timeout),
