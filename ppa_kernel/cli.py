@@ -41,6 +41,10 @@ def _party_stop(args: argparse.Namespace) -> int:
     pid_file = config.state_dir / PID_FILE
     try:
         pid = int(pid_file.read_text().strip())
+        # a kernel killed outright leaves its pid file: never signal another process
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"party" not in command or b"serve" not in command:
+            raise ProcessLookupError
         os.kill(pid, signal.SIGTERM)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         print(f"error: no kernel of {config.name} is running ({pid_file})", file=sys.stderr)

@@ -29,8 +29,9 @@ def shell(consortium):
     """An IPython shell with the extension loaded, connected to the test consortium."""
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "ppa_kernel")
-    config = consortium.local_parties.folder / "consortium.toml"
-    ip.run_line_magic("ppa", f"connect {config}")
+    folder = consortium.local_parties.folder
+    ip.run_line_magic("ppa", f"connect {folder / 'consortium.toml'} "
+                             f"--identity {folder / 'keys' / 'analyst'}")
     yield ip
     ip.run_line_magic("unload_ext", "ppa_kernel")
 

@@ -119,12 +119,18 @@ def test_quickstart_starts_its_demo_and_releases_the_oracle_tables(tmp_path):
     assert (counts[~released] < 10).all()
 
 
+def identity_of(consortium) -> str:
+    """The test consortium's analyst identity, as the notebooks' parameter."""
+    return str(consortium.local_parties.folder / "keys" / "analyst")
+
+
 @pytest.fixture(scope="module")
 def builder_run(consortium, tmp_path_factory):
     folder = tmp_path_factory.mktemp("builder")
     config = consortium.local_parties.folder / "consortium.toml"
     run_notebook("03-query-builder.ipynb", folder,
-                 {"consortium_file": config, "output_dir": folder / "out"})
+                 {"consortium_file": config, "identity": identity_of(consortium),
+                  "output_dir": folder / "out"})
     return folder / "out"
 
 
@@ -144,12 +150,14 @@ def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, bui
     plain = join(demo_data, PARTIES)
     if parameter_set == "defaults":
         run_notebook("02-app-effect-study.ipynb", tmp_path,
-                     {"consortium_file": config, "output_dir": out})
+                     {"consortium_file": config, "identity": identity_of(consortium),
+                  "output_dir": out})
         by, aggs, rows = ["income_band", "app_user"], \
             {"n": (change, "count"), "mean": (change, "mean")}, plain
     else:
         run_notebook("02-app-effect-study.ipynb", tmp_path,
-                     {"consortium_file": config, "output_dir": out},
+                     {"consortium_file": config, "identity": identity_of(consortium),
+                  "output_dir": out},
                      spec=builder_run / "query.yaml")
         by, aggs, rows = ["income_band"], \
             {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")}, \

@@ -118,7 +118,7 @@ def test_plan_sizes_are_bounded_and_hello_stays_fast(c, monkeypatch):
         while not stop.is_set():
             for party in c.config.parties:
                 started = time.monotonic()
-                c._request(party, {"op": "hello"}, "hello", timeout=5)
+                c._request(party, "hello", {}, "hello", timeout=5)
                 slowest[0] = max(slowest[0], time.monotonic() - started)
             time.sleep(0.05)
 

@@ -644,7 +644,7 @@ class HelloProbe:
             for party in self.c.config.parties:
                 started = time.monotonic()
                 try:
-                    self.c._request(party, {"op": "hello"}, "hello", timeout=5)
+                    self.c._request(party, "hello", {}, "hello", timeout=5)
                 except PPAError as exc:
                     self.failures.append(f"{party.name}: {exc}")
                 took = time.monotonic() - started

@@ -1,4 +1,5 @@
-"""Authenticated client-kernel messages and the pickle-free MPC wire codec."""
+"""The pickle-free MPC wire codec and the fast share randomness (signed client-kernel
+requests: test_identity.py and test_protocol_hostile.py)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
-from ppa_kernel.contract.errors import ProtocolError
-from ppa_kernel.contract.protocol import seal, unseal
-
-
-def test_sealed_messages_round_trip_and_reject_tampering():
-    line = seal({"op": "hello", "n": 1}, b"k")
-    assert unseal(line, b"k") == {"op": "hello", "n": 1}
-    with pytest.raises(ProtocolError, match="authentication"):
-        unseal(line, b"other")
-    with pytest.raises(ProtocolError, match="authentication"):
-        unseal(line.replace(b'"n":1', b'"n":2'), b"k")
-    with pytest.raises(ProtocolError, match="malformed"):
-        unseal(b"not json", b"k")
 
 
 def test_wire_codec_carries_integer_arrays_only():

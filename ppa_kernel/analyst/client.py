@@ -172,6 +172,11 @@ class Consortium:
         return [p.name for p in self.config.parties]
 
     @property
+    def data_parties(self) -> list[str]:
+        """The parties that hold data (not compute-only), in MPC order."""
+        return [p for p in self.names if self.parties.get(p, {}).get("holds_data", True)]
+
+    @property
     def catalog(self) -> dict[str, dict[str, dict]]:
         """Approved columns per party."""
         return {name: info["catalog"] for name, info in self.parties.items()}
@@ -206,13 +211,19 @@ class Consortium:
                 "differencing": any(r["differencing"] for r in rules)}
 
     def link(self, *parties: str):
-        """A secure frame over the inner join of the named parties (default: all)."""
+        """A secure frame over the inner join of the named parties (default: all that
+        hold data; compute-only parties take part in every run but hold nothing to link)."""
         from .frame import SecureFrame
 
-        chosen = list(parties) or self.names
+        owners = self.data_parties
+        chosen = list(parties) or owners
         unknown = [p for p in chosen if p not in self.names]
         if unknown:
             raise PlanError(f"unknown parties {unknown}", hint=f"parties are {self.names}")
+        helpers = [p for p in chosen if p not in owners]
+        if helpers:
+            raise PlanError(f"{', '.join(helpers)} only compute{'s' if len(helpers) == 1 else ''}"
+                            " and hold no data to link", hint=f"data parties are {owners}")
         ordered = [p for p in self.names if p in chosen]
         return SecureFrame(self.catalog, self.names, ordered, runner=self)
 
@@ -290,7 +301,7 @@ class Consortium:
             self._cancel(run_id)
             if not outcome.errors:
                 outcome.errors["client"] = RunTimeout("run did not finish in time")
-            raise ConsortiumError(list(outcome.errors.values()))
+            raise ConsortiumError(without_knock_ons(list(outcome.errors.values())))
         self._check_agreement(outcome)
         return outcome
 
@@ -350,12 +361,21 @@ class Consortium:
             channel.close()
 
     def _cancel(self, run_id: str) -> None:
-        for party in self.config.parties:
+        """Cancel the run at every party at once, each within :data:`CANCEL_TIMEOUT` (a
+        stalled kernel may accept the connection and never answer)."""
+        def cancel(party: PartyAddress) -> None:
             try:
                 self._request(party, "cancel", {"run_id": run_id}, "cancelled",
-                              timeout=CANCEL_TIMEOUT)
+                              timeout=CANCEL_TIMEOUT, connect_timeout=CANCEL_TIMEOUT)
             except PPAError as exc:
                 logger.warning("could not cancel run %s at %s: %s", run_id, party.name, exc)
+
+        threads = [threading.Thread(target=cancel, args=(p,), daemon=True)
+                   for p in self.config.parties]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(2 * CANCEL_TIMEOUT + 1)
 
     def _check_agreement(self, outcome: RunOutcome) -> None:
         reference = outcome.results[self.names[0]]["stats"]
@@ -365,10 +385,10 @@ class Consortium:
                                                    f"{self.names[0]}", party=name)])
 
     # ---------------------------------------------------------------- transport
-    def _connect(self, party: PartyAddress) -> Channel:
+    def _connect(self, party: PartyAddress, timeout: float | None = None) -> Channel:
         try:
             return Channel(party.host, party.port, self.identity, party.pin,
-                           self.connect_timeout)
+                           timeout or self.connect_timeout)
         except OSError as exc:
             raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:{party.port}"
                                    f" ({exc.strerror or exc})", party=party.name,
@@ -391,8 +411,8 @@ class Consortium:
         return replies
 
     def _request(self, party: PartyAddress, op: str, fields: dict, expect: str,
-                 timeout: float | None = None) -> dict:
-        channel = self._connect(party)
+                 timeout: float | None = None, connect_timeout: float | None = None) -> dict:
+        channel = self._connect(party, connect_timeout)
         try:
             channel.send(self._signed(op, party.name, fields))
             reply = channel.receive(timeout=timeout or self.connect_timeout)
@@ -407,9 +427,29 @@ class Consortium:
         return reply
 
 
+KNOCK_ON = "lost connection to the MPC worker of "
+"""How a worker reports a peer whose worker stopped: often because that peer failed."""
+
+
+def without_knock_ons(errors: list[PPAError]) -> list[PPAError]:
+    """The errors without "lost connection to X" lines from parties whose peer X reported
+    its own error: X's error is the cause (e.g. it noticed a third party stall and
+    stopped), and blaming X would name the wrong party."""
+    failed = {e.party for e in errors}
+    def knock_on(error: PPAError) -> bool:
+        if not error.message.startswith(KNOCK_ON):
+            return False
+        named = error.message[len(KNOCK_ON):].split(", ")
+        return all(name in failed and name != error.party for name in named)
+    kept = [e for e in errors if not knock_on(e)]
+    return kept or errors
+
+
 def _identity(identity: Identity | str | Path | None) -> Identity:
-    """The analyst's identity: given, as a path prefix, or from ``$PPA_IDENTITY``."""
+    """The analyst's identity: given, as a path prefix, or from ``$PPA_IDENTITY``; it must
+    be valid now."""
     if isinstance(identity, Identity):
+        identity.check_valid()
         return identity
     prefix = identity or os.environ.get(IDENTITY_ENV)
     if not prefix:

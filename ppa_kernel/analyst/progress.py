@@ -27,12 +27,13 @@ MODES = ("auto", "widget", "text", "bar", "off")
 ENV_MODE = "PPA_PROGRESS"
 """Environment variable that overrides the automatic choice of display."""
 
-STAGE_AFTER = {"policy check": "connecting", "connect": "linkage", "shuffle": "linkage",
+STAGE_AFTER = {"queued": "queued", "policy check": "connecting", "connect": "linkage",
+               "shuffle": "linkage",
                "tags": "linkage", "input": "computation", "computation": "disclosure check",
                "disclosure": "release", "model": "release", "release": "done"}
 """The stage a party is in once the named phase has ended."""
 
-STAGES = ("waiting", "policy check", "connecting", "linkage", "computation",
+STAGES = ("waiting", "policy check", "queued", "connecting", "linkage", "computation",
           "disclosure check", "release", "done")
 
 ProgressCallback = Callable[[str, str, float], None]

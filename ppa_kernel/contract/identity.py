@@ -74,7 +74,7 @@ def create_identity(folder: str | Path, name: str, *, days: int = DEFAULT_VALIDI
     if not 0 < days <= 36500:
         raise IdentityError(f"validity of {days} days is out of range (1 to 36500)")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: owner only
     key_path, cert_path = folder / f"{name}.key", folder / f"{name}.crt"
     for path in (key_path, cert_path):
         if path.exists():

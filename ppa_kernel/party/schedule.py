@@ -12,6 +12,7 @@ party runs it. The runs themselves never mix: each MPC connection is bound to it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -69,16 +70,19 @@ class RunQueue:
         entry = self.waiting[run_id] = Waiting(analyst)
         self.owners[run_id] = analyst
         started = False
+        loop = asyncio.get_running_loop()
+        beat = loop.time() + HEARTBEAT_INTERVAL
         try:
             async with asyncio.timeout(timeout):
                 while self._next() != run_id:
                     if entry.cancelled:
                         raise PartyFailed("cancelled while waiting", party=self.party)
-                    changed = self._changed
-                    try:
-                        await asyncio.wait_for(changed.wait(), HEARTBEAT_INTERVAL)
-                    except TimeoutError:
+                    if loop.time() >= beat:  # however often the queue changes
                         await heartbeat(self.position(run_id))
+                        beat = loop.time() + HEARTBEAT_INTERVAL
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(),
+                                               max(0.0, beat - loop.time()))
             started = True
         except TimeoutError:
             raise RunTimeout(f"waited {timeout:g} s for its turn", party=self.party,

@@ -18,6 +18,7 @@ disturbs the run.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -253,13 +254,29 @@ async def _dial_once(settings: LinkSettings, peer: int, context: ssl.SSLContext)
             raise LinkRefused(f"its worker closed the link after TLS ({exc}): it refuses "
                               "this party's certificate or binding, or is not ready") from None
         if reply != settings.binding(settings.index, peer, "accept"):
-            raise PartyFailed(f"the MPC worker of {settings.names[peer]} is bound to another "
-                              "run or plan", party=settings.party,
-                              hint="every party must be sent the same plan")
+            raise _different_plans(settings, peer)
         return Link(peer, True, transport, handshake)
     except BaseException:
         transport.abort()
         raise
+
+
+def _different_plans(settings: LinkSettings, peer: int) -> PartyFailed:
+    return PartyFailed(f"the parties were sent different plans (the MPC worker of "
+                       f"{settings.names[peer]} is bound to another plan for this run)",
+                       party=settings.party, hint="send every party the same plan")
+
+
+def _other_plan(line: bytes, settings: LinkSettings, peer: int) -> bool:
+    """Whether ``line`` is the dialler's binding for this run and link, with another plan."""
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return False
+    expected = json.loads(settings.binding(peer, settings.index, "dial"))
+    return isinstance(body, dict) and body.keys() == expected.keys() and \
+        body["plan"] != expected["plan"] and \
+        all(body[k] == expected[k] for k in expected if k != "plan")
 
 
 def _wrong_certificate(settings: LinkSettings, peer: int, seen: str | None) -> PartyFailed:
@@ -333,7 +350,8 @@ class Acceptor:
         self.handoff = handoff
         self.links: dict[int, Link] = {}
         self.expected = set(range(settings.index))
-        self.complete = asyncio.Event()
+        self.complete = asyncio.Event()  # every lower peer linked, or a failure
+        self.failure: PartyFailed | None = None  # a hard failure that ends the run
         self._pending: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._context = server_context(settings.identity,
@@ -405,11 +423,18 @@ class Acceptor:
                                   "certificate")
             line = await handshake.readline(MAX_BINDING)
             if line != settings.binding(peer, settings.index, "dial"):
+                if _other_plan(line, settings, peer):  # an authenticated peer, this run
+                    transport.write(settings.binding(peer, settings.index, "accept"))
+                    transport.close()  # flushes our binding: the dialler fails at once
+                    self.failure = _different_plans(settings, peer)
+                    self.complete.set()
+                    raise LinkRefused("bound to another plan for this run")
                 raise LinkRefused(f"binding does not match this run and plan: {line[:200]!r}")
             transport.write(settings.binding(peer, settings.index, "accept"))
             return Link(peer, False, transport, handshake)
         except BaseException:
-            transport.abort()
+            if not transport.is_closing():  # a closing one is flushing our last word
+                transport.abort()
             raise
 
     async def close(self) -> None:
@@ -459,7 +484,7 @@ async def establish(settings: LinkSettings, handoff: socket.socket | None) -> di
         if acceptor is not None:
             await acceptor.close()
     links: dict[int, Link] = dict(acceptor.links) if acceptor is not None else {}
-    failure: BaseException | None = None
+    failure: BaseException | None = acceptor.failure if acceptor is not None else None
     for j, task in dials.items():
         if task.cancelled():
             continue
