@@ -35,16 +35,16 @@ def _party_stop(args: argparse.Namespace) -> int:
     import signal
 
     from ppa_kernel.contract.config import load_party
-    from ppa_kernel.party.kernel import PID_FILE
+    from ppa_kernel.party.kernel import PID_FILE, state_locked
 
     config = load_party(args.config)
     pid_file = config.state_dir / PID_FILE
     try:
-        pid = int(pid_file.read_text().strip())
-        # a kernel killed outright leaves its pid file: never signal another process
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"party" not in command or b"serve" not in command:
+        # a kernel killed outright leaves its pid file, whose pid may be reused: signal
+        # only while a kernel holds the state folder's lock (it wrote the pid file)
+        if not state_locked(config):
             raise ProcessLookupError
+        pid = int(pid_file.read_text().strip())
         os.kill(pid, signal.SIGTERM)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         print(f"error: no kernel of {config.name} is running ({pid_file})", file=sys.stderr)

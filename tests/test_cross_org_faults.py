@@ -299,10 +299,12 @@ def stray(port: int, payload: bytes) -> None:
 
 def test_stray_peers_at_the_mpc_ports_do_not_disturb_a_run(consortium, data, root):
     """While a run goes, connections to every kernel's MPC port that close at once, send
-    garbage, or send a valid header for the running run and close."""
+    garbage, send an unsigned header for the running run, or a header signed with a
+    party's own key (a confused party's stray worker) and close."""
     jobs = {p.name: root / "shared" / "state" / p.name / "jobs" for p in consortium.config.parties}
     done = threading.Event()
     sent = {"close": 0, "garbage": 0, "header": 0}
+    keys = {p: Identity.from_prefix(root / "shared" / KEYS / p) for p in consortium.names}
 
     def harass() -> None:
         while not done.is_set():
@@ -313,8 +315,10 @@ def test_stray_peers_at_the_mpc_ports_do_not_disturb_a_run(consortium, data, roo
                 sent["garbage"] += 1
                 for run_id in (os.listdir(jobs[party.name]) if jobs[party.name].is_dir()
                                else []):
+                    stray(party.mpc_port, f"PPA-MPC/1 {run_id} 0\n".encode())
                     for sender in range(index):
-                        stray(party.mpc_port, format_header(run_id, sender))
+                        signer = keys[consortium.names[sender]]
+                        stray(party.mpc_port, format_header(run_id, sender, index, signer))
                         sent["header"] += 1
             time.sleep(0.01)
 

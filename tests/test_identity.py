@@ -235,3 +235,29 @@ def test_tls_accepts_only_pinned_certificates(tmp_path, people):
         old.check_valid()
     _, server_error = handshake(hospital, [pin(old)], old, [pin(hospital)])
     assert server_error and "expired" in server_error
+
+
+def test_party_files_pin_each_analyst_once_under_the_certificates_name(tmp_path):
+    from ppa_kernel.analyst.local import write_local_config
+    from ppa_kernel.analyst.synthetic import generate
+    from ppa_kernel.contract.config import load_party
+
+    write_local_config(tmp_path, generate(n_core=50, seed=1), "pseudonym",
+                       analysts=("analyst", "bob"))
+    path = tmp_path / "insurer.toml"
+    original = path.read_text()
+    assert set(load_party(path).analysts) == {"analyst", "bob"}
+    path.write_text(original.replace('[policy.analysts."bob"]', '[policy.analysts."carol"]'))
+    with pytest.raises(ConfigError, match="made out to 'bob', not 'carol'"):
+        load_party(path)
+    path.write_text(original.replace("keys/bob.crt", "keys/analyst.crt").replace(
+        load_party_fingerprint(tmp_path, "bob"), load_party_fingerprint(tmp_path, "analyst")))
+    with pytest.raises(ConfigError):  # analyst's certificate under bob's name, or twice
+        load_party(path)
+    path.write_text(original.replace('fingerprint = "sha256:', 'fingerprint = 7 # "', 1))
+    with pytest.raises(ConfigError, match="must be text"):
+        load_party(path)
+
+
+def load_party_fingerprint(folder, name: str) -> str:
+    return Identity.from_prefix(folder / "keys" / name).fingerprint

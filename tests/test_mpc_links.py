@@ -31,12 +31,14 @@ from ppa_kernel.party.job import Job
 from ppa_kernel.party.mpc_listener import MPCListener
 from ppa_kernel.party.secure import links
 from ppa_kernel.party.secure.links import (
+    MAX_HEADER,
     LinkSettings,
     binding_line,
     dial,
     establish,
     format_header,
     parse_header,
+    signed_by,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,11 @@ def parties(tmp_path):
     pins = [Pin(n, ids[n].certificate, ids[n].fingerprint) for n in NAMES]
     ports = [free_port() for _ in NAMES]
     return ids, pins, ports
+
+
+def header(parties, sender: int, receiver: int, run: str = RUN, **kwargs) -> bytes:
+    """A header as the worker of party ``sender`` signs it for ``receiver``'s kernel."""
+    return format_header(run, sender, receiver, parties[0][NAMES[sender]], **kwargs)
 
 
 def settings(parties, index: int, *, identity: Identity | None = None, run: str = RUN,
@@ -112,18 +119,27 @@ async def raw(port: int, data: bytes, *, hold: float = 0.0) -> bytes:
         writer.close()
 
 
-def test_headers_are_bounded_and_validated():
-    assert format_header(RUN, 1) == b"PPA-MPC/1 0123456789abcdef 1\n"
-    assert parse_header(format_header(RUN, 1), 3, 2) == (RUN, 1)
-    bad = [b"PPA-MPC/1 0123456789abcdef 1", b"PPA-MPC/1 0123456789abcdef 2\n",
-           b"PPA-MPC/1 0123456789abcdef 3\n", b"PPA-MPC/1 0123456789abcdef -1\n",
-           b"PPA-MPC/1 0123456789abcdef 01\n", b"PPA-MPC/1 0123456789ABCDEF 1\n",
-           b"PPA-MPC/1 0123456 1\n", b"PPA-MPC/1 " + b"a" * 65 + b" 1\n",
-           b"PPA-MPC/2 0123456789abcdef 1\n", b"PPA-MPC/1  0123456789abcdef 1\n",
-           b"PPA-MPC/1 0123456789abcdef 1\n\n", b"\xff" * 20 + b"\n", b""]
-    assert all(parse_header(line, 3, 2) is None for line in bad)
+def test_headers_are_bounded_validated_and_signed(parties):
+    line = header(parties, 1, 2)
+    parsed = parse_header(line, 3, 2)
+    assert line.startswith(b"PPA-MPC/2 0123456789abcdef 1 2 ") and len(line) <= MAX_HEADER
+    assert (parsed.run_id, parsed.sender, parsed.receiver) == (RUN, 1, 2)
+    pins = parties[1]
+    assert signed_by(parsed, pins[1]) and not signed_by(parsed, pins[0])
+    text = line[:-1].decode()
+    forged = text.replace(" 1 2 ", " 0 2 ").encode() + b"\n"  # b's signature, a's index
+    assert not signed_by(parse_header(forged, 3, 2), pins[0])
+    assert parse_header(line, 3, 1) is None  # meant for another party
+    head, signature = text.rsplit(" ", 1)
+    bad = [line[:-1], line + b"\n", b"PPA-MPC/1 0123456789abcdef 1\n",
+           (head + " " + signature[:-4]).encode() + b"\n",
+           text.replace("0123456789abcdef", "0123456789ABCDEF").encode() + b"\n",
+           text.replace(" 1 2 ", " 3 2 ").encode() + b"\n",
+           text.replace(" 1 2 ", " 01 2 ").encode() + b"\n",
+           b"x" * (MAX_HEADER + 1) + b"\n", b"\xff" * 20 + b"\n", b""]
+    assert all(parse_header(bad_line, 3, 2) is None for bad_line in bad)
     with pytest.raises(ValueError):
-        format_header("not hex!", 0)
+        format_header("not hex!", 0, 1, parties[0]["a"])
 
 
 def test_genuine_peers_link_while_hostile_connections_are_refused(parties, tmp_path):
@@ -140,12 +156,17 @@ def test_genuine_peers_link_while_hostile_connections_are_refused(parties, tmp_p
         # connect-and-close, garbage, oversize, a wrong run id, a silent connection
         assert await raw(port, b"") == b""
         assert await raw(port, b"GET / HTTP/1.0\r\n\r\n") == b""
-        assert await raw(port, b"x" * 200) == b""
-        assert await raw(port, b"PPA-MPC/1 00000000deadbeef 0\n") == b""
-        assert await raw(port, format_header(RUN, 2)) == b""  # our own index
-        # a header the kernel routes, then garbage instead of TLS: the worker drops it
-        await raw(port, format_header(RUN, 0) + b"hello\n" * 3)
-        await raw(port, format_header(RUN, 1))  # routed, then closed before TLS
+        assert await raw(port, b"x" * (MAX_HEADER + 50)) == b""
+        assert await raw(port, header(parties, 0, 2, "00000000deadbeef")) == b""
+        # unsigned, signed by another party, stale, replayed: the kernel drops them
+        assert await raw(port, b"PPA-MPC/1 0123456789abcdef 0\n") == b""
+        forged = header(parties, 1, 2).replace(b" 1 2 ", b" 0 2 ")
+        assert await raw(port, forged) == b""
+        assert await raw(port, header(parties, 0, 2, now=time.time() - 600)) == b""
+        once = header(parties, 0, 2)
+        await raw(port, once + b"hello\n" * 3)  # routed, then garbage instead of TLS
+        assert await raw(port, once) == b""  # the same header again
+        await raw(port, header(parties, 1, 2))  # routed, then closed before TLS
         # an outsider's certificate, and b's certificate claiming to be a
         errors: dict[int, str] = {}
         outsider = await dial(settings(parties, 0, identity=ids["mallory"]), 2,
@@ -155,9 +176,6 @@ def test_genuine_peers_link_while_hostile_connections_are_refused(parties, tmp_p
         impostor = await dial(settings(parties, 0, identity=ids["b"]), 2,
                               asyncio.get_running_loop().time() + 1.5, errors)
         assert impostor is None and 2 in errors
-        # a genuine party but bound to another plan: refused by the worker
-        assert await dial(settings(parties, 0, plan={"other": 1}), 2,
-                          asyncio.get_running_loop().time() + 1.0, {}) is None
         # a worker of another run's link, handed to this run's worker
         assert await dial(settings(parties, 1, run=other_run), 2,
                           asyncio.get_running_loop().time() + 1.0, {}) is None
@@ -177,6 +195,22 @@ def test_genuine_peers_link_while_hostile_connections_are_refused(parties, tmp_p
         await kernel.listener.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_genuine_party_sent_another_plan_fails_the_link_at_both_ends(parties, tmp_path):
+    async def scenario():
+        kernel = FakeKernel(party_config(parties, 1, tmp_path))
+        await kernel.listener.start()
+        accepting = asyncio.create_task(establish(settings(parties, 1, timeout=10),
+                                                  kernel.add_run(RUN)))
+        with pytest.raises(PartyFailed, match="different plans"):
+            await dial(settings(parties, 0, plan={"other": 1}), 1,
+                       asyncio.get_running_loop().time() + 5, {})
+        with pytest.raises(PartyFailed, match="different plans"):
+            await asyncio.wait_for(accepting, 10)
+        await kernel.listener.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 class Collect(asyncio.Protocol):
@@ -261,7 +295,7 @@ def test_the_listener_bounds_connections_waiting_for_a_header(parties, tmp_path,
         silent = [await asyncio.open_connection("127.0.0.1", ports[1]) for _ in range(4)]
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        assert await raw(ports[1], format_header(RUN, 0)) == b""  # refused at once
+        assert await raw(ports[1], header(parties, 0, 1)) == b""  # refused at once
         assert time.monotonic() - started < 1.5
         assert len(kernel.listener._pending) == 4
         for _, writer in silent:
@@ -452,7 +486,8 @@ def test_listener_module_reads_only_the_header(parties, tmp_path):
         worker_end = kernel.add_run(RUN)
         worker_end.setblocking(False)
         _, writer = await asyncio.open_connection("127.0.0.1", parties[2][1])
-        writer.write(format_header(RUN, 0) + b"TLS-BYTES")
+        sent = header(parties, 0, 1)
+        writer.write(sent + b"TLS-BYTES")
         await writer.drain()
         item = None
         for _ in range(100):
@@ -462,8 +497,8 @@ def test_listener_module_reads_only_the_header(parties, tmp_path):
             except TimeoutError:
                 continue
         assert item is not None
-        header, conn = item
-        assert header == format_header(RUN, 0) and conn is not None
+        handed, conn = item
+        assert handed == sent and conn is not None
         conn.settimeout(2)
         assert conn.recv(100) == b"TLS-BYTES"
         conn.close()

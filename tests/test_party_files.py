@@ -278,3 +278,30 @@ def test_a_job_file_is_private_never_follows_a_planted_link_and_reads_back_whole
     path.write_text(json.dumps(extra))
     with pytest.raises(ValueError, match="snapshot_override"):
         Job.read(path)
+
+
+def test_no_analyst_can_fill_the_queue_alone():
+    from ppa_kernel.party.schedule import RunQueue
+
+    async def scenario():
+        queue = RunQueue("hospital", sequencer=False, capacity=4)  # quota: 2 per analyst
+
+        async def beat(position):
+            pass
+
+        waiting = [asyncio.create_task(queue.turn(f"{i:016x}", "mallory", 30, beat))
+                   for i in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(PartyFailed, match="mallory already has 2 runs waiting"):
+            await queue.turn("f" * 16, "mallory", 30, beat)
+        alice = asyncio.create_task(queue.turn("a" * 16, "alice", 30, beat))
+        await asyncio.sleep(0.05)
+        assert queue.trigger("a" * 16)  # a lower party's worker asks for alice's run
+        await asyncio.wait_for(alice, 5)
+        assert queue.active == "a" * 16
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert set(queue.waiting) == set()
+
+    asyncio.run(scenario())

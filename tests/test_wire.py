@@ -29,7 +29,8 @@ from ppa_kernel.analyst.synthetic import generate
 from ppa_kernel.contract.models.ols import ols
 
 PARTIES = ["insurer", "hospital", "bureau"]
-HEADER = re.compile(rb"PPA-MPC/1 [0-9a-f]{16} [0-9]\n")
+HEADER = re.compile(rb"PPA-MPC/2 [0-9a-f]{16} [0-9] [0-9] [0-9]{10} [0-9a-f]{32} "
+                    rb"[A-Za-z0-9+/]{86}==\n")
 OLS = "cost_2021 ~ age + sex"
 HANDSHAKE, CHANGE_CIPHER_SPEC, APPLICATION_DATA = 22, 20, 23
 TLS13 = b"\x03\x04"
@@ -196,7 +197,6 @@ def test_replayed_mpc_streams_do_not_disturb_a_later_run(wired, data):
     the new run's header (read off the wire), and the new run's own first bytes the
     moment they pass the tap. The run completes with the right answer."""
     c, _, mpc = wired
-    logs = {name: path.stat().st_size for name, path in c.local_parties.stderr.items()}
     if not streams(mpc):
         check_grouped(grouped(c).collect(progress=False), data)
     old = [(p.target_port, bytes(s.upstream)) for p in mpc for s in list(p.streams)
@@ -233,10 +233,6 @@ def test_replayed_mpc_streams_do_not_disturb_a_later_run(wired, data):
         thread.join(30)
     check_grouped(got, data)
     assert {"live", "old", "rewritten"} <= set(sent), sent
-    dropped = b""  # the replays under the run's own header reached its workers, and failed
-    for name, since in logs.items():
-        with c.local_parties.stderr[name].open("rb") as fh:
-            fh.seek(since)
-            dropped += b"".join(line for line in fh if b"MPC connection dropped" in line)
-    assert got.attrs["run_id"].encode() in dropped, dropped[-2000:]
+    # every replay carries a header whose nonce the kernel has seen (or the old run's,
+    # now stale): the kernels drop them before any worker (test_mpc_links.py shows it)
     wait_for(lambda: not thread.is_alive(), timeout=5)

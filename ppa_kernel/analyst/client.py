@@ -343,8 +343,10 @@ class Consortium:
                 elif event == "result":
                     outcome.results[party.name] = reply["result"]
                     return
-                elif event == "error":
-                    outcome.fail(party.name, error_from_dict(reply["error"]))
+                elif event == "error":  # a party speaks for itself only
+                    error = error_from_dict(reply["error"])
+                    error.party = party.name
+                    outcome.fail(party.name, error)
                     failed.set()
                     return
         except TimeoutError:
@@ -421,7 +423,9 @@ class Consortium:
         finally:
             channel.close()
         if reply.get("event") == "error":
-            raise error_from_dict(reply["error"])
+            error = error_from_dict(reply["error"])
+            error.party = party.name  # a party speaks for itself only
+            raise error
         if reply.get("event") != expect:
             raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=party.name)
         return reply

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PPAError
-from .identity import Identity, IdentityError, Pin
+from .identity import Identity, IdentityError, Pin, certificate_name
 
 
 class ConfigError(PPAError):
@@ -247,7 +247,16 @@ def _analysts(policy: dict | None, path: Path) -> dict[str, Analyst]:
         role = entry.get("role", "analyst")
         if role not in ROLES:
             raise ConfigError(f"{where}: unknown role {role!r}", hint=f"roles are {ROLES}")
-        analysts[name] = Analyst(_pin(name, entry, path, where), role)
+        pin = _pin(name, entry, path, where)
+        if certificate_name(pin.certificate) != name:
+            raise ConfigError(f"{where}: the certificate is made out to "
+                              f"{certificate_name(pin.certificate)!r}, not {name!r}",
+                              hint="name the table after the analyst's certificate (the name "
+                                   "given to `ppa identity new`)")
+        if any(a.pin.fingerprint == pin.fingerprint for a in analysts.values()):
+            raise ConfigError(f"{where}: this certificate is already pinned for another "
+                              "analyst", hint="pin each certificate once, with one role")
+        analysts[name] = Analyst(pin, role)
     return analysts
 
 

@@ -51,6 +51,8 @@ def fingerprint(certificate: x509.Certificate | bytes) -> str:
 
 def normalise_fingerprint(text: str) -> str:
     """A fingerprint as :func:`fingerprint` writes it (accepts colons and upper case)."""
+    if not isinstance(text, str):
+        raise IdentityError(f"a fingerprint must be text, not {type(text).__name__}")
     body = text.strip().lower().removeprefix("sha256:").replace(":", "")
     if len(body) != 64 or any(c not in "0123456789abcdef" for c in body):
         raise IdentityError(f"malformed fingerprint {text[:80]!r}",
@@ -275,5 +277,5 @@ def verify(body: Mapping, pin: Pin) -> None:
     unsigned = {k: v for k, v in body.items() if k != SIGNATURE_FIELD}
     try:
         pin.public_key().verify(signature, canonical_json(unsigned).encode())
-    except InvalidSignature:
+    except (InvalidSignature, ValueError, TypeError):  # not signed, or not even JSON
         raise IdentityError(f"request is not signed by {pin.name}") from None

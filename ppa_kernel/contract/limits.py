@@ -56,4 +56,6 @@ DEFAULT_QUANTILE_RESOLUTION = 1000
 this many steps (owners publish the resulting ``min_precision``)."""
 
 DEFAULT_RUN_TIMEOUT = 600.0
+MAX_RUN_TIMEOUT = 86_400.0
+"""Longest run (and queue wait) a kernel accepts: a day; a run asking more is refused."""
 """Seconds a run may take when the analyst gives no timeout (client and kernel alike)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from ppa_kernel.contract.errors import (
     PPAError,
 )
 from ppa_kernel.contract.identity import HANDSHAKE_TIMEOUT, IdentityError, peer_name, server_context
-from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
+from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT, MAX_RUN_TIMEOUT
 from ppa_kernel.contract.protocol import (
     HEARTBEAT_INTERVAL,
     MAX_REQUEST,
@@ -240,9 +241,10 @@ class PartyKernel:
                 timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
             except (TypeError, ValueError):
                 timeout = math.nan
-            if not 0 < timeout < math.inf:
+            if not 0 < timeout <= MAX_RUN_TIMEOUT:
                 raise PlanError(f"malformed timeout {request.get('timeout')!r}",
-                                party=self.name, hint="give the timeout in seconds, above 0")
+                                party=self.name, hint="give the timeout in seconds, above 0 "
+                                                      f"and at most {MAX_RUN_TIMEOUT:g}")
             plan, digest = await asyncio.to_thread(self.check_plan, request)
         except PPAError as exc:
             self.audit.append("plan_refused", run_id=run_id, reason=str(exc),
@@ -323,6 +325,40 @@ async def _heartbeat(writer: asyncio.StreamWriter):
 PID_FILE = "kernel.pid"
 """File in the state folder holding the running kernel's process id (``ppa party stop``)."""
 
+LOCK_FILE = "kernel.lock"
+"""File in the state folder that the running kernel holds locked (one kernel per folder)."""
+
+
+def lock_state(config: PartyConfig) -> int:
+    """Lock the party's state folder for this process (the lock goes with the process);
+    refuse if another kernel holds it. Returns the lock's file descriptor."""
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(config.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another kernel of {config.name} already serves from "
+                          f"{config.state_dir}", party=config.name,
+                          hint="stop it first (`ppa party stop`), or give this one its own "
+                               "state_dir") from None
+    return fd
+
+
+def state_locked(config: PartyConfig) -> bool:
+    """Whether a running kernel holds the party's state folder."""
+    try:
+        fd = os.open(config.state_dir / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
 PARENT_POLL = 1.0
 """Seconds between checks that the process which started a local kernel is still alive."""
 
@@ -348,6 +384,8 @@ def serve(config: PartyConfig, *, record_openings: bool = False,
     if record_openings:
         config.extra["record_openings"] = True
 
+    lock = lock_state(config)  # before anything in the state folder is touched
+
     async def main():
         kernel = PartyKernel(config)
         pid_file = config.state_dir / PID_FILE
@@ -366,5 +404,8 @@ def serve(config: PartyConfig, *, record_openings: bool = False,
             watch.cancel()
         logger.info("party %s stopped after %.0f s", kernel.name, time.time() - started)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(lock)
 

@@ -1,25 +1,32 @@
 """The party kernel's one MPC listener: it routes each connection to its run's worker.
 
 Workers do not listen. A peer's worker connects to this party's ``(bind_host,
-mpc_port)`` and sends one plain line ``PPA-MPC/1 <run_id> <from_index>``; the listener
-reads exactly that line (at most 96 bytes, within 5 s), asks the kernel's ``route``
-for the run's hand-off socket and passes the connection's file descriptor to the worker
-with ``socket.send_fds``. It never does TLS and never reads past the header: the worker
-authenticates the peer (:mod:`.secure.links`). Anything malformed, for an unknown run,
-or over the bound of :data:`MAX_PENDING` connections waiting in header or route, is
-closed without a reply.
+mpc_port)`` and sends one plain header line (:func:`.secure.links.format_header`); the
+listener reads exactly that line (at most 256 bytes, within 2 s), checks that it is
+fresh, new and signed by the party it names (so nobody without a party's key can make
+this kernel start or reorder a waiting run), asks the kernel's ``route`` for the run's
+hand-off socket and passes the connection's file descriptor to the worker with
+``socket.send_fds``. It never does TLS and never reads past the header: the worker
+authenticates the peer again (:mod:`.secure.links`). Anything malformed, unsigned,
+stale, replayed, for an unknown run, or over the bounds of :data:`MAX_PENDING`
+connections waiting (:data:`MAX_PER_SOURCE` from one address), is closed without a
+reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from ppa_kernel.contract.config import PartyConfig
 
-from .secure.links import HEADER_TIMEOUT, MAX_HEADER, parse_header
+from .requests import MAX_REQUEST_AGE
+from .secure.links import HEADER_TIMEOUT, MAX_HEADER, parse_header, signed_by
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +35,15 @@ Route = Callable[[str, int], Awaitable[socket.socket | None]]
 
 MAX_PENDING = 64
 """Connections that may wait in header or route at once; more are closed at once."""
+
+MAX_PER_SOURCE = 8
+"""Connections one source address may have waiting at once."""
+
+MAX_NONCES = 4096
+"""Header nonces remembered (for :data:`MAX_REQUEST_AGE`); more: refuse until some expire."""
+
+WARN_EVERY = 5.0
+"""Seconds between warnings about refused connections (a flood must not flood the log)."""
 
 ROUTE_TIMEOUT = 5.0
 """Seconds the listener waits for ``route`` (a run that is about to start)."""
@@ -41,9 +57,13 @@ class MPCListener:
         self.route = route
         self.index = config.consortium.index(config.name)
         self.parties = len(config.consortium.parties)
+        self.pins = [p.pin for p in config.consortium.parties]
         self._server: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
+        self._sources: collections.Counter[str] = collections.Counter()
+        self._nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self._warned = 0.0
 
     @property
     def port(self) -> int:
@@ -91,13 +111,40 @@ class MPCListener:
                 logger.warning("MPC listener: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._pending) >= MAX_PENDING:
-                logger.warning("MPC listener: %d connections pending; one refused", MAX_PENDING)
+            source = _source(conn)
+            if len(self._pending) >= MAX_PENDING or self._sources[source] >= MAX_PER_SOURCE:
+                self._warn(f"MPC listener: too many connections waiting ({len(self._pending)}"
+                           f", {self._sources[source]} from {source}); refusing more")
                 conn.close()
                 continue
+            self._sources[source] += 1
             task = loop.create_task(self._handle(conn))
             self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            task.add_done_callback(partial(self._done, source))
+
+    def _done(self, source: str, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        self._sources[source] -= 1
+        if self._sources[source] <= 0:
+            del self._sources[source]
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            logger.warning(message)
+
+    def _fresh(self, stamp: int, nonce: str) -> bool:
+        """Whether a signed header is recent and its nonce new (then remember it)."""
+        now = time.time()
+        if abs(now - stamp) > MAX_REQUEST_AGE or nonce in self._nonces:
+            return False
+        if len(self._nonces) >= MAX_NONCES:
+            self._nonces = {n: t for n, t in self._nonces.items() if t >= now}
+            if len(self._nonces) >= MAX_NONCES:
+                return False
+        self._nonces[nonce] = stamp + MAX_REQUEST_AGE
+        return True
 
     async def _handle(self, conn: socket.socket) -> None:
         peer = _peer(conn)
@@ -108,7 +155,14 @@ class MPCListener:
             if parsed is None:
                 logger.info("MPC listener: malformed header from %s dropped", peer)
                 return
-            run_id, sender = parsed
+            run_id, sender = parsed.run_id, parsed.sender
+            if not signed_by(parsed, self.pins[sender]):
+                logger.info("MPC listener: header from %s not signed by party %d; dropped",
+                            peer, sender)
+                return
+            if not self._fresh(parsed.stamp, parsed.nonce):
+                logger.info("MPC listener: stale or replayed header from %s dropped", peer)
+                return
             handoff = await asyncio.wait_for(self.route(run_id, sender), ROUTE_TIMEOUT)
             if handoff is None:
                 logger.info("MPC listener: no run %s here for %s (index %d)",
@@ -139,6 +193,13 @@ async def _read_header(conn: socket.socket) -> bytes | None:
         if byte == b"\n":
             return bytes(line)
     return None
+
+
+def _source(conn: socket.socket) -> str:
+    try:
+        return str(conn.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _peer(conn: socket.socket) -> str:

@@ -10,10 +10,10 @@ and that the analyst's role allows the operation.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import time
-from collections import OrderedDict
 from typing import Any
 
 from ppa_kernel.contract.config import Analyst
@@ -42,7 +42,8 @@ class RequestGuard:
                  capacity: int = MAX_NONCES, started: float | None = None) -> None:
         self.party, self.max_age, self.capacity = party, max_age, capacity
         self.started = time.time() if started is None else started
-        self.seen: OrderedDict[str, float] = OrderedDict()  # nonce -> time it expires
+        self.seen: dict[str, float] = {}  # nonce -> time it expires
+        self.expiry: list[tuple[float, str]] = []  # a heap of (expiry, nonce)
 
     def check(self, request: dict[str, Any], analyst: Analyst,
               now: float | None = None) -> None:
@@ -66,6 +67,9 @@ class RequestGuard:
         if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
             raise ProtocolError("request has no valid nonce",
                                 hint=f"a nonce is {NONCE_HEX} lowercase hex digits")
+        if analyst.role not in OPERATIONS.get(str(op), set()):  # before it costs memory
+            raise PolicyRefused(f"{analyst.name} ({analyst.role}) may not send {op!r}",
+                                party=self.party)
         if abs(now - stamp) > self.max_age:
             raise ProtocolError(f"stale request: made {now - stamp:+.0f} s from now, outside "
                                 f"±{self.max_age:g} s", hint="check the clocks, then retry")
@@ -77,15 +81,11 @@ class RequestGuard:
             raise ProtocolError("replayed request (its nonce was seen before)")
         if len(self.seen) >= self.capacity:
             raise ProtocolError("too many requests; retry in a minute")
-        self.seen[nonce] = stamp + self.max_age
-        if analyst.role not in OPERATIONS.get(str(op), set()):
-            raise PolicyRefused(f"{analyst.name} ({analyst.role}) may not send {op!r}",
-                                party=self.party)
+        self.seen[nonce] = expires = stamp + self.max_age
+        heapq.heappush(self.expiry, (expires, nonce))
 
     def _forget(self, now: float) -> None:
         """Drop nonces whose requests would be refused as stale anyway."""
-        while self.seen:
-            nonce, expires = next(iter(self.seen.items()))
-            if expires >= now:
-                break
-            del self.seen[nonce]
+        while self.expiry and self.expiry[0][0] < now:
+            _, nonce = heapq.heappop(self.expiry)
+            self.seen.pop(nonce, None)

@@ -67,6 +67,10 @@ class RunQueue:
         if len(self.waiting) >= self.capacity:
             raise PartyFailed(f"{len(self.waiting)} runs are already waiting", party=self.party,
                               hint="retry when some have finished")
+        quota = max(1, self.capacity // 2)  # no analyst can fill the queue alone
+        if sum(e.analyst == analyst for e in self.waiting.values()) >= quota:
+            raise PartyFailed(f"{analyst} already has {quota} runs waiting", party=self.party,
+                              hint="retry when some of yours have finished")
         entry = self.waiting[run_id] = Waiting(analyst)
         self.owners[run_id] = analyst
         started = False

@@ -3,12 +3,14 @@
 No MPyC here (the adapter, :mod:`.runtime`, attaches the links to MPyC). The lower MPC
 index dials the higher, as in MPyC. A dialer opens TCP to the peer's *kernel* (its
 :class:`~ppa_kernel.party.mpc_listener.MPCListener`), writes one plain header line
-``PPA-MPC/1 <run_id> <from_index>``, and then runs TLS 1.3 with the worker the kernel
-handed the connection to. Both ends present their party's pinned certificate; each
-checks the other's fingerprint against the one pinned for the index it expects, and
-inside TLS both send a binding line (run, from, to, plan hash, role) that the other
-must find equal to its own expectation. So a link cannot be made by anyone without a
-party's key, cannot pass one party off as another, and cannot join two different runs.
+``PPA-MPC/2 <run_id> <from> <to> <time> <nonce> <signature>`` signed with its party's
+key (the kernel checks it before it starts or routes anything), and then runs TLS 1.3
+with the worker the kernel handed the connection to. Both ends present their party's
+pinned certificate; each checks the other's fingerprint against the one pinned for the
+index it expects, and inside TLS both send a binding line (run, from, to, plan hash,
+role) that the other must find equal to its own expectation. So a link cannot be made
+by anyone without a party's key, cannot pass one party off as another, and cannot join
+two different runs.
 
 The acceptor drops (and logs) every connection that fails any check and keeps waiting
 for the genuine one until the connect deadline: a stray or hostile connection never
@@ -18,22 +20,27 @@ disturbs the run.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
+import secrets
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ppa_kernel.contract.errors import PartyFailed, PartyUnreachable
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.identity import (
     HANDSHAKE_TIMEOUT,
     Identity,
+    IdentityError,
     Pin,
     client_context,
     fingerprint,
@@ -48,11 +55,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HEADER_MAGIC = "PPA-MPC/1"
-MAX_HEADER = 96
+HEADER_MAGIC = "PPA-MPC/2"
+MAX_HEADER = 256
 """Bytes a header line may take, newline included."""
 
-HEADER_TIMEOUT = 5.0
+HEADER_TIMEOUT = 2.0
 """Seconds a connection may take to send its header."""
 
 MAX_BINDING = 512
@@ -66,6 +73,8 @@ MAX_PENDING_HANDSHAKES = 16
 
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,3}")
+_STAMP = re.compile(r"[1-9][0-9]{0,11}")
+_NONCE = re.compile(r"[0-9a-f]{32}")
 _REFUSED_US = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REQUIRED")
 """TLS alerts meaning the peer does not accept our certificate."""
 
@@ -77,28 +86,62 @@ class LinkRefused(Exception):
 # -- Wire format ------------------------------------------------------------------------
 
 
-def format_header(run_id: str, sender: int) -> bytes:
-    """The plain line a dialer sends its peer's kernel before TLS."""
-    line = f"{HEADER_MAGIC} {run_id} {sender}\n".encode("ascii")
-    if parse_header(line, sender + 2, sender + 1) is None:
+class Header(NamedTuple):
+    """A parsed header line: who dials whom for which run, when, signed by the dialler."""
+
+    run_id: str
+    sender: int
+    receiver: int
+    stamp: int  # seconds since the epoch, when the dialler made it
+    nonce: str
+    signed: bytes  # the text the signature covers
+    signature: bytes
+
+
+def format_header(run_id: str, sender: int, receiver: int, identity: Identity,
+                  now: float | None = None) -> bytes:
+    """The plain line a dialler sends its peer's kernel before TLS, signed with the
+    dialling party's key (so no one else can make a kernel start a waiting run)."""
+    stamp = int(time.time() if now is None else now)
+    text = f"{HEADER_MAGIC} {run_id} {sender} {receiver} {stamp} {secrets.token_hex(16)}"
+    signature = base64.b64encode(identity.key.sign(text.encode("ascii"))).decode()
+    line = f"{text} {signature}\n".encode("ascii")
+    if parse_header(line, max(sender, receiver) + 1, receiver) is None:
         raise ValueError(f"unusable run id {run_id!r} or index {sender!r}")
     return line
 
 
-def parse_header(line: bytes, parties: int, own: int) -> tuple[str, int] | None:
-    """(run id, sender index) of a header line, or None unless it is well formed: at
-    most :data:`MAX_HEADER` bytes ending in one newline, a run id of 8 to 64 lowercase
-    hex digits, and a sender index in range(parties) other than ``own``."""
+def parse_header(line: bytes, parties: int, own: int) -> Header | None:
+    """The header of a line, or None unless it is well formed: at most
+    :data:`MAX_HEADER` bytes ending in one newline, a run id of 8 to 64 lowercase hex
+    digits, a sender index in range(parties) other than ``own``, ``own`` as receiver, a
+    time, a 32-hex-digit nonce and a base64 signature (checked by :func:`signed_by`)."""
     if not 0 < len(line) <= MAX_HEADER or not line.endswith(b"\n") or line.count(b"\n") != 1:
         return None
     try:
-        magic, run_id, index = line[:-1].decode("ascii").split(" ")
+        magic, run_id, index, to, stamp, nonce, signature = \
+            line[:-1].decode("ascii").split(" ")
+        raw = base64.b64decode(signature, validate=True)
     except (UnicodeDecodeError, ValueError):
         return None
-    if magic != HEADER_MAGIC or not _RUN_ID.fullmatch(run_id) or not _INDEX.fullmatch(index):
+    if magic != HEADER_MAGIC or not _RUN_ID.fullmatch(run_id) or \
+            not _INDEX.fullmatch(index) or not _INDEX.fullmatch(to) or \
+            not _STAMP.fullmatch(stamp) or not _NONCE.fullmatch(nonce) or len(raw) != 64:
         return None
     sender = int(index)
-    return (run_id, sender) if sender < parties and sender != own else None
+    if not sender < parties or sender == own or int(to) != own:
+        return None
+    signed = line[:line.rindex(b" ")]
+    return Header(run_id, sender, own, int(stamp), nonce, signed, raw)
+
+
+def signed_by(header: Header, pin: Pin) -> bool:
+    """Whether the party of ``pin`` signed the header."""
+    try:
+        pin.public_key().verify(header.signature, header.signed)
+    except (InvalidSignature, IdentityError):
+        return False
+    return True
 
 
 def binding_line(run_id: str, dialer: int, acceptor: int, plan: str, role: str) -> bytes:
@@ -234,7 +277,7 @@ async def _dial_once(settings: LinkSettings, peer: int, context: ssl.SSLContext)
     host, port = _split_address(settings.addresses[peer])
     plain, handshake = await loop.create_connection(_Handshake, host, port)
     try:
-        plain.write(format_header(settings.run_id, settings.index))
+        plain.write(format_header(settings.run_id, settings.index, peer, settings.identity))
         transport = await loop.start_tls(plain, handshake, context, server_hostname="",
                                          ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except BaseException:
@@ -405,9 +448,9 @@ class Acceptor:
     async def _authenticate(self, header: bytes, conn: socket.socket) -> Link:
         settings = self.settings
         parsed = parse_header(header, len(settings.names), settings.index)
-        if parsed is None or parsed[1] > settings.index:
+        if parsed is None or parsed.sender > settings.index:
             raise LinkRefused("malformed header")
-        run_id, peer = parsed
+        run_id, peer = parsed.run_id, parsed.sender
         if run_id != settings.run_id:
             raise LinkRefused(f"for another run ({run_id})")
         conn.setblocking(False)
