@@ -52,6 +52,9 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
     try:
         for proc in procs:
             assert "PPA-PARTY-READY" in proc.stdout.readline()
+        twice = subprocess.run([*ppa, "party", "serve", str(folder / "insurer.toml")],
+                               capture_output=True, text=True, timeout=60)
+        assert twice.returncode == 1 and "already serves" in twice.stderr, twice.stderr
         with Consortium.from_file(folder / "consortium.toml",
                                   identity=folder / "keys" / "analyst") as c:
             got = c.link().agg(n=("age", "count"), mean=("age", "mean")).collect()
