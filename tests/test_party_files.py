@@ -299,9 +299,9 @@ def test_no_analyst_can_fill_the_queue_alone():
         assert queue.trigger("a" * 16)  # a lower party's worker asks for alice's run
         await asyncio.wait_for(alice, 5)
         assert queue.active == "a" * 16
-        for task in waiting:
+        for task in waiting:  # cancelled as the queue changes: they stop at once
             task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 2)
         assert set(queue.waiting) == set()
 
     asyncio.run(scenario())

@@ -84,9 +84,11 @@ class RunQueue:
                     if loop.time() >= beat:  # however often the queue changes
                         await heartbeat(self.position(run_id))
                         beat = loop.time() + HEARTBEAT_INTERVAL
+                    # not wait_for: in Python 3.11 it can swallow a cancellation that
+                    # arrives as the queue changes, and the run would then wait on
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(),
-                                               max(0.0, beat - loop.time()))
+                        async with asyncio.timeout(max(0.0, beat - loop.time())):
+                            await self._changed.wait()
             started = True
         except TimeoutError:
             raise RunTimeout(f"waited {timeout:g} s for its turn", party=self.party,
