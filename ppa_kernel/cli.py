@@ -21,7 +21,7 @@ def _party_serve(args: argparse.Namespace) -> int:
     try:
         config = load_party(args.config)
         serve(config, record_openings=args.record_openings,
-              parent_pid=args.exit_with_parent)
+              parent_pid=args.exit_with_parent, accept_broken_audit=args.accept_broken_audit)
     except PPAError as exc:
         print(f"{ERROR_MARKER}{json.dumps(exc.to_dict())}", flush=True)
         print(f"error: {exc}", file=sys.stderr)
@@ -74,6 +74,29 @@ def _identity_show(args: argparse.Namespace) -> int:
         for key, value in info.items():
             print(f"  {key + ':':13}{value}")
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Check each audit log's hash chain; report the first break (exit 1 if any)."""
+    from ppa_kernel.party.audit import AuditError, AuditLog
+
+    status = 0
+    for target in args.paths:
+        path = Path(target)
+        path = path / "audit.jsonl" if path.is_dir() else path
+        if not path.is_file():
+            print(f"{path}: no audit log", file=sys.stderr)
+            status = 1
+            continue
+        try:
+            log = AuditLog(path)
+            count = log.verify()
+        except AuditError as exc:
+            print(f"{path}: BROKEN at record {exc.seq}: {exc.message}")
+            status = 1
+        else:
+            print(f"{path}: ok, {count} records, chain head {log.head}")
+    return status
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -138,10 +161,20 @@ def parser() -> argparse.ArgumentParser:
                        help="keep every opened value in run results (testing only)")
     serve.add_argument("--exit-with-parent", type=int, metavar="PID", default=None,
                        help="stop when process PID (the one that started this kernel) exits")
+    serve.add_argument("--accept-broken-audit", action="store_true",
+                       help="start although the audit log's chain is broken: the old log is "
+                            "kept aside and the acknowledgement recorded")
     serve.set_defaults(func=_party_serve)
     stop = party_sub.add_parser("stop", help="stop this party's running kernel (SIGTERM)")
     stop.add_argument("config", help="the party's TOML file")
     stop.set_defaults(func=_party_stop)
+
+    audit = sub.add_parser("audit", help="check a party's audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain; report the first break")
+    verify.add_argument("paths", nargs="+", metavar="STATE_DIR_OR_LOG",
+                        help="a party's state folder (its audit.jsonl) or a log file")
+    verify.set_defaults(func=_audit_verify)
 
     identity = sub.add_parser("identity", help="keys and certificates of parties and analysts")
     identity_sub = identity.add_subparsers(dest="identity_command", required=True)

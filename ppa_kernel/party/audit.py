@@ -91,6 +91,11 @@ class AuditLog:
             self._seq, self._prev = record["seq"], record["hash"]
         return record
 
+    @property
+    def head(self) -> str:
+        """The hash of the last record (the chain's head; ``GENESIS`` when empty)."""
+        return self._prev
+
     def records(self) -> list[dict]:
         """All records, in file order."""
         with self._lock:

@@ -47,7 +47,7 @@ from ppa_kernel.contract.protocol import (
 )
 
 from . import checks
-from .audit import AuditLog
+from .audit import AuditError, AuditLog
 from .catalog import build_catalog, check_policy_columns, load_party_data
 from .mpc_listener import MPCListener
 from .policy import Policy, PolicyError
@@ -85,7 +85,7 @@ class PartyKernel:
         os.fchmod(fd, 0o600)  # an existing file keeps its mode on open
         with os.fdopen(fd, "wb") as fh:
             self.frame.to_parquet(fh)
-        self.audit = AuditLog(state / "audit.jsonl")
+        self.audit = open_audit(config, state / "audit.jsonl")
         self.audit.append("kernel_started", party=self.name, rows=len(self.frame),
                           policy=self.policy.summary(), analysts={
                               a.name: {"role": a.role, "fingerprint": a.pin.fingerprint}
@@ -293,6 +293,29 @@ class PartyKernel:
                                   "position": position})
 
 
+def open_audit(config: PartyConfig, path) -> AuditLog:
+    """The party's audit log, its whole chain checked first: a broken log stops the kernel
+    unless the operator acknowledged the break (``ppa party serve --accept-broken-audit``),
+    which is then recorded."""
+    try:
+        log = AuditLog(path)
+        log.verify()
+        return log
+    except AuditError as exc:
+        if not config.extra.get("accept_broken_audit"):
+            raise ConfigError(f"the audit log is broken: {exc.message}", party=config.name,
+                              hint="check it with `ppa audit verify`; to go on anyway, "
+                                   "start with --accept-broken-audit (recorded)") from None
+        broken = path.with_name(f"{path.name}.broken-{int(time.time())}")
+        path.rename(broken)  # kept for inspection; a new chain starts, naming it
+        log = AuditLog(path)
+        log.append("audit_break_acknowledged", error=exc.message, broken_at=exc.seq,
+                   kept_as=broken.name)
+        logger.warning("party %s: audit log broken (%s); kept as %s, new chain started",
+                       config.name, exc.message, broken)
+        return log
+
+
 def _asked_by(request: dict) -> dict[str, str]:
     """Who asked, for the audit log (the request's checked analyst and nonce)."""
     return {"analyst": str(request.get("analyst")), "nonce": str(request.get("nonce"))}
@@ -375,7 +398,7 @@ async def _stop_when_orphaned(kernel: PartyKernel, parent_pid: int) -> None:
 
 
 def serve(config: PartyConfig, *, record_openings: bool = False,
-          parent_pid: int | None = None) -> None:
+          parent_pid: int | None = None, accept_broken_audit: bool = False) -> None:
     """Run a party kernel until it receives SIGTERM/SIGINT (its local operator's stop).
 
     With ``parent_pid`` (local kernels) it also stops within about a second of that
@@ -383,6 +406,8 @@ def serve(config: PartyConfig, *, record_openings: bool = False,
     """
     if record_openings:
         config.extra["record_openings"] = True
+    if accept_broken_audit:
+        config.extra["accept_broken_audit"] = True
 
     lock = lock_state(config)  # before anything in the state folder is touched
 
