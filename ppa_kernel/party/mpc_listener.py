@@ -25,7 +25,7 @@ from functools import partial
 
 from ppa_kernel.contract.config import PartyConfig
 
-from .requests import MAX_REQUEST_AGE
+from .requests import MAX_REQUEST_AGE, Nonces
 from .secure.links import HEADER_TIMEOUT, MAX_HEADER, parse_header, signed_by
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class MPCListener:
         self._accepting: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self._sources: collections.Counter[str] = collections.Counter()
-        self._nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self._nonces = Nonces(MAX_REQUEST_AGE, MAX_NONCES)
         self._warned = 0.0
 
     @property
@@ -137,14 +137,8 @@ class MPCListener:
     def _fresh(self, stamp: int, nonce: str) -> bool:
         """Whether a signed header is recent and its nonce new (then remember it)."""
         now = time.time()
-        if abs(now - stamp) > MAX_REQUEST_AGE or nonce in self._nonces:
-            return False
-        if len(self._nonces) >= MAX_NONCES:
-            self._nonces = {n: t for n, t in self._nonces.items() if t >= now}
-            if len(self._nonces) >= MAX_NONCES:
-                return False
-        self._nonces[nonce] = stamp + MAX_REQUEST_AGE
-        return True
+        return abs(now - stamp) <= MAX_REQUEST_AGE and \
+            self._nonces.remember(nonce, stamp, now) is None
 
     async def _handle(self, conn: socket.socket) -> None:
         peer = _peer(conn)

@@ -35,6 +35,33 @@ operator's (SIGTERM, ``ppa party stop``)."""
 _NONCE = re.compile(f"[0-9a-f]{{{NONCE_HEX}}}")
 
 
+class Nonces:
+    """The nonces seen within ``max_age`` seconds (older ones are refused as stale anyway),
+    at most ``capacity`` of them, forgotten in the order they expire."""
+
+    def __init__(self, max_age: float, capacity: int) -> None:
+        self.max_age, self.capacity = max_age, capacity
+        self.seen: dict[str, float] = {}  # nonce -> time it expires
+        self.expiry: list[tuple[float, str]] = []  # a heap of (expiry, nonce)
+
+    def remember(self, nonce: str, stamp: float, now: float) -> str | None:
+        """Keep a new nonce (None), or say why not: ``"seen"`` or ``"full"``."""
+        self.forget(now)
+        if nonce in self.seen:
+            return "seen"
+        if len(self.seen) >= self.capacity:
+            return "full"
+        self.seen[nonce] = expires = stamp + self.max_age
+        heapq.heappush(self.expiry, (expires, nonce))
+        return None
+
+    def forget(self, now: float) -> None:
+        """Drop the nonces that have expired by ``now``."""
+        while self.expiry and self.expiry[0][0] < now:
+            _, nonce = heapq.heappop(self.expiry)
+            self.seen.pop(nonce, None)
+
+
 class RequestGuard:
     """Checks every request's sender, signature, freshness and nonce (see the module doc)."""
 
@@ -42,8 +69,7 @@ class RequestGuard:
                  capacity: int = MAX_NONCES, started: float | None = None) -> None:
         self.party, self.max_age, self.capacity = party, max_age, capacity
         self.started = time.time() if started is None else started
-        self.seen: dict[str, float] = {}  # nonce -> time it expires
-        self.expiry: list[tuple[float, str]] = []  # a heap of (expiry, nonce)
+        self.nonces = Nonces(max_age, capacity)
 
     def check(self, request: dict[str, Any], analyst: Analyst,
               now: float | None = None) -> None:
@@ -76,16 +102,11 @@ class RequestGuard:
         if stamp < self.started:
             raise ProtocolError("request was made before this kernel started (a replay?)",
                                 hint="send a new request")
-        self._forget(now)
-        if nonce in self.seen:
+        refused = self.nonces.remember(nonce, stamp, now)
+        if refused == "seen":
             raise ProtocolError("replayed request (its nonce was seen before)")
-        if len(self.seen) >= self.capacity:
+        if refused == "full":
             raise ProtocolError("too many requests; retry in a minute")
-        self.seen[nonce] = expires = stamp + self.max_age
-        heapq.heappush(self.expiry, (expires, nonce))
 
     def _forget(self, now: float) -> None:
-        """Drop nonces whose requests would be refused as stale anyway."""
-        while self.expiry and self.expiry[0][0] < now:
-            _, nonce = heapq.heappop(self.expiry)
-            self.seen.pop(nonce, None)
+        self.nonces.forget(now)
