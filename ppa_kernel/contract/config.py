@@ -25,7 +25,7 @@ A party file holds one party's own settings, read only by its kernel::
     certificate = "keys/insurer.crt" # this party's identity (`ppa identity new`)
     key = "keys/insurer.key"         # 0600, never leaves this machine
     stall_timeout = 30               # seconds of silence after which a peer has stalled
-    # listen_host = "0.0.0.0"        # bind address, if not the consortium file's host
+    # listen_host = "10.20.0.5"      # bind address, if not the consortium file's host (NAT)
     # listen_port = 7101             # bind ports, if peers reach us through a port forward
     # listen_mpc_port = 7201
 
