@@ -99,6 +99,75 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _review(args: argparse.Namespace) -> int:
+    """A reviewer's act at one party kernel: list, show, approve, reject, pin, unpin, login."""
+    import os
+
+    from ppa_kernel.contract.identity import Identity, IdentityError
+    from ppa_kernel.party.review_client import ReviewClient
+    from ppa_kernel.party.review_view import format_listing, format_review
+
+    prefix = args.identity or os.environ.get("PPA_IDENTITY")
+    if not prefix:
+        raise IdentityError("no reviewer identity given",
+                            hint="pass --identity keys/rita (for keys/rita.crt and .key) or "
+                                 "set PPA_IDENTITY")
+    identity = Identity.from_prefix(prefix)
+    identity.check_valid()
+    client = ReviewClient(args.consortium, args.party, identity)
+    act = args.review_command
+    if act == "list":
+        print(format_listing(client.list()))
+    elif act == "show":
+        reply = client.show(args.id)
+        print(json.dumps(reply["plan"], indent=1) if args.json else format_review(reply))
+    elif act in ("approve", "reject"):
+        item = (client.approve(args.id, args.reason or "") if act == "approve"
+                else client.reject(args.id, args.reason))["item"]
+        print(f"{item['status']} plan {item['id']} ({item['plan_hash'][:12]}) at "
+              f"{args.party}")
+    elif act == "pin":
+        pin = client.pin(args.id, _ranges(args.param), _duration(args.valid_for),
+                         args.reason or "")["pin"]
+        print(f"pinned plan {pin['plan_hash'][:12]} as pin {pin['id']} at {args.party}, "
+              f"valid for {pin['expires'] - pin['created']:.0f} s")
+    elif act == "unpin":
+        client.unpin(args.pin)
+        print(f"removed pin {args.pin} at {args.party}")
+    else:  # login
+        reply = client.login()
+        print(f"open {reply['url']}\n(one-time link, valid {reply['valid']:.0f} s; the page's "
+              f"certificate fingerprint is {reply['fingerprint']})")
+    return 0
+
+
+def _ranges(params: list[str] | None) -> dict[str, list[float]]:
+    """``--param /filter/args/1/const=30:60`` options as {pointer: [low, high]}."""
+    out = {}
+    for text in params or []:
+        pointer, _, bounds = text.rpartition("=")
+        low, _, high = bounds.partition(":")
+        try:
+            out[pointer] = [float(low), float(high)]
+        except ValueError:
+            raise PPAError(f"malformed --param {text!r}",
+                           hint="write PATH=LOW:HIGH, e.g. /filter/args/1/const=30:60") from None
+    return out
+
+
+def _duration(text: str | None) -> float | None:
+    """``3600``, ``90m``, ``12h`` or ``7d`` as seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    scale = units.get(text[-1:], 1)
+    try:
+        return float(text[:-1] if text[-1:] in units else text) * scale
+    except ValueError:
+        raise PPAError(f"malformed duration {text!r}", hint="e.g. 3600, 90m, 12h or 7d") \
+            from None
+
+
 def _worker(args: argparse.Namespace) -> int:
     from ppa_kernel.party.worker import main as worker_main
 
@@ -175,6 +244,37 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="+", metavar="STATE_DIR_OR_LOG",
                         help="a party's state folder (its audit.jsonl) or a log file")
     verify.set_defaults(func=_audit_verify)
+
+    review = sub.add_parser("review", help="a reviewer's view of the plans waiting at a party")
+    review.add_argument("--consortium", default="consortium.toml",
+                        help="the consortium file (default consortium.toml)")
+    review.add_argument("--party", required=True, help="the party whose plans you review")
+    review.add_argument("--identity", default=None,
+                        help="your reviewer identity, e.g. keys/rita (default $PPA_IDENTITY)")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    review_sub.add_parser("list", help="plans waiting, decided or refused as not pinned; pins")
+    show_review = review_sub.add_parser("show", help="one plan in plain language")
+    show_review.add_argument("id", help="the plan's id (its run id) from `ppa review list`")
+    show_review.add_argument("--json", action="store_true", help="print the plan itself")
+    approve = review_sub.add_parser("approve", help="approve a waiting plan (it runs)")
+    approve.add_argument("id")
+    approve.add_argument("--reason", default=None, help="a note for the audit log")
+    reject = review_sub.add_parser("reject", help="reject a waiting plan, saying why")
+    reject.add_argument("id")
+    reject.add_argument("--reason", required=True, help="why (the analyst sees it)")
+    pin = review_sub.add_parser("pin", help="approve a plan in advance for reruns")
+    pin.add_argument("id", help="a plan from `ppa review list` (any status)")
+    pin.add_argument("--param", action="append", metavar="PATH=LOW:HIGH",
+                     help="a number of the plan that may vary within [LOW, HIGH] (repeat; "
+                          "`ppa review show` lists the paths); without any, exactly this plan")
+    pin.add_argument("--valid-for", default=None, metavar="DURATION",
+                     help="how long the pin holds: seconds, or 90m, 12h, 7d (default: the "
+                          "policy's approval_valid)")
+    pin.add_argument("--reason", default=None, help="a note for the audit log")
+    unpin = review_sub.add_parser("unpin", help="remove a pin")
+    unpin.add_argument("pin", help="the pin's id from `ppa review list`")
+    review_sub.add_parser("login", help="a one-time sign-in link to the reviewer web page")
+    review.set_defaults(func=_review)
 
     identity = sub.add_parser("identity", help="keys and certificates of parties and analysts")
     identity_sub = identity.add_subparsers(dest="identity_command", required=True)

@@ -44,7 +44,7 @@ def test_documented_example_parses(policy: Policy) -> None:
     assert policy.min_cell_size == 10
     assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std"})
     assert policy.min_residual_df == 10
-    assert policy.approval == "automatic"
+    assert policy.approval == "auto"
     assert policy.columns == {"age": ColumnRule(frozenset({"filter", "group", "measure"})),
                               "cost_2021": ColumnRule(frozenset({"measure", "filter"}))}
 
@@ -65,7 +65,7 @@ def test_missing_table_gives_defaults() -> None:
     assert policy.min_cell_size == 10
     assert policy.statistics == frozenset({"count", "sum", "mean", "var", "std", *MODELS})
     assert policy.min_residual_df == 10
-    assert policy.approval == "automatic"
+    assert policy.approval == "auto"
 
 
 def test_table_without_columns_approves_every_column() -> None:
@@ -93,7 +93,8 @@ def test_extended_statistics_and_quoted_column_names() -> None:
 def test_unknown_key_names_the_key() -> None:
     err = load_error({"min_cel_size": 5})
     assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
-                            "min_cell_size, statistics, approval, columns, min_residual_df, "
+                            "min_cell_size, statistics, approval, approval_wait, approval_valid, "
+                            "columns, min_residual_df, "
                             "quantile_resolution, quantile_precision, dominance_n, "
                             "dominance_k, p_ratio, differencing_history, differencing)")]
 
@@ -128,16 +129,24 @@ def test_statistics_wrong_type(value: object) -> None:
         "'policy.statistics' must be a list of names"]
 
 
-@pytest.mark.parametrize("value", ["manual", "pinned"])
-def test_approval_not_yet_supported(value: str) -> None:
-    err = load_error({"approval": value})
-    assert err.reasons == [(f"'policy.approval' = {value!r} is not yet supported "
-                            "(use 'automatic')")]
+@pytest.mark.parametrize("value", ["auto", "manual", "pinned"])
+def test_approval_modes(value: str) -> None:
+    policy = Policy.from_dict("p", {"approval": value, "approval_wait": 60,
+                                    "approval_valid": 3600})
+    assert (policy.approval, policy.approval_wait, policy.approval_valid) == (value, 60, 3600)
 
 
 def test_approval_unknown_value() -> None:
     err = load_error({"approval": "whenever"})
-    assert err.reasons == ["'policy.approval' has unknown value 'whenever' (use 'automatic')"]
+    assert err.reasons == ["'policy.approval' has unknown value 'whenever' "
+                           "(use one of: auto, manual, pinned)"]
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "1h", 31 * 86400])
+def test_approval_wait_bounded(value: object) -> None:
+    err = load_error({"approval_wait": value})
+    assert err.reasons == ["'policy.approval_wait' must be a number of seconds above 0 and "
+                           f"at most 2.592e+06, got {value!r}"]
 
 
 def test_approval_wrong_type() -> None:
@@ -164,7 +173,7 @@ def test_columns_wrong_type() -> None:
 
 def test_load_reports_every_problem() -> None:
     err = load_error({"colour": "red", "min_cell_size": 0, "statistics": ["mode"],
-                      "approval": "manual", "columns": {"age": ["sell"]}})
+                      "approval": "sometimes", "columns": {"age": ["sell"]}})
     assert len(err.reasons) == 5
     text = str(err)
     for key in ("policy.colour", "policy.min_cell_size", "policy.statistics",
@@ -194,7 +203,7 @@ def test_allow_all() -> None:
     policy = Policy.allow_all("bureau", min_cell_size=3)
     assert policy.columns is None
     assert policy.min_cell_size == 3
-    assert policy.approval == "automatic"
+    assert policy.approval == "auto"
     policy.check({c: set(USES) for c in ("x", "y")}, {"count", "mean"}, 3)
     with pytest.raises(PolicyError):
         Policy.allow_all("bureau", min_cell_size=0)
@@ -286,7 +295,8 @@ def test_summary(policy: Policy) -> None:
                                    "cost_2021": ["filter", "measure"]},
                        "min_cell_size": 10,
                        "statistics": ["count", "mean", "std", "sum", "var"],
-                       "approval": "automatic", "min_residual_df": 10,
+                       "approval": "auto", "approval_wait": 86400.0,
+                       "approval_valid": 604800.0, "min_residual_df": 10,
                        "quantile_resolution": 1000, "quantile_precision": {},
                        "disclosure": {"dominance_n": 2, "dominance_k": 90, "p_ratio": 10,
                                       "history_limit": 1000, "differencing": True}}

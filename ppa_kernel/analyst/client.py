@@ -42,6 +42,7 @@ from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
 from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
 from ppa_kernel.contract.program import compile_plan
 from ppa_kernel.contract.protocol import Channel, request
+from ppa_kernel.contract.receipts import append_receipt, receipt, released_digest
 
 from . import plotting  # noqa: F401  (registers the result.ppa accessor)
 from .local import STARTUP_TIMEOUT, launch_local
@@ -67,7 +68,10 @@ class RunOutcome:
     plan: dict
     results: dict[str, dict] = field(default_factory=dict)
     errors: dict[str, PPAError] = field(default_factory=dict)
+    receipts: dict[str, dict] = field(default_factory=dict)  # party -> {seq, head}
+    approvers: dict[str, list[str]] = field(default_factory=dict)
     closed: bool = False  # set when the client stops listening (late errors are ours)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, party: str, error: PPAError) -> None:
         if not self.closed:
@@ -80,9 +84,11 @@ class Consortium:
     def __init__(self, config: ConsortiumConfig, *, identity: Identity | str | Path | None = None,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                 receipts: str | Path | None = None,
                  on_close: Callable[[], None] | None = None):
         self.config = config
         self.identity = _identity(identity)
+        self.receipts_path = Path(receipts) if receipts else default_receipts()
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self._on_close = on_close
@@ -103,6 +109,7 @@ class Consortium:
               categorical: Mapping[str, list[str]] | None = None,
               workdir: str | Path | None = None, record_openings: bool = False,
               startup_timeout: float = STARTUP_TIMEOUT, analysts: tuple[str, ...] = (),
+              reviewers: tuple[str, ...] = (),
               party_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Consortium:
         """Start one local party kernel per source and connect (see
         :func:`.local.launch_local` for the sources and options it takes); ``close()``
@@ -110,12 +117,13 @@ class Consortium:
         parties = launch_local(sources, link=link, policies=policies, categorical=categorical,
                                workdir=workdir, record_openings=record_openings,
                                startup_timeout=startup_timeout, analysts=analysts,
-                               party_options=party_options)
+                               reviewers=reviewers, party_options=party_options)
         consortium: Consortium | None = None
 
         def close() -> None:
             parties.stop()
 
+        kwargs.setdefault("receipts", parties.folder / "receipts.jsonl")
         try:
             consortium = cls(parties.config, identity=parties.analyst, on_close=close,
                              **kwargs)
@@ -260,6 +268,8 @@ class Consortium:
         first = outcome.results[self.names[0]]
         return released_table(outcome.plan, first["stats"], outcome.run_id, layout=layout,
                               attrs={"multiplicity": first["multiplicity"],
+                                     "approvers": dict(outcome.approvers),
+                                     "receipt": outcome.receipts,
                                      "phases": {p: r["phases"]
                                                 for p, r in outcome.results.items()},
                                      "peak_rss_mb": {p: r.get("peak_rss_mb")
@@ -281,6 +291,8 @@ class Consortium:
         run_id = secrets.token_hex(8)
         request = {"run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
                    "timeout": timeout or DEFAULT_RUN_TIMEOUT}
+        if self.approval_modes() - {"auto", "pinned"}:  # someone waits for a reviewer:
+            request["hold"] = True  # the first party starts only once all approved
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
         callback, display = _display(progress, self.names)
@@ -303,7 +315,39 @@ class Consortium:
                 outcome.errors["client"] = RunTimeout("run did not finish in time")
             raise ConsortiumError(without_knock_ons(list(outcome.errors.values())))
         self._check_agreement(outcome)
+        self._keep_receipt(outcome)
         return outcome
+
+    def approval_modes(self) -> set[str]:
+        """The parties' approval modes (``auto``, ``manual``, ``pinned``)."""
+        return {info["policy"].get("approval", "auto") for info in self.parties.values()}
+
+    def _approved(self, party: str, approvers: list[str], outcome: RunOutcome,
+                  request: dict) -> None:
+        """A party approved the run; once all have, a held run may start (``go``)."""
+        with outcome.lock:
+            outcome.approvers[party] = approvers
+            everyone = len(outcome.approvers) == len(self.names)
+        if everyone and request.get("hold"):
+            first = self.config.parties[0]
+            try:
+                self._request(first, "go", {"run_id": outcome.run_id}, "go")
+            except PPAError as exc:
+                outcome.fail(first.name, exc)
+
+    def _keep_receipt(self, outcome: RunOutcome) -> None:
+        """Write the run's receipt (every party's audit chain head after it)."""
+        if len(outcome.receipts) != len(self.names):
+            logger.warning("run %s: not every party sent a receipt", outcome.run_id)
+            return
+        stats = outcome.results[self.names[0]]["stats"]
+        record = receipt(outcome.run_id, plan_hash(outcome.plan), released_digest(stats),
+                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), outcome.receipts)
+        try:
+            append_receipt(self.receipts_path, record)
+        except OSError as exc:
+            logger.warning("could not keep the receipt of run %s in %s: %s", outcome.run_id,
+                           self.receipts_path, exc)
 
     def _wait(self, threads: list[threading.Thread], failed: threading.Event,
               deadline: float) -> None:
@@ -340,8 +384,14 @@ class Consortium:
                 event = reply.get("event")
                 if event == "progress" and callback:
                     callback(party.name, reply.get("phase", ""), reply.get("elapsed", 0.0))
+                elif event == "approved":
+                    approvers = reply.get("approvers")
+                    self._approved(party.name, [str(a) for a in approvers][:16]
+                                   if isinstance(approvers, list) else [], outcome, request)
                 elif event == "result":
                     outcome.results[party.name] = reply["result"]
+                    if isinstance(reply.get("receipt"), dict):
+                        outcome.receipts[party.name] = reply["receipt"]
                     return
                 elif event == "error":  # a party speaks for itself only
                     error = error_from_dict(reply["error"])
@@ -447,6 +497,19 @@ def without_knock_ons(errors: list[PPAError]) -> list[PPAError]:
         return all(name in failed and name != error.party for name in named)
     kept = [e for e in errors if not knock_on(e)]
     return kept or errors
+
+
+RECEIPTS_ENV = "PPA_RECEIPTS"
+"""Environment variable naming the file where the client keeps its run receipts."""
+
+
+def default_receipts() -> Path:
+    """Where run receipts go: ``$PPA_RECEIPTS``, else ``$XDG_DATA_HOME/ppa/receipts.jsonl``
+    (``~/.local/share/ppa/receipts.jsonl``)."""
+    if os.environ.get(RECEIPTS_ENV):
+        return Path(os.environ[RECEIPTS_ENV])
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "ppa" / "receipts.jsonl"
 
 
 def _identity(identity: Identity | str | Path | None) -> Identity:

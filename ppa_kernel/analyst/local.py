@@ -90,10 +90,12 @@ def _policy_toml(policy: Mapping[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _analysts_toml(identities: Mapping[str, Identity], folder: Path) -> str:
+def _analysts_toml(identities: Mapping[str, Identity], folder: Path,
+                   reviewers: tuple[str, ...] = ()) -> str:
     lines = []
     for name, identity in identities.items():
-        lines += [f"[policy.analysts.{_toml(name)}]", 'role = "analyst"',
+        role = "reviewer" if name in reviewers else "analyst"
+        lines += [f"[policy.analysts.{_toml(name)}]", f"role = {_toml(role)}",
                   f"certificate = {_toml(str(identity.cert_path.relative_to(folder)))}",
                   f"fingerprint = {_toml(identity.fingerprint)}", ""]
     return "\n".join(lines)
@@ -103,14 +105,16 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
                        policies: Mapping[str, Mapping] | None = None,
                        categorical: Mapping[str, list[str]] | None = None, *,
                        analysts: tuple[str, ...] = (LOCAL_ANALYST,),
+                       reviewers: tuple[str, ...] = (),
                        party_options: Mapping[str, Any] | None = None) -> Path:
     """Write consortium and party files and throwaway identities for local kernels; return
     the consortium file. A source of None makes a compute-only party (it holds no data);
-    ``party_options`` go into every party file's ``[party]`` table (e.g. stall_timeout)."""
+    ``reviewers`` are pinned at every party with the reviewer role; ``party_options`` go
+    into every party file's ``[party]`` table (e.g. stall_timeout)."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / KEYS
     keys.mkdir(mode=0o700, exist_ok=True)
-    people = {name: create_identity(keys, name) for name in analysts}
+    people = {name: create_identity(keys, name) for name in (*analysts, *reviewers)}
     ports = free_ports(2 * len(sources))
     lines = ["[consortium]", 'name = "local"', f'link_salt = "{secrets.token_hex(16)}"', ""]
     for i, name in enumerate(sources):
@@ -125,7 +129,8 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
         head = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
                 f'state_dir = "state/{name}"', f"certificate = {_toml(f'{KEYS}/{name}.crt')}",
                 f"key = {_toml(f'{KEYS}/{name}.key')}", *extra, ""]
-        policy = _policy_toml((policies or {}).get(name)) + _analysts_toml(people, folder)
+        policy = _policy_toml((policies or {}).get(name)) + \
+            _analysts_toml(people, folder, reviewers)
         if source is None:
             (folder / f"{name}.toml").write_text("\n".join(head) + "\n" + policy)
             continue
@@ -241,6 +246,7 @@ def launch_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
                  workdir: str | Path | None = None, record_openings: bool = False,
                  startup_timeout: float = STARTUP_TIMEOUT,
                  analysts: tuple[str, ...] = (LOCAL_ANALYST,),
+                 reviewers: tuple[str, ...] = (),
                  party_options: Mapping[str, Any] | None = None) -> LocalParties:
     """Write the files for a kernel per source, start the kernels and wait until all are
     ready (:meth:`ppa_kernel.analyst.client.Consortium.local` connects to them).
@@ -257,7 +263,7 @@ def launch_local(sources: Mapping[str, Any], *, link: str = "pseudonym",
                           hint="MPyC's honest-majority protocols need three or more")
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppa-local-"))
     write_local_config(folder, sources, link, policies, categorical, analysts=analysts,
-                       party_options=party_options)
+                       reviewers=reviewers, party_options=party_options)
     parties = LocalParties(folder, list(sources), record_openings)
     parties.wait_ready(startup_timeout)
     return parties

@@ -45,13 +45,16 @@ from ppa_kernel.contract.protocol import (
     encode,
     idle_timeout,
 )
+from ppa_kernel.contract.receipts import released_digest
 
 from . import checks
+from .approvals import Approvals
 from .audit import AuditError, AuditLog
 from .catalog import build_catalog, check_policy_columns, load_party_data
 from .mpc_listener import MPCListener
 from .policy import Policy, PolicyError
 from .requests import RequestGuard
+from .review_view import describe_plan, released_plans
 from .runs import WORKER_CONNECT_TIMEOUT, Workers
 from .schedule import RunQueue
 
@@ -90,6 +93,8 @@ class PartyKernel:
                           policy=self.policy.summary(), analysts={
                               a.name: {"role": a.role, "fingerprint": a.pin.fingerprint}
                               for a in config.analysts.values()})
+        self.approvals = Approvals(self.name, self.policy.approval, self.policy.approval_wait,
+                                   self.policy.approval_valid, state, self.audit)
         if not config.analysts:
             raise ConfigError(f"the policy of {self.name} names no analysts",
                               hint="add a [policy.analysts.NAME] table with the analyst's "
@@ -201,15 +206,51 @@ class PartyKernel:
         elif op == "cancel":
             await self._send(writer, {"event": "cancelled", "killed": await self._cancel(
                 str(request.get("run_id")), str(request["analyst"]))})
+        elif op == "go":
+            released = self.queue.release(str(request.get("run_id")), str(request["analyst"]))
+            await self._send(writer, {"event": "go", "released": released})
+        elif isinstance(op, str) and op.startswith("review_"):
+            await self._send(writer, await self._review(op, request))
         else:
             raise PlanError(f"unknown request {op!r}")
 
     async def _cancel(self, run_id: str, analyst: str) -> bool:
         """Stop a run this analyst asked for, waiting or running; whether one was stopped."""
+        if self.approvals.withdraw(run_id, analyst):
+            return True
         if self.queue.owners.get(run_id) != analyst:
             return False
         self.audit.append("run_cancel_requested", run_id=run_id, analyst=analyst)
         return self.queue.cancel(run_id) or await self.workers.kill(run_id)
+
+    # ------------------------------------------------------------------ reviewing
+    async def _review(self, op: str, request: dict) -> dict[str, Any]:
+        """A reviewer's request (the guard checked the role): list, show, decide, pin."""
+        reviewer, item = str(request["analyst"]), str(request.get("id"))
+        approvals = self.approvals
+        if op == "review_list":
+            return {"event": "reviews", "mode": approvals.mode, "items": approvals.listing()}
+        if op == "review_show":
+            return {"event": "review", **await asyncio.to_thread(self.review_view, item)}
+        if op in ("review_approve", "review_reject"):
+            review = approvals.decide(item, reviewer, op == "review_approve",
+                                      request.get("reason"))
+            return {"event": "decided", "item": review.summary()}
+        if op == "review_pin":
+            pin = approvals.pin(item, reviewer, request.get("params"),
+                                request.get("valid_for"), request.get("reason"))
+            return {"event": "pinned", "pin": pin.summary()}
+        if op == "review_unpin":
+            approvals.unpin(str(request.get("pin")), reviewer)
+            return {"event": "unpinned", "pin": str(request.get("pin"))}
+        raise PlanError(f"unknown request {op!r}")
+
+    def review_view(self, item: str) -> dict[str, Any]:
+        """A review item, its plan and the plan in plain language (see :mod:`.review_view`)."""
+        review = self.approvals.review(item)
+        released = released_plans(self.audit.records())
+        return {"item": review.summary(), "plan": review.plan,
+                "view": describe_plan(review.plan, self.name, len(self.frame), released)}
 
     def describe(self) -> dict[str, Any]:
         """What the party publishes: size, approved columns, policy summary."""
@@ -253,9 +294,16 @@ class PartyKernel:
             raise
         asked = _asked_by(request)
         self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan, **asked)
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        approvers = await self.approvals.approve(run_id, plan, digest, asked["analyst"],
+                                                 timeout, partial(self._awaiting, writer))
+        await self._send(writer, {"event": "approved", "approvers": approvers})
+        timeout = max(1.0, timeout - (loop.time() - since))
         try:
             await self.queue.turn(run_id, asked["analyst"], timeout,
-                                  partial(self._queued, writer))
+                                  partial(self._queued, writer),
+                                  held=request.get("hold") is True)
             try:
                 await self._send(writer, {"event": "progress", "phase": "policy check",
                                           "elapsed": 0})
@@ -277,16 +325,23 @@ class PartyKernel:
             self.audit.append("run_failed", run_id=run_id, plan_hash=digest,
                               reason=f"{type(exc).__name__}: {exc}")
             raise
-        self.audit.append("run_completed", run_id=run_id, plan_hash=digest,
-                          released_counts=released, multiplicity=result["multiplicity"],
-                          openings=openings)
+        record = self.audit.append(
+            "run_completed", run_id=run_id, plan_hash=digest, analyst=asked["analyst"],
+            approvers=approvers, opened=sorted({e["name"] for e in result["openings"]}),
+            released_digest=released_digest(result["stats"]), released_counts=released,
+            multiplicity=result["multiplicity"], openings=openings)
         if not self.config.extra.get("record_openings"):
             result["openings"] = openings
+        receipt = {"party": self.name, "seq": record["seq"], "head": record["hash"]}
         await self._send(writer, {"event": "result", "run_id": run_id, "plan_hash": digest,
-                                  "result": result})
+                                  "result": result, "receipt": receipt})
 
     async def _progress(self, writer: asyncio.StreamWriter, event: dict) -> None:
         await self._send(writer, {"event": "progress", **event})
+
+    async def _awaiting(self, writer: asyncio.StreamWriter, waited: float) -> None:
+        await self._send(writer, {"event": "progress", "phase": "awaiting approval",
+                                  "elapsed": round(waited, 1)})
 
     async def _queued(self, writer: asyncio.StreamWriter, position: int) -> None:
         await self._send(writer, {"event": "progress", "phase": "queued", "elapsed": 0,

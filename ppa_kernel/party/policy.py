@@ -7,7 +7,7 @@ Write the policy as a ``[policy]`` table in your party's TOML file::
     [policy]
     min_cell_size = 10                                 # smallest group a result may describe
     statistics = ["count", "sum", "mean", "var", "std"]
-    approval = "automatic"
+    approval = "auto"
 
     [policy.columns]                                   # one line per column you approve
     age = ["filter", "group", "measure"]
@@ -51,8 +51,17 @@ Keys (all optional; any other key is an error, so typos are caught):
     epoch for the differencing rule. When it is full, releases are refused until the
     owners start a new epoch.
 ``approval``
-    How plans are approved. Only ``"automatic"`` (check against this policy, then run)
-    is supported; ``"manual"`` and ``"pinned"`` are not yet available.
+    How plans are approved (default ``"auto"``; see :mod:`.approvals`): ``"auto"`` --
+    this policy's rules decide; ``"manual"`` -- each plan that passes them also waits
+    until one of your reviewers approves or rejects it; ``"pinned"`` -- only plans a
+    reviewer pinned in advance run (by hash, or as a template whose numbers may vary
+    within ranges). ``"automatic"`` is the old name of ``"auto"``.
+``approval_wait``
+    Seconds a plan waits for a reviewer in manual mode before it expires (default
+    86400, at most 30 days).
+``approval_valid``
+    Seconds a reviewer's pin stays valid unless the reviewer says otherwise (default
+    604800, a week; at most ten years).
 ``[policy.columns]``
     For each column you approve, the list of ways it may be used:
 
@@ -110,9 +119,13 @@ USES = ("group", "filter", "measure", "link")
 STATISTICS = (*(s for s in AGGREGATES if s != "size"), "histogram", "crosstab",
               *MODEL_KINDS)
 """What a policy may allow: the plain aggregates, histograms, crosstabs and every model."""
-APPROVALS = ("automatic",)
-_NOT_YET = ("manual", "pinned")
-_KEYS = ("min_cell_size", "statistics", "approval", "columns", "min_residual_df",
+APPROVALS = ("auto", "manual", "pinned")
+_APPROVAL_ALIASES = {"automatic": "auto"}
+APPROVAL_TIMES = {"approval_wait": (86400.0, 30 * 86400.0),
+                  "approval_valid": (604800.0, 10 * 365 * 86400.0)}
+"""Policy key -> (default, highest) seconds."""
+_KEYS = ("min_cell_size", "statistics", "approval", "approval_wait", "approval_valid",
+         "columns", "min_residual_df",
          "quantile_resolution", "quantile_precision", "dominance_n", "dominance_k", "p_ratio",
          "differencing_history", "differencing")
 DISCLOSURE_KEYS = {"dominance_n": ("dominance_n", 2, 1, 10),
@@ -169,7 +182,9 @@ class Policy:
     columns: dict[str, ColumnRule] | None = field(hash=False)
     min_cell_size: int = 10
     statistics: frozenset[str] = _DEFAULT_STATISTICS
-    approval: str = "automatic"
+    approval: str = "auto"
+    approval_wait: float = APPROVAL_TIMES["approval_wait"][0]
+    approval_valid: float = APPROVAL_TIMES["approval_valid"][0]
     min_residual_df: int = 10
     quantile_resolution: int = DEFAULT_QUANTILE_RESOLUTION
     quantile_precision: dict[str, float] = field(default_factory=dict, hash=False)
@@ -188,6 +203,12 @@ class Policy:
                                   self.columns)
         reasons += _quantile_problems(self.quantile_resolution, self.quantile_precision,
                                       self.columns)
+        for key, (_default, high) in APPROVAL_TIMES.items():
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or \
+                    not 0 < value <= high:
+                reasons.append(f"'policy.{key}' must be a number of seconds above 0 and at "
+                               f"most {high:g}, got {value!r}")
         if (not isinstance(self.min_residual_df, int) or isinstance(self.min_residual_df, bool)
                 or self.min_residual_df < 1):
             reasons.append("'policy.min_residual_df' must be a whole number of at least 1, "
@@ -242,11 +263,14 @@ class Policy:
         if "approval" in data:
             value = data["approval"]
             if isinstance(value, str):
-                kwargs["approval"] = value
+                kwargs["approval"] = _APPROVAL_ALIASES.get(value, value)
             else:
                 reasons.append(f"'policy.approval' must be a string, got {value!r}")
         if "quantile_resolution" in data:
             kwargs["quantile_resolution"] = data["quantile_resolution"]  # checked below
+        for key in APPROVAL_TIMES:
+            if key in data:
+                kwargs[key] = data[key]  # checked when the policy is built
         for key, *_ in DISCLOSURE_KEYS.values():
             if key in data:
                 kwargs[key] = data[key]  # checked when the policy is built
@@ -263,7 +287,7 @@ class Policy:
             reasons += problems
         reasons += _value_problems(kwargs.get("min_cell_size", 10),
                                    kwargs.get("statistics", _DEFAULT_STATISTICS),
-                                   kwargs.get("approval", "automatic"), columns)
+                                   kwargs.get("approval", "auto"), columns)
         reasons += _quantile_problems(
             kwargs.get("quantile_resolution", DEFAULT_QUANTILE_RESOLUTION),
             kwargs.get("quantile_precision", {}), columns)
@@ -387,6 +411,7 @@ class Policy:
             name: sorted(rule.uses) for name, rule in sorted(self.columns.items())}
         return {"party": self.party, "columns": columns, "min_cell_size": self.min_cell_size,
                 "statistics": sorted(self.statistics), "approval": self.approval,
+                "approval_wait": self.approval_wait, "approval_valid": self.approval_valid,
                 "min_residual_df": self.min_residual_df,
                 "quantile_resolution": self.quantile_resolution,
                 "quantile_precision": dict(sorted(self.quantile_precision.items())),
@@ -466,11 +491,9 @@ def _value_problems(min_cell_size: Any, statistics: frozenset[str], approval: st
     for stat in sorted(set(statistics) - set(STATISTICS)):
         problems.append(f"'policy.statistics' has unknown statistic {stat!r} "
                         f"(known: {', '.join(STATISTICS)})")
-    if approval in _NOT_YET:
-        problems.append(f"'policy.approval' = {approval!r} is not yet supported "
-                        "(use 'automatic')")
-    elif approval not in APPROVALS:
-        problems.append(f"'policy.approval' has unknown value {approval!r} (use 'automatic')")
+    if approval not in APPROVALS:
+        problems.append(f"'policy.approval' has unknown value {approval!r} "
+                        f"(use one of: {', '.join(APPROVALS)})")
     for name, rule in (columns or {}).items():
         for use in sorted(rule.uses - set(USES)):
             problems.append(f"'policy.columns.{name}' has unknown use {use!r} "

@@ -28,7 +28,9 @@ MAX_NONCES = 100_000
 """Live nonces remembered; beyond this the kernel refuses requests until some expire."""
 
 OPERATIONS = {"hello": {"analyst", "reviewer"}, "check": {"analyst"}, "run": {"analyst"},
-              "cancel": {"analyst"}}
+              "cancel": {"analyst"}, "go": {"analyst"},
+              **{f"review_{act}": {"reviewer"}
+                 for act in ("list", "show", "approve", "reject", "pin", "unpin", "login")}}
 """Which roles may send each request. Stopping a kernel is not a request: it is the local
 operator's (SIGTERM, ``ppa party stop``)."""
 

@@ -28,6 +28,7 @@ class Waiting:
     analyst: str
     triggered: bool = False
     cancelled: bool = False
+    held: bool = False  # until the analyst says every party approved (:meth:`release`)
 
 
 class RunQueue:
@@ -38,6 +39,7 @@ class RunQueue:
         self.waiting: OrderedDict[str, Waiting] = OrderedDict()
         self.active: str | None = None
         self.owners: dict[str, str] = {}  # run id -> analyst, while waiting or running
+        self._early: OrderedDict[str, str] = OrderedDict()  # released before they queued
         self._changed = asyncio.Event()
 
     def _notify(self) -> None:
@@ -49,7 +51,7 @@ class RunQueue:
         if self.active is not None:
             return None
         for run_id, entry in self.waiting.items():
-            if self.sequencer or entry.triggered:
+            if (self.sequencer and not entry.held) or entry.triggered:
                 return run_id
         return None
 
@@ -59,9 +61,11 @@ class RunQueue:
         return ahead + (self.active is not None)
 
     async def turn(self, run_id: str, analyst: str, timeout: float,
-                   heartbeat: Callable[[int], Awaitable[None]]) -> None:
+                   heartbeat: Callable[[int], Awaitable[None]], held: bool = False) -> None:
         """Queue the run and return once it is this party's running run; ``heartbeat``
-        gets the queue position every :data:`HEARTBEAT_INTERVAL` while it waits."""
+        gets the queue position every :data:`HEARTBEAT_INTERVAL` while it waits. A
+        ``held`` run does not start here until :meth:`release` (the sequencer waits for
+        the analyst to report that every party approved it; the others would refuse)."""
         if run_id in self.owners:
             raise PartyFailed(f"run {run_id} is already queued", party=self.party)
         if len(self.waiting) >= self.capacity:
@@ -71,7 +75,8 @@ class RunQueue:
         if sum(e.analyst == analyst for e in self.waiting.values()) >= quota:
             raise PartyFailed(f"{analyst} already has {quota} runs waiting", party=self.party,
                               hint="retry when some of yours have finished")
-        entry = self.waiting[run_id] = Waiting(analyst)
+        held = held and self._early.pop(run_id, None) != analyst
+        entry = self.waiting[run_id] = Waiting(analyst, held=held)
         self.owners[run_id] = analyst
         started = False
         loop = asyncio.get_running_loop()
@@ -128,6 +133,23 @@ class RunQueue:
                     await self._changed.wait()
         except TimeoutError:
             return False
+        return True
+
+    def release(self, run_id: str, analyst: str) -> bool:
+        """The analyst reports every party approved ``run_id``: it may start; whether it
+        is (or, arriving before the run queued here, will be) released."""
+        entry = self.waiting.get(run_id)
+        if entry is None:
+            if run_id in self.owners:
+                return False  # running already
+            self._early[run_id] = analyst
+            while len(self._early) > self.capacity:
+                self._early.popitem(last=False)
+            return True
+        if entry.analyst != analyst:
+            return False
+        entry.held = False
+        self._notify()
         return True
 
     def cancel(self, run_id: str) -> bool:
