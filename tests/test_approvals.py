@@ -65,13 +65,13 @@ def oracle(data, age: int) -> pd.DataFrame:
     return joined[joined.age >= age].groupby("sex")["cost_2021"].agg(["count", "mean"])
 
 
-def in_background(q):
+def in_background(q, progress="off"):
     """Run a query in a thread; (thread, box) where box gets "result" or "error"."""
     box: dict = {}
 
     def run() -> None:
         try:
-            box["result"] = q.collect(timeout=60)
+            box["result"] = q.collect(timeout=60, progress=progress)
         except ConsortiumError as exc:
             box["error"] = exc
 
@@ -112,9 +112,9 @@ def pinned(consortium):
     return bureau.pin(item["id"], {AGE: [30, 60]}, valid_for=600, reason="study 7")["pin"]
 
 
-def test_manual_approval_runs_after_the_reviewer_approves(consortium, data, pinned):
+def test_manual_approval_runs_after_the_reviewer_approves(consortium, data, pinned, capsys):
     q = query(consortium, 40)
-    thread, box = in_background(q)
+    thread, box = in_background(q, progress="text")
     hospital = reviewer(consortium, "hospital")
     item = waiting_item(hospital)
     time.sleep(0.5)
@@ -122,6 +122,7 @@ def test_manual_approval_runs_after_the_reviewer_approves(consortium, data, pinn
     text = format_review(hospital.show(item["id"]))
     assert "insurer.age >= 40" in text and "release.count" in text
     assert "dominance" in text and "multiplicity" in text
+    assert "waiting for approval at hospital" in capsys.readouterr().out
     hospital.approve(item["id"], reason="within the DPIA")
     thread.join(60)
     result = box["result"]

@@ -385,6 +385,8 @@ class Consortium:
                 if event == "progress" and callback:
                     callback(party.name, reply.get("phase", ""), reply.get("elapsed", 0.0))
                 elif event == "approved":
+                    if callback:
+                        callback(party.name, "approved", 0.0)
                     approvers = reply.get("approvers")
                     self._approved(party.name, [str(a) for a in approvers][:16]
                                    if isinstance(approvers, list) else [], outcome, request)

@@ -27,13 +27,14 @@ MODES = ("auto", "widget", "text", "bar", "off")
 ENV_MODE = "PPA_PROGRESS"
 """Environment variable that overrides the automatic choice of display."""
 
-STAGE_AFTER = {"queued": "queued", "policy check": "connecting", "connect": "linkage",
+APPROVAL = "waiting for approval"
+STAGE_AFTER = {"awaiting approval": APPROVAL, "approved": "queued", "queued": "queued", "policy check": "connecting", "connect": "linkage",
                "shuffle": "linkage",
                "tags": "linkage", "input": "computation", "computation": "disclosure check",
                "disclosure": "release", "model": "release", "release": "done"}
 """The stage a party is in once the named phase has ended."""
 
-STAGES = ("waiting", "policy check", "queued", "connecting", "linkage", "computation",
+STAGES = ("waiting", "policy check", APPROVAL, "queued", "connecting", "linkage", "computation",
           "disclosure check", "release", "done")
 
 ProgressCallback = Callable[[str, str, float], None]
@@ -77,6 +78,14 @@ class RunProgress:
         """One line: every party's stage."""
         return ", ".join(f"{party} {stage}" for party, stage, _ in self.rows())
 
+    def describe(self, stage: str) -> str:
+        """A stage as the analyst reads it: "waiting for approval at hospital"."""
+        if stage != APPROVAL:
+            return stage
+        with self._lock:
+            waiting = [name for name, s in self.stages.items() if s == APPROVAL]
+        return f"{APPROVAL} at {', '.join(waiting)}"
+
 
 class Display:
     """A progress display: ``update`` on every report, ``close`` once the run ends."""
@@ -106,7 +115,7 @@ class TextDisplay(Display):
 
     def update(self, party: str, phase: str, elapsed: float) -> None:
         self.progress.update(party, phase, elapsed)
-        stage = self.progress.slowest()
+        stage = self.progress.describe(self.progress.slowest())
         if stage != self.shown and stage != "done":
             self.shown = stage
             self._print(stage)
@@ -127,7 +136,9 @@ class BarDisplay(Display):
 
     def update(self, party: str, phase: str, elapsed: float) -> None:
         super().update(party, phase, elapsed)
-        self.bar.set_description_str(f"secure run: {self.progress.summary()}")
+        waiting = self.progress.describe(APPROVAL)
+        self.bar.set_description_str(f"secure run: {self.progress.summary()}" + (
+            f" ({waiting})" if waiting != f"{APPROVAL} at " else ""))
 
     def close(self, ok: bool = True) -> None:
         self.bar.close()
@@ -149,6 +160,9 @@ class WidgetDisplay(Display):
         rows = "".join(
             f"<tr><td>{html.escape(p)}</td><td>{html.escape(s)}</td><td>{e:.1f} s</td></tr>"
             for p, s, e in self.progress.rows())
+        waiting = self.progress.describe(APPROVAL)
+        if state == "running" and waiting != f"{APPROVAL} at ":
+            state = f"running, {waiting}"
         return (f"<b>secure run {html.escape(state)}</b> ({self.progress.wall:.1f} s)"
                 f"<table><tr><th>party</th><th>stage</th><th>elapsed</th></tr>{rows}</table>")
 
