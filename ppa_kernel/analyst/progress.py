@@ -28,7 +28,8 @@ ENV_MODE = "PPA_PROGRESS"
 """Environment variable that overrides the automatic choice of display."""
 
 APPROVAL = "waiting for approval"
-STAGE_AFTER = {"awaiting approval": APPROVAL, "approved": "queued", "queued": "queued", "policy check": "connecting", "connect": "linkage",
+STAGE_AFTER = {"awaiting approval": APPROVAL, "approved": "queued", "queued": "queued",
+               "policy check": "connecting", "connect": "linkage",
                "shuffle": "linkage",
                "tags": "linkage", "input": "computation", "computation": "disclosure check",
                "disclosure": "release", "model": "release", "release": "done"}
