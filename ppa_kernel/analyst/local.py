@@ -110,7 +110,8 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
     """Write consortium and party files and throwaway identities for local kernels; return
     the consortium file. A source of None makes a compute-only party (it holds no data);
     ``reviewers`` are pinned at every party with the reviewer role; ``party_options`` go
-    into every party file's ``[party]`` table (e.g. stall_timeout)."""
+    into every party file's ``[party]`` table (e.g. stall_timeout), except a value that is
+    itself a table named after a party: that goes into that party's file only."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / KEYS
     keys.mkdir(mode=0o700, exist_ok=True)
@@ -124,8 +125,11 @@ def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
                   f"certificate = {_toml(f'{KEYS}/{name}.crt')}",
                   f"fingerprint = {_toml(identity.fingerprint)}", ""]
     (folder / "consortium.toml").write_text("\n".join(lines))
-    extra = [f"{key} = {_toml(value)}" for key, value in (party_options or {}).items()]
+    settings = party_options or {}
     for name, source in sources.items():
+        own = {**{k: v for k, v in settings.items() if not isinstance(v, Mapping)},
+               **settings.get(name, {})}  # a party's own table: {"hospital": {...}}
+        extra = [f"{key} = {_toml(value)}" for key, value in own.items()]
         head = ["[party]", f"name = {_toml(name)}", 'consortium = "consortium.toml"',
                 f'state_dir = "state/{name}"', f"certificate = {_toml(f'{KEYS}/{name}.crt')}",
                 f"key = {_toml(f'{KEYS}/{name}.key')}", *extra, ""]

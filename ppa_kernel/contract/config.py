@@ -28,6 +28,7 @@ A party file holds one party's own settings, read only by its kernel::
     # listen_host = "10.20.0.5"      # bind address, if not the consortium file's host (NAT)
     # listen_port = 7101             # bind ports, if peers reach us through a port forward
     # listen_mpc_port = 7201
+    # review_port = 7301             # the reviewers' web page (TLS; `ppa review login`)
 
     [data]                           # absent for a compute-only party
     source = "insurer.csv"           # CSV, Parquet, SQLite file or SQLAlchemy URL
@@ -140,6 +141,7 @@ class PartyConfig:
     listen_host: str | None = None  # bind address; default: the consortium file's host
     listen_port: int | None = None  # bind ports, if others reach this party through a
     listen_mpc_port: int | None = None  # port forward or proxy; default: the file's
+    review_port: int | None = None  # the reviewer web page (TLS); None: no page
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -297,7 +299,7 @@ def load_party(path: str | Path) -> PartyConfig:
         raise ConfigError(f"{where}: max_queue must be a whole number from 1 to 10000")
     listen = head.get("listen_host")
     ports = [None if head.get(key) is None else _port(head[key], f"{where} {key}")
-             for key in ("listen_port", "listen_mpc_port")]
+             for key in ("listen_port", "listen_mpc_port", "review_port")]
     return PartyConfig(name, consortium, state_dir, source, policy, identity, analysts,
                        str(head.get("worker_log_level", "WARNING")),
                        _seconds(head.get("stall_timeout"), f"{where} stall_timeout",

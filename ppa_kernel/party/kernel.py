@@ -55,6 +55,7 @@ from .mpc_listener import MPCListener
 from .policy import Policy, PolicyError
 from .requests import RequestGuard
 from .review_view import describe_plan, released_plans
+from .review_web import ReviewWeb
 from .runs import WORKER_CONNECT_TIMEOUT, Workers
 from .schedule import RunQueue
 
@@ -109,6 +110,8 @@ class PartyKernel:
         self.queue = RunQueue(self.name, sequencer=index == 0, capacity=config.max_queue)
         self.index = index
         self.mpc = MPCListener(config, self._route)
+        self.web = None if config.review_port is None else ReviewWeb(
+            self, config.bind_host, config.review_port, config.address.host, state)
         self.server: asyncio.base_events.Server | None = None
         self.stopped = asyncio.Event()
 
@@ -119,6 +122,8 @@ class PartyKernel:
             self._connection, host, config.bind_port, limit=MAX_REQUEST, ssl=self.tls,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         await self.mpc.start()
+        if self.web is not None:
+            self.web.start()
         print(f"{READY_MARKER} {self.name} {host}:{config.bind_port}", flush=True)
         logger.info("party %s serving on %s:%s (MPC links on port %s)", self.name, host,
                     config.bind_port, config.bind_mpc_port)
@@ -126,6 +131,8 @@ class PartyKernel:
             async with self.server:
                 await self.stopped.wait()
         finally:
+            if self.web is not None:
+                await asyncio.to_thread(self.web.close)
             await self.mpc.close()
             await self.workers.kill_all()
 
@@ -240,6 +247,11 @@ class PartyKernel:
             pin = approvals.pin(item, reviewer, request.get("params"),
                                 request.get("valid_for"), request.get("reason"))
             return {"event": "pinned", "pin": pin.summary()}
+        if op == "review_login":
+            if self.web is None:
+                raise PlanError(f"{self.name} serves no reviewer web page", party=self.name,
+                                hint="set review_port in the party file's [party] table")
+            return self.web.login(reviewer)
         if op == "review_unpin":
             approvals.unpin(str(request.get("pin")), reviewer)
             return {"event": "unpinned", "pin": str(request.get("pin"))}
