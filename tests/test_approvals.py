@@ -225,3 +225,25 @@ def test_pin_parameters_are_checked():
 def test_receipts_file_is_private(consortium, pinned):
     path = Path(consortium.receipts_path)
     assert path.exists() and path.stat().st_mode & 0o077 == 0
+
+
+def test_review_command_line(consortium, pinned, capsys):
+    from ppa_kernel.cli import main
+
+    folder = consortium.local_parties.folder
+    base = ["review", "--consortium", str(folder / "consortium.toml"), "--party", "bureau",
+            "--identity", str(folder / "keys" / REVIEWER)]
+    assert main([*base, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "approval mode: pinned" in out and f"pin {pinned['id']}" in out
+    assert f"varying {AGE} in [30, 60]" in out
+    item = next(line.split()[0] for line in out.splitlines() if "unpinned" in line)
+    assert main([*base, "show", item]) == 0
+    out = capsys.readouterr().out
+    assert "cohort:      insurer.age >= " in out and f"  {AGE} = " in out
+    assert main([*base, "pin", item, "--param", f"{AGE}=oops"]) == 1
+    assert "malformed --param" in capsys.readouterr().err
+    assert main([*base, "reject", item, "--reason", "late"]) == 1  # not waiting
+    assert "not waiting" in capsys.readouterr().err
+    assert main([*base, "login"]) == 1  # the bureau serves no reviewer page
+    assert "serves no reviewer web page" in capsys.readouterr().err
