@@ -31,13 +31,30 @@ def _party_serve(args: argparse.Namespace) -> int:
 
 def _party_stop(args: argparse.Namespace) -> int:
     """Stop the kernel a party file describes (the local operator's action: SIGTERM)."""
-    import os
     import signal
+
+    return _signal_kernel(args.config, signal.SIGTERM, "SIGTERM")
+
+
+def _party_reload(args: argparse.Namespace) -> int:
+    """Make the running kernel re-read its policy (SIGHUP)."""
+    import signal
+
+    from ppa_kernel.contract.config import load_party
+    from ppa_kernel.party.policy import Policy
+
+    config = load_party(args.config)
+    Policy.from_dict(config.name, config.policy)  # a broken policy: say so here, first
+    return _signal_kernel(args.config, signal.SIGHUP, "SIGHUP (reload the policy)")
+
+
+def _signal_kernel(path: str, sig: int, what: str) -> int:
+    import os
 
     from ppa_kernel.contract.config import load_party
     from ppa_kernel.party.kernel import PID_FILE, state_locked
 
-    config = load_party(args.config)
+    config = load_party(path)
     pid_file = config.state_dir / PID_FILE
     try:
         # a kernel killed outright leaves its pid file, whose pid may be reused: signal
@@ -45,11 +62,11 @@ def _party_stop(args: argparse.Namespace) -> int:
         if not state_locked(config):
             raise ProcessLookupError
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         print(f"error: no kernel of {config.name} is running ({pid_file})", file=sys.stderr)
         return 1
-    print(f"sent SIGTERM to the kernel of {config.name} (pid {pid})")
+    print(f"sent {what} to the kernel of {config.name} (pid {pid})")
     return 0
 
 
@@ -237,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
     stop = party_sub.add_parser("stop", help="stop this party's running kernel (SIGTERM)")
     stop.add_argument("config", help="the party's TOML file")
     stop.set_defaults(func=_party_stop)
+    reload = party_sub.add_parser("reload", help="make this party's running kernel re-read "
+                                                 "its [policy] (SIGHUP; analysts, ports and "
+                                                 "data need a restart)")
+    reload.add_argument("config", help="the party's TOML file")
+    reload.set_defaults(func=_party_reload)
 
     audit = sub.add_parser("audit", help="check a party's audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

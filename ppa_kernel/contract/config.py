@@ -142,6 +142,7 @@ class PartyConfig:
     listen_port: int | None = None  # bind ports, if others reach this party through a
     listen_mpc_port: int | None = None  # port forward or proxy; default: the file's
     review_port: int | None = None  # the reviewer web page (TLS); None: no page
+    file: Path | None = None  # the party file this was read from (to reload the policy)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -304,4 +305,4 @@ def load_party(path: str | Path) -> PartyConfig:
                        str(head.get("worker_log_level", "WARNING")),
                        _seconds(head.get("stall_timeout"), f"{where} stall_timeout",
                                 DEFAULT_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
-                       max_queue, str(listen) if listen else None, *ports)
+                       max_queue, str(listen) if listen else None, *ports, file=path)

@@ -105,13 +105,18 @@ class Approvals:
 
     def __init__(self, party: str, mode: str, wait: float, valid: float, state_dir: Path,
                  audit: AuditLog) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown approval mode {mode!r}")
-        self.party, self.mode, self.wait, self.valid = party, mode, wait, valid
-        self.audit = audit
+        self.party, self.audit = party, audit
+        self.configure(mode, wait, valid)
         self.path = state_dir / STORE
         self.reviews: OrderedDict[str, Review] = OrderedDict()
         self.pins: dict[str, Pin] = self._load()
+
+    def configure(self, mode: str, wait: float, valid: float) -> None:
+        """Set the mode and times (at start, and when the policy is reloaded: plans
+        already waiting keep waiting under the rules they started with)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown approval mode {mode!r}")
+        self.mode, self.wait, self.valid = mode, wait, valid
 
     # ------------------------------------------------------------------ a run's approval
     async def approve(self, run_id: str, plan: dict, digest: str, analyst: str,

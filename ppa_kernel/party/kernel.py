@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any
 
 from ppa_kernel.contract import VERSION
-from ppa_kernel.contract.config import ConfigError, PartyConfig
+from ppa_kernel.contract.config import ConfigError, PartyConfig, load_party
 from ppa_kernel.contract.errors import (
     PartyFailed,
     PlanError,
@@ -72,9 +72,9 @@ class PartyKernel:
             self.policy = Policy.from_dict(config.name, config.policy)
         except PolicyError as exc:
             raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
-        self.frame, described = load_party_data(config)
-        check_policy_columns(self.name, self.policy, described)
-        self.catalog = build_catalog(self.policy, described)
+        self.frame, self.described = load_party_data(config)
+        check_policy_columns(self.name, self.policy, self.described)
+        self.catalog = build_catalog(self.policy, self.described)
         # The state folder holds a full copy of the data: owner only (0700, files 0600).
         state = config.state_dir
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -269,6 +269,34 @@ class PartyKernel:
         return {"party": self.name, "rows": len(self.frame), "catalog": self.catalog,
                 "policy": self.policy.summary(), "version": VERSION,
                 "holds_data": self.config.holds_data}
+
+    def reload_policy(self) -> bool:
+        """Re-read the party file's ``[policy]`` (SIGHUP, ``ppa party reload``): plans
+        checked from now on follow it; runs already accepted keep the check they had. The
+        analysts, ports and data are read only at start (a change needs a restart). A
+        policy that does not load is refused and the old one stays; both are recorded."""
+        if self.config.file is None:
+            return False
+        try:
+            fresh = load_party(self.config.file)
+            policy = Policy.from_dict(self.name, fresh.policy)
+            check_policy_columns(self.name, policy, self.described)
+            catalog = build_catalog(policy, self.described)
+        except (PPAError, PolicyError) as exc:
+            logger.error("party %s: policy not reloaded, the old one stays: %s", self.name, exc)
+            self.audit.append("policy_reload_refused", reason=str(exc))
+            return False
+        changed = {a.name: a.pin.fingerprint for a in fresh.analysts.values()} != \
+            {a.name: a.pin.fingerprint for a in self.config.analysts.values()}
+        if changed:
+            logger.warning("party %s: the analysts changed; restart the kernel for that",
+                           self.name)
+        self.policy, self.catalog = policy, catalog
+        self.approvals.configure(policy.approval, policy.approval_wait, policy.approval_valid)
+        self.audit.append("policy_reloaded", policy=policy.summary(),
+                          analysts_changed_need_restart=changed)
+        logger.info("party %s: policy reloaded (approval %s)", self.name, policy.approval)
+        return True
 
     # ------------------------------------------------------------------ checking
     def check_plan(self, request: dict) -> tuple[dict, str]:
@@ -485,6 +513,7 @@ def serve(config: PartyConfig, *, record_openings: bool = False,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, kernel.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, kernel.reload_policy)
         watch = None if parent_pid is None else \
             asyncio.create_task(_stop_when_orphaned(kernel, parent_pid))
         started = time.time()
