@@ -15,7 +15,7 @@ from ppa_kernel.analyst.local import write_local_config
 from ppa_kernel.contract.identity import create_identity
 from ppa_kernel.party import policy_template
 from ppa_kernel.party.datasource import describe_columns
-from ppa_kernel.party.policy import Policy
+from ppa_kernel.party.policy import Policy, PolicyError
 from ppa_kernel.party.policy_report import (
     approval_settings,
     check_policy_file,
@@ -24,6 +24,7 @@ from ppa_kernel.party.policy_report import (
 )
 from ppa_kernel.party.policy_template import commented_policy
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 SETTINGS = ("min_cell_size", "statistics", "min_residual_df", "quantile_resolution",
             "dominance_n", "dominance_k", "p_ratio", "differencing", "differencing_history")
 APPROVAL = ("approval_wait", "approval_valid")
@@ -48,6 +49,19 @@ def parsed(text: str) -> dict:
     return tomllib.loads(text)["policy"]
 
 
+def policy_keys() -> list[str]:
+    """The keys the policy parser accepts, as its unknown-key message lists them."""
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict("insurer", {"no_such_key": 1})
+    return re.search(r"expected one of: ([^)]*)\)", info.value.reasons[0]).group(1).split(", ")
+
+
+def readme_section() -> str:
+    text = README.read_text()
+    return text[text.index("## Writing a policy (for data owners)"):
+                text.index("## How it works")]
+
+
 # --- the commented policy --------------------------------------------------------------
 
 def test_the_commented_policy_loads_with_every_key_at_its_default(described):
@@ -66,6 +80,31 @@ def test_the_commented_policy_loads_with_every_key_at_its_default(described):
         assert "#" in line.lstrip("# ") or key == "statistics", line
     for mode in ("manual", "pinned"):
         assert f'# approval = "{mode}"' in text
+
+
+def test_the_commented_policy_and_the_readme_name_every_key(described):
+    text = commented_policy("insurer", "pseudonym", described)
+    table = readme_section()
+    for key in policy_keys():
+        if key in ("columns", "quantile_precision"):
+            assert f"[policy.{key}]" in text and f"`[policy.{key}]`" in table, key
+        else:
+            assert re.search(rf"^(# )?{key} = ", text, re.M), key
+            assert re.search(rf"^\| (`\w+`, )?`{key}`", table, re.M), key
+    for key in (*APPROVAL, "approval", "role", "ppa policy check", "ppa party stop",
+                "kernel_started", "ppa review"):
+        assert key in table, key
+
+
+def test_the_readme_example_policy_loads():
+    block = readme_section().split("```toml\n", 1)[1].split("```", 1)[0]
+    table = parsed(block)
+    assert set(table.pop("analysts")) == {"alice", "rob"}
+    if not policy_template.approval_modes_supported():  # until the kernel reads them
+        for key in ("approval", *APPROVAL):
+            table.pop(key)
+    policy = Policy.from_dict("hospital", table)
+    assert policy.columns["pseudonym"].uses == {"link"} and policy.min_residual_df == 20
 
 
 def test_the_columns_get_uses_that_fit_their_kind(described):
