@@ -212,18 +212,34 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     from ppa_kernel.analyst.local import write_local_config
-    from ppa_kernel.analyst.synthetic import write_demo_data
+    from ppa_kernel.analyst.synthetic import LINK, write_demo_data
+    from ppa_kernel.party.datasource import describe_columns, load_table
+    from ppa_kernel.party.policy_template import commented_policy
 
     folder = Path(args.folder)
     paths = write_demo_data(folder / "data", n_core=args.n_core, seed=args.seed, fmt="mixed")
-    config = write_local_config(folder, {n: paths[n] for n in ("insurer", "hospital", "bureau")},
-                                "pseudonym")
-    print(f"wrote {config}, one party file per party and throwaway identities in "
-          f"{folder / 'keys'}; start each party with:")
-    for name in ("insurer", "hospital", "bureau"):
+    sources = {n: paths[n] for n in ("insurer", "hospital", "bureau")}
+    policies = {name: commented_policy(name, LINK,
+                                       describe_columns(load_table(path, link=LINK), LINK))
+                for name, path in sources.items()}
+    config = write_local_config(folder, sources, LINK, policies)
+    print(f"wrote {config}, one party file per party (each with a commented [policy]) and "
+          f"throwaway identities in {folder / 'keys'}; check a policy with:")
+    print(f"  ppa policy check {folder / 'insurer.toml'}")
+    print("start each party with:")
+    for name in sources:
         print(f"  ppa party serve {folder / (name + '.toml')}")
     print(f"and connect with identity={str(folder / 'keys' / 'analyst')!r}")
     return 0
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    """Validate a party file's policy and print what it allows (exit 1 if invalid)."""
+    from ppa_kernel.party.policy_report import check_policy_file, render
+
+    result = check_policy_file(args.config, read_data=not args.no_data)
+    print(render(result), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -322,11 +338,27 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=("csv", "mixed"), default="csv")
     synth.set_defaults(func=_synth)
 
-    init = sub.add_parser("init", help="write demo data and configs for separately run kernels")
-    init.add_argument("folder")
-    init.add_argument("--n-core", type=int, default=4200)
-    init.add_argument("--seed", type=int, default=7)
+    init = sub.add_parser("init", help="write demo data and configs for separately run "
+                                       "kernels, each party file with a commented policy")
+    init.add_argument("folder", help="where to write the files (created if missing)")
+    init.add_argument("--n-core", type=int, default=4200,
+                      help="people at all three parties (default 4200)")
+    init.add_argument("--seed", type=int, default=7, help="random seed of the demo data "
+                                                          "(default 7)")
     init.set_defaults(func=_init)
+
+    policy = sub.add_parser("policy", help="data owners: check a party's policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser(
+        "check", help="validate a party file's [policy] and print what it allows",
+        description="Load a party file as its kernel would, check its [policy] (and its "
+                    "columns against the party's data), and print in plain language what it "
+                    "allows. Exits 1 listing every problem if the policy is invalid.")
+    check.add_argument("config", metavar="PARTY_FILE", help="the party's TOML file")
+    check.add_argument("--no-data", action="store_true",
+                       help="do not read the party's data (skip checking that the policy's "
+                            "columns exist, e.g. for a large SQL source)")
+    check.set_defaults(func=_policy_check)
     return p
 
 

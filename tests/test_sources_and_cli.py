@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,10 @@ import pytest
 from oracle import assert_matches, expected, join
 
 from ppa_kernel import Consortium
+from ppa_kernel.analyst.demo import headline_study
 from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.errors import ConsortiumError
+from ppa_kernel.party.policy_report import approval_settings, check_policy_file
 
 PARTIES = ["insurer", "hospital", "bureau"]
 
@@ -46,6 +50,11 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
     ppa = [sys.executable, "-m", "ppa_kernel.cli"]
     subprocess.run([*ppa, "init", str(folder), "--n-core", "150", "--seed", "21"], check=True,
                    capture_output=True, timeout=120)
+    for p in PARTIES:  # each party file carries a commented policy that checks clean
+        assert "# approval = \"manual\"" in (folder / f"{p}.toml").read_text()
+        check = check_policy_file(folder / f"{p}.toml")
+        assert check.ok and not check.warnings and check.rows, check.problems
+        assert approval_settings(check.policy, check.table)[0] == "auto"
     procs = [subprocess.Popen([*ppa, "party", "serve", str(folder / f"{p}.toml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in PARTIES]
@@ -57,7 +66,11 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
         assert twice.returncode == 1 and "already serves" in twice.stderr, twice.stderr
         with Consortium.from_file(folder / "consortium.toml",
                                   identity=folder / "keys" / "analyst") as c:
-            got = c.link().agg(n=("age", "count"), mean=("age", "mean")).collect()
+            got = headline_study(c)
+            assert c.catalog["insurer"]["sex"]["uses"] == ["filter", "group"]
+            with pytest.raises(ConsortiumError, match="'sex' may not be used for 'measure' "
+                                                      "by insurer"):
+                c.link().agg(n=("sex", "count")).collect()  # the written policy is in force
         for p in PARTIES:  # the operator's stop, not a request
             stop = subprocess.run([*ppa, "party", "stop", str(folder / f"{p}.toml")],
                                   capture_output=True, text=True, timeout=60)
@@ -71,12 +84,20 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    started = [json.loads(line) for line in
+               (folder / "state" / "insurer" / "audit.jsonl").read_text().splitlines()]
+    started = [r for r in started if r["event"] == "kernel_started"]
+    assert started[-1]["policy"]["columns"]["sex"] == ["filter", "group"]  # recorded
     from ppa_kernel.party.datasource import load_table
 
     paths = {"insurer": "insurer.csv", "hospital": "hospital.parquet", "bureau": "bureau.csv"}
     data = {p: load_table(folder / "data" / paths[p], link="pseudonym") for p in PARTIES}
-    want, mask = expected(join(data, PARTIES), [], [],
-                          {"n": ("age", "count"), "mean": ("age", "mean")})
+    joined = join(data, PARTIES)
+    joined["cost_change"] = joined["cost_2021"] - joined["cost_2020"]
+    levels = [sorted(joined["income_band"].unique()), [False, True]]
+    want, mask = expected(joined, ["income_band", "app_user"], levels,
+                          {"n": ("cost_change", "count"), "mean": ("cost_change", "mean"),
+                           "sd": ("cost_change", "std")})
     assert_matches(got, want, mask)
 
 

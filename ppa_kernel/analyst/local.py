@@ -77,7 +77,11 @@ def _sorted_if_many(value: Any) -> Any:
     return sorted(value) if isinstance(value, set | frozenset | list | tuple) else value
 
 
-def _policy_toml(policy: Mapping[str, Any] | None) -> str:
+def _policy_toml(policy: Mapping[str, Any] | str | None) -> str:
+    """A ``[policy]`` table from its settings; a string is such a table's text, kept as it is
+    (comments and all)."""
+    if isinstance(policy, str):
+        return policy if policy.endswith("\n") else policy + "\n"
     if not policy:
         return ""
     lines = ["[policy]"]
@@ -102,16 +106,18 @@ def _analysts_toml(identities: Mapping[str, Identity], folder: Path,
 
 
 def write_local_config(folder: Path, sources: Mapping[str, Any], link: str,
-                       policies: Mapping[str, Mapping] | None = None,
+                       policies: Mapping[str, Mapping | str] | None = None,
                        categorical: Mapping[str, list[str]] | None = None, *,
                        analysts: tuple[str, ...] = (LOCAL_ANALYST,),
                        reviewers: tuple[str, ...] = (),
                        party_options: Mapping[str, Any] | None = None) -> Path:
     """Write consortium and party files and throwaway identities for local kernels; return
     the consortium file. A source of None makes a compute-only party (it holds no data);
-    ``reviewers`` are pinned at every party with the reviewer role; ``party_options`` go
-    into every party file's ``[party]`` table (e.g. stall_timeout), except a value that is
-    itself a table named after a party: that goes into that party's file only."""
+    a party's policy is its ``[policy]`` settings or that table's TOML text (written as it
+    is, before the analysts' tables); ``reviewers`` are pinned at every party with the
+    reviewer role; ``party_options`` go into every party file's ``[party]`` table (e.g.
+    stall_timeout), except a value that is itself a table named after a party: that goes
+    into that party's file only."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / KEYS
     keys.mkdir(mode=0o700, exist_ok=True)
