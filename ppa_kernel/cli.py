@@ -116,6 +116,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _audit_compare(args: argparse.Namespace) -> int:
+    """Compare parties' audit logs with each other and with receipts (exit 1 unless all agree)."""
+    from ppa_kernel.party.audit_compare import compare, format_report
+
+    report = compare(args.paths, args.receipts or ())
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def _review(args: argparse.Namespace) -> int:
     """A reviewer's act at one party kernel: list, show, approve, reject, pin, unpin, login."""
     import os
@@ -282,6 +291,15 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="+", metavar="STATE_DIR_OR_LOG",
                         help="a party's state folder (its audit.jsonl) or a log file")
     verify.set_defaults(func=_audit_verify)
+    compare = audit_sub.add_parser(
+        "compare", help="check that the parties' logs saw the same runs with the same results, "
+                        "and match the analyst's receipts (finds a cut tail or a rebuilt chain)")
+    compare.add_argument("paths", nargs="+", metavar="STATE_DIR_OR_LOG",
+                         help="every party's state folder (its audit.jsonl) or log file")
+    compare.add_argument("--receipts", action="append", metavar="FILE",
+                         help="an analyst's receipts file (repeat for several); each receipt "
+                              "must match the record it names in every party's log")
+    compare.set_defaults(func=_audit_compare)
 
     review = sub.add_parser("review", help="a reviewer's view of the plans waiting at a party")
     review.add_argument("--consortium", default="consortium.toml",

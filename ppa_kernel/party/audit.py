@@ -49,7 +49,9 @@ def _canonical(obj: Any) -> str:
         raise TypeError(f"audit values must be plain JSON: {exc}") from None
 
 
-def _record_hash(record: dict) -> str:
+def record_hash(record: dict) -> str:
+    """SHA-256 (hex) of a record's canonical JSON without its ``hash``; TypeError or
+    ValueError for a record that is not plain JSON (NaN, infinity, a lone surrogate)."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
 
@@ -82,7 +84,7 @@ class AuditLog:
             record = {"seq": self._seq + 1,
                       "time": datetime.now(UTC).isoformat(timespec="microseconds"),
                       "event": event, **fields, "prev": self._prev}
-            record["hash"] = _record_hash(record)
+            record["hash"] = record_hash(record)
             line = _canonical(record) + "\n"
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
@@ -115,7 +117,12 @@ class AuditLog:
                 if record.get("prev") != prev:
                     raise AuditError(f"{self.path}: record {count} does not follow the "
                                      "previous record (chain broken)", count)
-                if record.get("hash") != _record_hash(record):
+                try:
+                    digest = record_hash(record)
+                except (TypeError, ValueError, RecursionError):
+                    raise AuditError(f"{self.path}: record {count} is not plain JSON",
+                                     count) from None
+                if record.get("hash") != digest:
                     raise AuditError(f"{self.path}: record {count} was altered "
                                      "(hash mismatch)", count)
                 prev = record["hash"]
@@ -139,7 +146,7 @@ class AuditLog:
         where = f"record {seq}" if seq is not None else "last record"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also numbers too long, nesting too deep
             raise AuditError(f"{self.path}: {where} is not valid JSON", seq) from None
         if not isinstance(record, dict):
             raise AuditError(f"{self.path}: {where} is not a JSON object", seq)
