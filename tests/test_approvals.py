@@ -247,3 +247,31 @@ def test_review_command_line(consortium, pinned, capsys):
     assert "not waiting" in capsys.readouterr().err
     assert main([*base, "login"]) == 1  # the bureau serves no reviewer page
     assert "serves no reviewer web page" in capsys.readouterr().err
+
+
+def test_policy_reload_takes_effect_without_a_restart(consortium, data, pinned, capsys):
+    """Last in the module: it switches the hospital to auto approval."""
+    from ppa_kernel.cli import main
+
+    folder = consortium.local_parties.folder
+    party_file = folder / "hospital.toml"
+    text = party_file.read_text()
+    party_file.write_text(text.replace('approval = "manual"', 'approval = "sometimes"'))
+    assert main(["party", "reload", str(party_file)]) == 1  # checked before it is sent
+    assert "unknown value 'sometimes'" in capsys.readouterr().err
+    party_file.write_text(text.replace('approval = "manual"', 'approval = "auto"'))
+    assert main(["party", "reload", str(party_file)]) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        consortium.refresh()
+        if consortium.approval_modes() == {"auto", "pinned"}:
+            break
+        time.sleep(0.1)
+    result = query(consortium, 35).collect(timeout=60)  # no reviewer at the hospital now
+    want = oracle(data, 35)
+    assert result["n"].astype(int).to_dict() == want["count"].to_dict()
+    assert result.attrs["approvers"]["hospital"] == ["policy"]
+    records = [json.loads(line) for line in
+               (folder / "state" / "hospital" / "audit.jsonl").read_text().splitlines()]
+    reloaded = [r for r in records if r["event"] == "policy_reloaded"]
+    assert reloaded[-1]["policy"]["approval"] == "auto"
