@@ -2,7 +2,9 @@
 
 Your party kernel checks every analysis plan against this policy before it touches
 your data; a plan that breaks any rule is refused and the refusal lists every problem.
-Write the policy as a ``[policy]`` table in your party's TOML file::
+Write the policy as a ``[policy]`` table in your party's TOML file (the README's
+"Writing a policy (for data owners)" is the full guide; ``ppa init`` writes a commented
+one and ``ppa policy check FILE`` says what yours allows)::
 
     [policy]
     min_cell_size = 10                                 # smallest group a result may describe
