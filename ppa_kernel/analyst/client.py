@@ -31,7 +31,6 @@ from ppa_kernel.contract.config import (
 from ppa_kernel.contract.errors import (
     ConsortiumError,
     PartyFailed,
-    PartyUnreachable,
     PlanError,
     PPAError,
     RunTimeout,
@@ -41,7 +40,7 @@ from ppa_kernel.contract.identity import Identity, IdentityError
 from ppa_kernel.contract.limits import DEFAULT_RUN_TIMEOUT
 from ppa_kernel.contract.plan import DISCLOSURE_RULES, check_depth, plan_hash
 from ppa_kernel.contract.program import compile_plan
-from ppa_kernel.contract.protocol import Channel, request
+from ppa_kernel.contract.protocol import Channel, ask, connect, request
 from ppa_kernel.contract.receipts import append_receipt, receipt, released_digest
 
 from . import plotting  # noqa: F401  (registers the result.ppa accessor)
@@ -440,13 +439,8 @@ class Consortium:
 
     # ---------------------------------------------------------------- transport
     def _connect(self, party: PartyAddress, timeout: float | None = None) -> Channel:
-        try:
-            return Channel(party.host, party.port, self.identity, party.pin,
-                           timeout or self.connect_timeout)
-        except OSError as exc:
-            raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:{party.port}"
-                                   f" ({exc.strerror or exc})", party=party.name,
-                                   hint="is `ppa party serve` running there?") from None
+        return connect(party.host, party.port, self.identity, party.pin,
+                       timeout or self.connect_timeout)
 
     def _signed(self, op: str, party: str, fields: dict) -> dict:
         return request(op, self.identity, party, **fields)
@@ -466,21 +460,9 @@ class Consortium:
 
     def _request(self, party: PartyAddress, op: str, fields: dict, expect: str,
                  timeout: float | None = None, connect_timeout: float | None = None) -> dict:
-        channel = self._connect(party, connect_timeout)
-        try:
-            channel.send(self._signed(op, party.name, fields))
-            reply = channel.receive(timeout=timeout or self.connect_timeout)
-        except (OSError, ConnectionError) as exc:
-            raise PartyUnreachable(f"no answer ({exc})", party=party.name) from None
-        finally:
-            channel.close()
-        if reply.get("event") == "error":
-            error = error_from_dict(reply["error"])
-            error.party = party.name  # a party speaks for itself only
-            raise error
-        if reply.get("event") != expect:
-            raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=party.name)
-        return reply
+        return ask(party.host, party.port, self.identity, party.pin, op, fields, expect,
+                   timeout=timeout or self.connect_timeout,
+                   connect_timeout=connect_timeout or self.connect_timeout)
 
 
 KNOCK_ON = "lost connection to the MPC worker of "

@@ -29,7 +29,7 @@ from itertools import accumulate
 from typing import Any, NoReturn
 
 from . import limits
-from .errors import PartyUnreachable, ProtocolError
+from .errors import PartyFailed, PartyUnreachable, ProtocolError, error_from_dict
 from .expr import canonical_json
 from .identity import Identity, Pin, client_context, peer_fingerprint, sign
 
@@ -223,3 +223,35 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+def connect(host: str, port: int, identity: Identity, pin: Pin, timeout: float) -> Channel:
+    """A channel to a party kernel; PartyUnreachable (naming the party) if it cannot be
+    reached."""
+    try:
+        return Channel(host, port, identity, pin, timeout)
+    except OSError as exc:
+        raise PartyUnreachable(f"cannot reach the party kernel at {host}:{port}"
+                               f" ({exc.strerror or exc})", party=pin.name,
+                               hint="is `ppa party serve` running there?") from None
+
+
+def ask(host: str, port: int, identity: Identity, pin: Pin, op: str, fields: dict,
+        expect: str, *, timeout: float, connect_timeout: float) -> dict[str, Any]:
+    """One signed request to a party kernel and its one reply (event ``expect``); the
+    party's error reply is raised as that error, attributed to that party only."""
+    channel = connect(host, port, identity, pin, connect_timeout)
+    try:
+        channel.send(request(op, identity, pin.name, **fields))
+        reply = channel.receive(timeout=timeout)
+    except (OSError, ConnectionError) as exc:
+        raise PartyUnreachable(f"no answer ({exc})", party=pin.name) from None
+    finally:
+        channel.close()
+    if reply.get("event") == "error":
+        error = error_from_dict(reply["error"])
+        error.party = pin.name  # a party speaks for itself only
+        raise error
+    if reply.get("event") != expect:
+        raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=pin.name)
+    return reply

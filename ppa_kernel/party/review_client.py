@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ppa_kernel.contract.config import ConfigError, ConsortiumConfig, load_consortium
-from ppa_kernel.contract.errors import PartyFailed, PartyUnreachable, error_from_dict
 from ppa_kernel.contract.identity import Identity
-from ppa_kernel.contract.protocol import Channel, request
+from ppa_kernel.contract.protocol import ask
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +39,8 @@ class ReviewClient:
     def ask(self, op: str, expect: str, **fields: Any) -> dict[str, Any]:
         """Send one signed request; return the reply (the party's error is raised)."""
         party = self.address
-        try:
-            channel = Channel(party.host, party.port, self.identity, party.pin, self.timeout)
-        except OSError as exc:
-            raise PartyUnreachable(f"cannot reach the party kernel at {party.host}:"
-                                   f"{party.port} ({exc.strerror or exc})", party=party.name,
-                                   hint="is `ppa party serve` running there?") from None
-        try:
-            channel.send(request(op, self.identity, party.name, **fields))
-            reply = channel.receive(timeout=self.timeout)
-        except (OSError, ConnectionError) as exc:
-            raise PartyUnreachable(f"no answer ({exc})", party=party.name) from None
-        finally:
-            channel.close()
-        if reply.get("event") == "error":
-            error = error_from_dict(reply["error"])
-            error.party = party.name
-            raise error
-        if reply.get("event") != expect:
-            raise PartyFailed(f"unexpected reply {reply.get('event')!r}", party=party.name)
-        return reply
+        return ask(party.host, party.port, self.identity, party.pin, op, fields, expect,
+                   timeout=self.timeout, connect_timeout=self.timeout)
 
     def list(self) -> dict[str, Any]:
         return self.ask("review_list", "reviews")
