@@ -9,6 +9,7 @@
                                      #   outcome per cell, plan and hash, summary, comments
         effect.csv                   # each table (counts as integers)
         effect.png                   # its figure, where a figure makes sense
+        chi2.table.csv               # a table a result carries in its attrs (chi2's crosstab)
         checksums/effect.csv.txt     # SHA-256 (hex) of each file above
 
 An output's status is ``pass`` when every cell was released, ``review`` when disclosure
