@@ -7,6 +7,7 @@ spec the query builder notebook exported (passed with papermill's ``-f``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -168,12 +169,26 @@ def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, bui
     assert record["plan"]["min_cell_size"] >= 10
     assert len(record["plan_hash"]) == 64
     assert (out / "figure.png").stat().st_size > 10_000
+    check_export(out, record["plan_hash"])
     if parameter_set == "defaults":
         difference = pd.read_csv(out / "difference.csv", index_col=0)
         means = table["mean"].unstack("app_user")
         np.testing.assert_allclose(difference.iloc[:, 0].to_numpy(),
                                    (means[True] - means[False]).to_numpy())
         check_inference(out, plain)
+
+
+def check_export(out: Path, plan_hash: str) -> None:
+    """The study's one folder for output checkers: results.json and verified checksums."""
+    (folder,) = out.glob("checker-*")
+    results = json.loads((folder / "results.json").read_text())["results"]
+    assert results["released_table"]["plan_hash"] == plan_hash
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"results.json", "released_table.csv"}
+    assert len(list((folder / "checksums").iterdir())) == len(files)
+    for path in files:
+        digest = (folder / "checksums" / f"{path.name}.txt").read_text()
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), path.name
 
 
 def check_inference(out: Path, plain: pd.DataFrame) -> None:

@@ -464,6 +464,15 @@ class Consortium:
                    timeout=timeout or self.connect_timeout,
                    connect_timeout=connect_timeout or self.connect_timeout)
 
+    # ---------------------------------------------------------------- output checkers
+    def export(self, folder: str | Path, results: Mapping[str, pd.DataFrame] | list,
+               comments: str | list[str] | Mapping | None = None) -> Path:
+        """Write released results (name -> table, or a list) for output checkers to a new
+        ``folder`` (see :func:`.export.export`); return its path."""
+        from .export import export
+
+        return export(folder, results, comments=comments)
+
 
 KNOCK_ON = "lost connection to the MPC worker of "
 """How a worker reports a peer whose worker stopped: often because that peer failed."""

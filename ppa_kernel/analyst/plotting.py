@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,7 +90,7 @@ def plot(result: pd.DataFrame, y: str | None = None, *, kind: str = "auto",
 
 @pd.api.extensions.register_dataframe_accessor("ppa")
 class PPAAccessor:
-    """``result.ppa``: plot a released result, its plan and its suppression mask."""
+    """``result.ppa``: plot or export a released result; its plan and suppression mask."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._frame = frame
@@ -108,6 +110,14 @@ class PPAAccessor:
         """True where disclosure control suppressed the cell (PlanError if not released)."""
         released_plan(self._frame)
         return _mask(self._frame)
+
+    def export(self, folder: str | os.PathLike, comments: str | list[str] | None = None
+               ) -> Path:
+        """Write this table for an output checker to a new ``folder`` (see
+        :func:`.export.export`); return its path."""
+        from .export import export
+
+        return export(folder, [self._frame], comments=comments)
 
 
 # ----------------------------------------------------------------------------- choosing

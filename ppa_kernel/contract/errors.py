@@ -54,6 +54,10 @@ class ProtocolError(PPAError):
     """A message between client and party kernel was malformed or not authentic."""
 
 
+class ExportError(PPAError):
+    """An export folder for output checkers cannot be written as asked."""
+
+
 ERROR_TYPES = {cls.__name__: cls for cls in (PPAError, PlanError, PolicyRefused, DataError,
                                              PartyUnreachable, PartyFailed, RunTimeout,
                                              ProtocolError)}
