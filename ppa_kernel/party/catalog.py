@@ -62,16 +62,32 @@ def check_policy_columns(party: str, policy: Policy, described: dict[str, dict])
                             hint=f"numeric columns: {', '.join(numeric) or 'none'}")
 
 
-def build_catalog(policy: Policy, described: dict[str, dict]) -> dict[str, dict]:
+MISSING_SHARE_STEP = 0.05
+"""The published share of missing values is rounded to this (5 percentage points)."""
+
+
+def coarse_share(missing: int, rows: int) -> float:
+    """The share of missing values rounded to the nearest :data:`MISSING_SHARE_STEP`
+    (exact counts are disclosive); 0.0 may still mean a few are missing."""
+    if rows <= 0:
+        return 0.0
+    return round(round(missing / rows / MISSING_SHARE_STEP) * MISSING_SHARE_STEP, 2)
+
+
+def build_catalog(policy: Policy, described: dict[str, dict],
+                  rows: int | None = None) -> dict[str, dict]:
     """What the party publishes per approved column: kind, levels, coarse range, whether
-    values are missing, the minimum quantile precision and the approved uses."""
+    values are missing and (given the table's ``rows``) their share rounded to 5 percentage
+    points, the minimum quantile precision and the approved uses."""
     rules = policy.columns
     out = {}
     for column, meta in described.items():
         if rules is not None and column not in rules:
             continue
         entry = dict(meta)
-        entry["missing"] = bool(meta.get("missing"))  # whether, not how many
+        entry["missing"] = bool(meta.get("missing"))  # whether; the share only coarsely
+        if rows:
+            entry["missing_share"] = coarse_share(int(meta.get("missing") or 0), rows)
         if entry["kind"] == "numeric":
             entry["min"], entry["max"] = coarse(meta["min"], False), coarse(meta["max"], True)
             entry["min_precision"] = published_min_precision(

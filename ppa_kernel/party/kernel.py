@@ -70,7 +70,7 @@ class PartyKernel:
             raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
         self.frame, described = load_party_data(config)
         check_policy_columns(self.name, self.policy, described)
-        self.catalog = build_catalog(self.policy, described)
+        self.catalog = build_catalog(self.policy, described, rows=len(self.frame))
         # The state folder holds a full copy of the data: owner only (0700, files 0600).
         state = config.state_dir
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
