@@ -108,12 +108,13 @@ def check_layout(layout: object) -> None:
 
 
 def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table",
-                   attrs: dict | None = None) -> pd.DataFrame:
+                   attrs: dict | None = None, mock: bool = False) -> pd.DataFrame:
     """The one way a run's statistics become the analyst's table: shaped from the plan
-    (:func:`layout_table`), given the run's ``attrs``, and stamped once."""
+    (:func:`layout_table`), given the run's ``attrs``, and stamped once (a ``mock``
+    consortium's run: as a mock result, :func:`stamp_mock`)."""
     frame = layout_table(to_frame(plan, stats), plan, layout)
     frame.attrs.update(attrs or {})
-    return stamp_release(frame, run_id)
+    return stamp_mock(frame, run_id) if mock else stamp_release(frame, run_id)
 
 
 def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.DataFrame:

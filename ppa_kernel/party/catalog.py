@@ -4,10 +4,9 @@ those columns match what was published."""
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
+from ppa_kernel.contract.bounds import coarse
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import DataError, PlanError, PolicyRefused
 from ppa_kernel.contract.expr import canonical_json
@@ -39,14 +38,6 @@ def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]
         elif meta["kind"] == "bool":
             frame[column] = frame[column].astype("boolean")
     return frame, described
-
-
-def coarse(value: float | None, up: bool) -> float | None:
-    """Round a bound outward to two significant digits (exact extremes are disclosive)."""
-    if value is None or value == 0:
-        return value
-    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
-    return float((math.ceil if up else math.floor)(value / step) * step)
 
 
 def check_policy_columns(party: str, policy: Policy, described: dict[str, dict]) -> None:
