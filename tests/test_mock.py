@@ -198,7 +198,7 @@ def test_crosstab_model_and_plot_of_a_mock_are_marked(mock):
     assert MOCK_CAPTION in format_html(model)
     ax = table.ppa.plot()
     try:
-        assert ax.get_title().endswith("[MOCK]")
+        assert ax.get_title().endswith("[MOCK: synthetic data]")
         assert any(a.get_gid() == MOCK_GID and a.get_text() == "MOCK" for a in ax.texts)
     finally:
         plt.close(ax.figure)

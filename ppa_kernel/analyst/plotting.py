@@ -21,7 +21,7 @@ import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
 
-from .results import MOCK_CAPTION, is_mock, reason_text, released_plan, suppression_reasons
+from .results import is_mock, reason_text, released_plan, suppression_reasons
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,7 +34,7 @@ SUPPRESSED_GID = "ppa-suppressed"
 """gid of the artists that mark suppressed cells."""
 MOCK_GID = "ppa-mock"
 """gid of the watermark on a mock result's figure."""
-MOCK_TITLE = " [MOCK]"
+MOCK_TITLE = " [MOCK: synthetic data]"
 FIGSIZE = (7.0, 4.0)
 MAX_MEASURE_CHARS = 40
 MAX_LABELLED_BARS = 40
@@ -97,8 +97,6 @@ def _watermark(ax: Axes) -> None:
     ax.set_title(ax.get_title() + MOCK_TITLE, pad=18)
     ax.text(0.5, 0.5, "MOCK", transform=ax.transAxes, fontsize=64, color="#a40000",
             alpha=0.18, rotation=30, ha="center", va="center", zorder=10, gid=MOCK_GID)
-    ax.text(0.99, 0.01, MOCK_CAPTION, transform=ax.transAxes, fontsize=7, color="#a40000",
-            ha="right", va="bottom", zorder=10, gid=MOCK_GID)
 
 
 @pd.api.extensions.register_dataframe_accessor("ppa")
