@@ -267,6 +267,8 @@ def test_bad_snapshots_say_what_is_wrong(tmp_path):
         check_snapshot({"names": []})
     with pytest.raises(ConfigError, match="no catalog snapshot"):
         Consortium.mock(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="consortium file, not a catalog snapshot"):
+        Consortium.mock(tmp_path / "consortium.toml")
     with pytest.raises(ConfigError, match="rows must be"):
         mock_sizes({"parties": {}}, rows=0)
 

@@ -103,6 +103,10 @@ def load_snapshot(source: Any) -> dict:
     if not isinstance(source, str | Path):
         return check_snapshot(catalog_snapshot(source))
     path = Path(source)
+    if path.suffix == ".toml":
+        raise ConfigError(f"{path} is a consortium file, not a catalog snapshot",
+                          hint="connect to it (Consortium.from_file, %ppa connect), then mock "
+                               "the live consortium")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
