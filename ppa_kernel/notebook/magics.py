@@ -80,7 +80,7 @@ class PPAMagics(Magics):
     @argument("command", choices=COMMANDS, help="what to do")
     @argument("target", nargs="?", default=None,
               help="consortium file for 'connect'; catalog snapshot (JSON file or variable) "
-                   "or consortium file for 'mock'; widget|text|bar|off|auto for 'progress'")
+                   "for 'mock'; widget|text|bar|off|auto for 'progress'")
     @argument("--rows", type=int, default=None,
               help=f"demo: people at all three parties (default {DEMO_ROWS}); mock: rows of "
                    "the largest party (default 2000)")
@@ -126,8 +126,8 @@ class PPAMagics(Magics):
         if source is not None and source.isidentifier() and source in self.shell.user_ns:
             source = self.shell.user_ns[source]  # a snapshot dict (or a Consortium)
         elif source is None and not self.session.connected:
-            raise UsageError("usage: %ppa mock [snapshot.json | consortium.toml | VARIABLE] "
-                             "(without one: a mock of the current consortium)")
+            raise UsageError("usage: %ppa mock [snapshot.json | VARIABLE] (without one: a mock "
+                             "of the current consortium)")
         print("starting a mock consortium on synthetic data ...", flush=True)
         consortium = self.session.start_mock(source, rows=args.rows, seed=args.seed or 0,
                                              label=args.target)
