@@ -80,6 +80,9 @@ class RunOutcome:
 class Consortium:
     """A connection to the party kernels of one consortium."""
 
+    is_mock = False
+    """True for a mock consortium (design mode, :meth:`mock`): synthetic data, no releases."""
+
     def __init__(self, config: ConsortiumConfig, *, identity: Identity | str | Path | None = None,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  stall_timeout: float = DEFAULT_STALL_TIMEOUT,
@@ -131,6 +134,23 @@ class Consortium:
             raise
         consortium.local_parties = parties
         return consortium
+
+    @classmethod
+    def mock(cls, source: Any, rows: int | None = None, seed: int = 0,
+             **local_kwargs: Any) -> Consortium:
+        """Design mode: a local consortium on synthetic data shaped like ``source``'s
+        catalog, with its policies (a live Consortium, a :meth:`catalog_snapshot` dict, or
+        a path to one as JSON); ``rows`` caps the largest party's rows (default 2000).
+        Every result is marked mock (``df.attrs["mock"]``), never a release; see :mod:`.mock`."""
+        from .mock import start_mock
+
+        return start_mock(cls.local, source, rows=rows, seed=seed, **local_kwargs)
+
+    def catalog_snapshot(self) -> dict:
+        """What :meth:`mock` needs of this consortium, JSON-able (see :mod:`.mock`)."""
+        from .mock import catalog_snapshot
+
+        return catalog_snapshot(self)
 
     def __enter__(self) -> Consortium:
         return self
@@ -272,7 +292,8 @@ class Consortium:
                                      "phases": {p: r["phases"]
                                                 for p, r in outcome.results.items()},
                                      "peak_rss_mb": {p: r.get("peak_rss_mb")
-                                                     for p, r in outcome.results.items()}})
+                                                     for p, r in outcome.results.items()}},
+                              mock=self.is_mock)
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:
         """Check a plan with every party's policy without computing; return its hash."""

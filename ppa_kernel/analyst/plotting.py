@@ -2,7 +2,8 @@
 
 Only tables a secure run released can be plotted (:func:`~ppa_kernel.analyst.results.released_plan`
 refuses raw or edited tables). Labels come from the plan; suppressed cells are drawn as
-marked gaps (hatched outlines, or ``x`` markers in line plots), never as zeros::
+marked gaps (hatched outlines, or ``x`` markers in line plots), never as zeros. A mock
+result (design mode) is drawn with a ``MOCK`` watermark and title suffix::
 
     result.ppa.plot()                 # the accessor this module registers on DataFrames
     plot(result, "mean", kind="line")
@@ -22,7 +23,7 @@ import pandas as pd
 
 from ppa_kernel.contract.errors import PlanError
 
-from .results import reason_text, released_plan, suppression_reasons
+from .results import is_mock, reason_text, released_plan, suppression_reasons
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,6 +34,9 @@ KINDS = ("auto", "bar", "grouped", "hist", "line")
 COUNT_STATS = ("count", "size")
 SUPPRESSED_GID = "ppa-suppressed"
 """gid of the artists that mark suppressed cells."""
+MOCK_GID = "ppa-mock"
+"""gid of the watermark on a mock result's figure."""
+MOCK_TITLE = " [MOCK: synthetic data]"
 FIGSIZE = (7.0, 4.0)
 MAX_MEASURE_CHARS = 40
 MAX_LABELLED_BARS = 40
@@ -67,7 +71,7 @@ def plot(result: pd.DataFrame, y: str | None = None, *, kind: str = "auto",
     crosstabs), ``"hist"`` (histogram plans, bars at the bin edges), ``"line"``, or
     ``"auto"``. ``y`` picks the released column (default: the first non-count statistic).
     """
-    plan = released_plan(result)
+    plan = released_plan(result, allow_mock=True)
     kind = _choose_kind(plan, kind)
     crosstab = _is_crosstab(result, plan)
     column = _choose_column(result, plan, y, crosstab=crosstab)
@@ -85,7 +89,16 @@ def plot(result: pd.DataFrame, y: str | None = None, *, kind: str = "auto",
     else:
         _draw_bars(ax, grid)
     _label(ax, plan, grid, column, title, count_axis=crosstab or kind == "hist")
+    if is_mock(result):
+        _watermark(ax)
     return ax
+
+
+def _watermark(ax: Axes) -> None:
+    """Mark a mock result's figure: a title suffix and a large diagonal ``MOCK``."""
+    ax.set_title(ax.get_title() + MOCK_TITLE, pad=18)
+    ax.text(0.5, 0.5, "MOCK", transform=ax.transAxes, fontsize=64, color="#a40000",
+            alpha=0.18, rotation=30, ha="center", va="center", zorder=10, gid=MOCK_GID)
 
 
 @pd.api.extensions.register_dataframe_accessor("ppa")
@@ -103,12 +116,12 @@ class PPAAccessor:
     @property
     def plan(self) -> dict:
         """A copy of the plan that released this table (PlanError if not released)."""
-        return copy.deepcopy(released_plan(self._frame))
+        return copy.deepcopy(released_plan(self._frame, allow_mock=True))
 
     @property
     def suppressed(self) -> pd.DataFrame:
         """True where disclosure control suppressed the cell (PlanError if not released)."""
-        released_plan(self._frame)
+        released_plan(self._frame, allow_mock=True)
         return _mask(self._frame)
 
     def export(self, folder: str | os.PathLike, comments: str | list[str] | None = None
@@ -397,4 +410,4 @@ def _describe(expr: dict, columns: dict) -> str:
     return f" {_SYMBOLS[op]} ".join(parts)
 
 
-__all__ = ["KINDS", "SUPPRESSED_GID", "PPAAccessor", "plot"]
+__all__ = ["KINDS", "MOCK_GID", "SUPPRESSED_GID", "PPAAccessor", "plot"]

@@ -5,6 +5,12 @@ a known fixed-point scale). Means and variances are computed here exactly from t
 Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``; why each
 was suppressed (minimum size, dominance, p-ratio, differencing) is in
 ``df.attrs["reasons"]`` (None where released).
+
+A table a run released carries a stamp (``df.attrs["release"]``: run, plan hash, values
+digest). A result of a mock consortium (design mode, :mod:`.mock`) never does: it has
+``df.attrs["mock"] = True`` and its own stamp under ``"mock_release"`` whose digest is
+taken in another domain, so code that looks for a release stamp finds none, and a mock
+stamp moved under ``"release"`` does not verify (:func:`released_plan`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 SUPPRESSED = "suppressed"
 RELEASE_KEY = "release"
+MOCK_KEY = "mock"
+"""``df.attrs["mock"] is True`` on every result of a mock consortium (and its parts)."""
+MOCK_RELEASE_KEY = "mock_release"
+MOCK_CAPTION = "MOCK \u2014 synthetic data, not a release"
+_MOCK_DOMAIN = "ppa-mock-result\n"
 
 
 def _cell_value(stat: str, count: int | None, total: int | None, sumsq: int | None,
@@ -97,12 +108,13 @@ def check_layout(layout: object) -> None:
 
 
 def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table",
-                   attrs: dict | None = None) -> pd.DataFrame:
+                   attrs: dict | None = None, mock: bool = False) -> pd.DataFrame:
     """The one way a run's statistics become the analyst's table: shaped from the plan
-    (:func:`layout_table`), given the run's ``attrs``, and stamped once."""
+    (:func:`layout_table`), given the run's ``attrs``, and stamped once (a ``mock``
+    consortium's run: as a mock result, :func:`stamp_mock`)."""
     frame = layout_table(to_frame(plan, stats), plan, layout)
     frame.attrs.update(attrs or {})
-    return stamp_release(frame, run_id)
+    return stamp_mock(frame, run_id) if mock else stamp_release(frame, run_id)
 
 
 def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.DataFrame:
@@ -117,10 +129,10 @@ def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.D
     return table
 
 
-def _values_digest(frame: pd.DataFrame) -> str:
-    """SHA-256 of a table's index, columns and values (NaN included)."""
+def _values_digest(frame: pd.DataFrame, domain: str = "") -> str:
+    """SHA-256 of a table's index, columns and values (NaN included), after ``domain``."""
     body = frame.to_json(orient="split", double_precision=15, default_handler=str)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hashlib.sha256((domain + body).encode()).hexdigest()
 
 
 def stamp_release(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
@@ -136,14 +148,57 @@ def stamp_release(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def released_plan(frame: object) -> dict:
-    """The plan of a released result; PlanError for anything else (raw or edited tables)."""
+def stamp_mock(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Mark a table a mock consortium returned as a mock result, never a release: no
+    release stamp, ``attrs["mock"]`` (here and on the tables in its attrs) and a stamp
+    under :data:`MOCK_RELEASE_KEY` whose digest is taken in the mock domain."""
+    frame.attrs.pop(RELEASE_KEY, None)
+    mark_mock(frame)
+    frame.attrs[MOCK_RELEASE_KEY] = {"run_id": run_id, "plan_hash": frame.attrs.get("plan_hash"),
+                                     "digest": _values_digest(frame, _MOCK_DOMAIN), "mock": True}
+    frame.attrs["run_id"] = run_id
+    return frame
+
+
+def mark_mock(frame: pd.DataFrame, _seen: set[int] | None = None) -> pd.DataFrame:
+    """Set ``attrs["mock"] = True`` on ``frame`` and on every table in its attrs (a
+    model's counts table or matrix, the suppression masks)."""
+    seen = _seen if _seen is not None else set()
+    if id(frame) not in seen:
+        seen.add(id(frame))
+        frame.attrs[MOCK_KEY] = True
+        for value in list(frame.attrs.values()):
+            if isinstance(value, pd.DataFrame):
+                mark_mock(value, seen)
+    return frame
+
+
+def is_mock(frame: object) -> bool:
+    """Whether ``frame`` comes from a mock consortium (by its mark or its mock stamp)."""
     attrs = getattr(frame, "attrs", None) or {}
     stamp = attrs.get(RELEASE_KEY)
-    if not isinstance(frame, pd.DataFrame) or not stamp or "plan" not in attrs:
+    return bool(attrs.get(MOCK_KEY)) or MOCK_RELEASE_KEY in attrs or \
+        (isinstance(stamp, dict) and bool(stamp.get("mock")))
+
+
+def released_plan(frame: object, *, allow_mock: bool = False) -> dict:
+    """The plan of a released result; PlanError for anything else (raw or edited tables).
+
+    A mock result (:func:`is_mock`) is refused as not a release, unless ``allow_mock``
+    (plots of a mock result, which then say so); its own stamp must verify.
+    """
+    attrs = getattr(frame, "attrs", None) or {}
+    mock = is_mock(frame)
+    if mock and not allow_mock:
+        raise PlanError("this is a mock result (design mode, synthetic data), not a release",
+                        hint="run the same code against the real consortium once its owners "
+                             "approve")
+    stamp = attrs.get(MOCK_RELEASE_KEY if mock else RELEASE_KEY)
+    if not isinstance(frame, pd.DataFrame) or not isinstance(stamp, dict) or \
+            "plan" not in attrs:
         raise PlanError("only released results can be plotted",
                         hint="pass the table a secure run returned (e.g. %%secure -o NAME)")
-    if _values_digest(frame) != stamp["digest"]:
+    if _values_digest(frame, _MOCK_DOMAIN if mock else "") != stamp.get("digest"):
         raise PlanError("this table differs from what the parties released",
                         hint="plot the released table itself; choose columns with y=...")
     return attrs["plan"]
@@ -192,8 +247,17 @@ def _markers(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
-    """Text rendering with suppressed cells marked (with their reason beyond size)."""
-    return _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
+    """Text rendering with suppressed cells marked (with their reason beyond size); a
+    mock result's first line is :data:`MOCK_CAPTION`."""
+    text = _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
+    return f"{MOCK_CAPTION}\n{text}" if is_mock(frame) else text
+
+
+def mock_banner_html() -> str:
+    """The banner above a mock result's HTML table (class ``ppa-mock``)."""
+    return ('<div class="ppa-mock" style="font-weight:bold;color:#a40000;'
+            'border:2px dashed #a40000;padding:2px 6px;display:inline-block">'
+            f"{html.escape(MOCK_CAPTION)}</div>")
 
 
 def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
@@ -209,14 +273,21 @@ def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
     shown.index = _escaped_index(frame.index)
     shown.columns = [html.escape(str(c)) for c in frame.columns]
     body = shown.to_html(escape=False, classes="ppa-released", border=0, na_rep="NaN")
-    stamp = frame.attrs.get(RELEASE_KEY) or {}
-    caption = [f"released by run {html.escape(str(stamp['run_id']))}" if stamp else
-               "not a released result"]
+    mock = is_mock(frame)
+    stamp = frame.attrs.get(MOCK_RELEASE_KEY if mock else RELEASE_KEY) or {}
+    if mock:
+        caption = [html.escape(MOCK_CAPTION)]
+        if stamp:
+            caption.append(f"mock run {html.escape(str(stamp['run_id']))}")
+    else:
+        caption = [f"released by run {html.escape(str(stamp['run_id']))}" if stamp else
+                   "not a released result"]
     if frame.attrs.get("plan_hash"):
         caption.append(f"plan {html.escape(frame.attrs['plan_hash'][:12])}")
     if _suppressed_mask(frame).to_numpy().any():
         caption.append(f"{SUPPRESSED}: {why}")
-    return f'{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
+    banner = mock_banner_html() if mock else ""
+    return f'{banner}{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
 
 
 def _escaped_index(index: pd.Index) -> pd.Index:

@@ -11,11 +11,21 @@ All parties compute the same bounds from the same plan.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from . import limits
 from .errors import PlanError
 from .expr import COMPARISONS, LOGICAL, canonical_json, expr_parties
+
+
+def coarse(value: float | None, up: bool) -> float | None:
+    """Round a bound outward to two significant digits, as a party publishes its columns'
+    ranges (exact extremes are disclosive)."""
+    if value is None or value == 0:
+        return value
+    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
+    return float((math.ceil if up else math.floor)(value / step) * step)
 
 
 def column_range(meta: dict) -> tuple[float, float]:

@@ -6,6 +6,8 @@ magic builds the plan from it in this kernel, sends only the plan, and shows the
 released table (suppressed cells marked), bound to ``-o NAME`` (default ``_secure``).
 Workbench errors (bad plans, policy refusals, failed parties) are shown as one short
 message per party, without a traceback, and still fail the cell (so papermill stops).
+``%ppa mock [SNAPSHOT]`` swaps the consortium for a mock of it (design mode: synthetic
+data; every result is marked mock and is never a release).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from ppa_kernel.analyst.progress import MODES
-from ppa_kernel.analyst.results import RELEASE_KEY, format_html, format_table
+from ppa_kernel.analyst.results import (
+    MOCK_CAPTION,
+    RELEASE_KEY,
+    format_html,
+    format_table,
+    is_mock,
+    mock_banner_html,
+)
 from ppa_kernel.contract.errors import ConsortiumError, PPAError
 from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.notebook.cell import cell_query
@@ -31,7 +40,9 @@ from ppa_kernel.notebook.session import Session
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "_secure"
-COMMANDS = ("demo", "connect", "status", "catalog", "progress", "stop")
+COMMANDS = ("demo", "connect", "mock", "status", "catalog", "progress", "stop")
+DEMO_ROWS = 4200
+DEMO_SEED = 7
 
 
 def error_lines(exc: PPAError) -> list[str]:
@@ -68,10 +79,13 @@ class PPAMagics(Magics):
     @magic_arguments()
     @argument("command", choices=COMMANDS, help="what to do")
     @argument("target", nargs="?", default=None,
-              help="consortium file for 'connect'; widget|text|bar|off|auto for 'progress'")
-    @argument("--rows", type=int, default=4200,
-              help="demo: people at all three parties (default 4200)")
-    @argument("--seed", type=int, default=7, help="demo: seed of the synthetic data")
+              help="consortium file for 'connect'; catalog snapshot (JSON file or variable) "
+                   "for 'mock'; widget|text|bar|off|auto for 'progress'")
+    @argument("--rows", type=int, default=None,
+              help=f"demo: people at all three parties (default {DEMO_ROWS}); mock: rows of "
+                   "the largest party (default 2000)")
+    @argument("--seed", type=int, default=None,
+              help=f"seed of the synthetic data (default: demo {DEMO_SEED}, mock 0)")
     @argument("--timeout", type=float, default=None,
               help="connect: seconds to wait for each party (default 30)")
     @argument("--identity", default=None,
@@ -79,18 +93,20 @@ class PPAMagics(Magics):
                    "(default $PPA_IDENTITY)")
     @line_magic
     def ppa(self, line: str) -> Any:
-        """Manage the consortium: ``%ppa demo|connect FILE|status|catalog|progress MODE|stop``."""
+        """Manage the consortium: ``%ppa demo|connect FILE|mock [SNAPSHOT]|status|catalog|
+        progress MODE|stop``."""
         args = parse_argstring(self.ppa, line)
-        if args.command not in ("connect", "progress") and args.target:
+        if args.command not in ("connect", "mock", "progress") and args.target:
             raise UsageError(f"%ppa {args.command} takes no argument {args.target!r}")
         return getattr(self, f"_ppa_{args.command}")(args)
 
     def _ppa_demo(self, args: Any) -> None:
-        if args.rows < 1:
+        rows = DEMO_ROWS if args.rows is None else args.rows
+        if rows < 1:
             raise UsageError("--rows must be at least 1")
-        print(f"starting the local three-party demo ({args.rows} linked people) ...",
-              flush=True)
-        consortium = self.session.start_demo(n_core=args.rows, seed=args.seed)
+        print(f"starting the local three-party demo ({rows} linked people) ...", flush=True)
+        consortium = self.session.start_demo(n_core=rows,
+                                             seed=DEMO_SEED if args.seed is None else args.seed)
         rows = ", ".join(f"{p} {info['rows']:,} rows" for p, info in consortium.parties.items())
         print(f"connected to the demo consortium: {rows}")
 
@@ -102,6 +118,23 @@ class PPAMagics(Magics):
             kwargs["identity"] = args.identity
         consortium = self.session.connect(args.target, **kwargs)
         print(f"connected to {', '.join(consortium.names)} ({args.target})")
+
+    def _ppa_mock(self, args: Any) -> None:
+        if args.rows is not None and args.rows < 1:
+            raise UsageError("--rows must be at least 1")
+        source: Any = args.target
+        if source is not None and source.isidentifier() and source in self.shell.user_ns:
+            source = self.shell.user_ns[source]  # a snapshot dict (or a Consortium)
+        elif source is None and not self.session.connected:
+            raise UsageError("usage: %ppa mock [snapshot.json | VARIABLE] (without one: a mock "
+                             "of the current consortium)")
+        print("starting a mock consortium on synthetic data ...", flush=True)
+        consortium = self.session.start_mock(source, rows=args.rows, seed=args.seed or 0,
+                                             label=args.target)
+        rows = ", ".join(f"{p} {info['rows']:,} rows" for p, info in consortium.parties.items()
+                         if info.get("holds_data", True))
+        print(f"{MOCK_CAPTION}: design mode, {self.session.source}; {rows}. Every result is "
+              "marked mock; run the notebook against the real consortium for releases.")
 
     def _ppa_status(self, args: Any) -> pd.DataFrame:
         return self.session.status()
@@ -170,14 +203,18 @@ class _PlanView:
 
 
 def _released_html(frame: pd.DataFrame) -> str | None:
-    if RELEASE_KEY in frame.attrs:
+    if RELEASE_KEY in frame.attrs or (is_mock(frame) and "plan" in frame.attrs):
         return format_html(frame)
+    if is_mock(frame):  # e.g. a mock consortium's status, or a table made from a result
+        return mock_banner_html() + (frame._repr_html_() or "")
     return frame._repr_html_()
 
 
 def _released_text(frame: pd.DataFrame, printer: Any, cycle: bool) -> None:
-    if RELEASE_KEY in frame.attrs:
+    if RELEASE_KEY in frame.attrs or (is_mock(frame) and "plan" in frame.attrs):
         printer.text(format_table(frame))
+    elif is_mock(frame):
+        printer.text(f"{MOCK_CAPTION}\n{frame!r}")
     else:
         printer.text(repr(frame))
 

@@ -2,9 +2,11 @@
 
 One :class:`Session` per IPython shell. ``%ppa demo`` starts the local three-party demo
 (the same one as ``ppa demo``) in a temporary folder; ``%ppa connect`` attaches to
-running party kernels. Kernels the session started stop with ``%ppa stop``, when the
-extension is unloaded, when the notebook kernel exits, and -- should it be killed --
-within about a second on their own (they watch their parent process).
+running party kernels; ``%ppa mock`` replaces the connection with a mock of it (design
+mode: synthetic data, see :mod:`ppa_kernel.analyst.mock`). Kernels the session started
+stop with ``%ppa stop``, when the extension is unloaded, when the notebook kernel exits,
+and -- should it be killed -- within about a second on their own (they watch their
+parent process).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ppa_kernel.analyst.client import Consortium
+from ppa_kernel.analyst.results import mark_mock
 from ppa_kernel.contract.errors import PPAError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Session:
         self.source = ""
         self.progress = "auto"
         self._demo_folder: Path | None = None
+        self._mock_of = ""
         atexit.register(self.stop)
 
     @property
@@ -74,6 +78,19 @@ class Session:
         self.consortium, self.source = consortium, str(path)
         return consortium
 
+    def start_mock(self, source: Any = None, rows: int | None = None, seed: int = 0,
+                   label: str | None = None) -> Consortium:
+        """Replace the connection with a mock of ``source`` (default: the current one)."""
+        current = self.consortium
+        source = self.require() if source is None else source
+        if label is None:  # a mock of the current mock is a mock of what it mocks
+            label = self._mock_of if current is not None and current.is_mock else self.source
+        consortium = Consortium.mock(source, rows=rows, seed=seed)
+        self.stop()
+        self.consortium, self._mock_of = consortium, label or "a consortium"
+        self.source = f"mock of {self._mock_of} (synthetic data, seed {seed})"
+        return consortium
+
     def stop(self) -> bool:
         """Disconnect; stop the kernels this session started. True if anything was open."""
         consortium, folder = self.consortium, self._demo_folder
@@ -85,8 +102,14 @@ class Session:
         return consortium is not None
 
     def status(self) -> pd.DataFrame:
-        """Each party: reachable, rows, policy summary."""
-        return self.require().status()
+        """Each party: reachable, rows, policy summary (a mock: a ``mock`` column, and the
+        table marked mock)."""
+        consortium = self.require()
+        frame = consortium.status()
+        if consortium.is_mock:
+            frame.insert(0, "mock", True)
+            mark_mock(frame)
+        return frame
 
     def catalog(self) -> pd.DataFrame:
         """The approved variables of every party."""

@@ -4,10 +4,9 @@ those columns match what was published."""
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
+from ppa_kernel.contract.bounds import coarse
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import DataError, PlanError, PolicyRefused
 from ppa_kernel.contract.expr import canonical_json
@@ -41,14 +40,6 @@ def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]
     return frame, described
 
 
-def coarse(value: float | None, up: bool) -> float | None:
-    """Round a bound outward to two significant digits (exact extremes are disclosive)."""
-    if value is None or value == 0:
-        return value
-    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
-    return float((math.ceil if up else math.floor)(value / step) * step)
-
-
 def check_policy_columns(party: str, policy: Policy, described: dict[str, dict]) -> None:
     """Refuse to start when ``[policy.quantile_precision]`` names no numeric column."""
     problems = [f"'policy.quantile_precision.{name}' names "
@@ -62,16 +53,32 @@ def check_policy_columns(party: str, policy: Policy, described: dict[str, dict])
                             hint=f"numeric columns: {', '.join(numeric) or 'none'}")
 
 
-def build_catalog(policy: Policy, described: dict[str, dict]) -> dict[str, dict]:
+MISSING_SHARE_STEP = 0.05
+"""The published share of missing values is rounded to this (5 percentage points)."""
+
+
+def coarse_share(missing: int, rows: int) -> float:
+    """The share of missing values rounded to the nearest :data:`MISSING_SHARE_STEP`
+    (exact counts are disclosive); 0.0 may still mean a few are missing."""
+    if rows <= 0:
+        return 0.0
+    return round(round(missing / rows / MISSING_SHARE_STEP) * MISSING_SHARE_STEP, 2)
+
+
+def build_catalog(policy: Policy, described: dict[str, dict],
+                  rows: int | None = None) -> dict[str, dict]:
     """What the party publishes per approved column: kind, levels, coarse range, whether
-    values are missing, the minimum quantile precision and the approved uses."""
+    values are missing and (given the table's ``rows``) their share rounded to 5 percentage
+    points, the minimum quantile precision and the approved uses."""
     rules = policy.columns
     out = {}
     for column, meta in described.items():
         if rules is not None and column not in rules:
             continue
         entry = dict(meta)
-        entry["missing"] = bool(meta.get("missing"))  # whether, not how many
+        entry["missing"] = bool(meta.get("missing"))  # whether; the share only coarsely
+        if rows:
+            entry["missing_share"] = coarse_share(int(meta.get("missing") or 0), rows)
         if entry["kind"] == "numeric":
             entry["min"], entry["max"] = coarse(meta["min"], False), coarse(meta["max"], True)
             entry["min_precision"] = published_min_precision(

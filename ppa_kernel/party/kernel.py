@@ -74,7 +74,7 @@ class PartyKernel:
             raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
         self.frame, self.described = load_party_data(config)
         check_policy_columns(self.name, self.policy, self.described)
-        self.catalog = build_catalog(self.policy, self.described)
+        self.catalog = build_catalog(self.policy, self.described, rows=len(self.frame))
         # The state folder holds a full copy of the data: owner only (0700, files 0600).
         state = config.state_dir
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -281,7 +281,7 @@ class PartyKernel:
             fresh = load_party(self.config.file)
             policy = Policy.from_dict(self.name, fresh.policy)
             check_policy_columns(self.name, policy, self.described)
-            catalog = build_catalog(policy, self.described)
+            catalog = build_catalog(policy, self.described, rows=len(self.frame))
         except (PPAError, PolicyError) as exc:
             logger.error("party %s: policy not reloaded, the old one stays: %s", self.name, exc)
             self.audit.append("policy_reload_refused", reason=str(exc))
