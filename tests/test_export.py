@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from ppa_kernel.analyst import export as export_module
-from ppa_kernel.analyst.results import reason_text
+from ppa_kernel.analyst.results import reason_text, stamp_mock
 from ppa_kernel.contract.errors import ExportError
 
 OUTPUT_FIELDS = {"uid", "status", "type", "properties", "files", "outcome", "plan", "plan_hash",
@@ -186,9 +186,16 @@ def test_a_failure_midway_leaves_nothing(released, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_anything_marked_mock_fails_even_with_a_real_stamp(released, tmp_path):
+    marked = released["effect"].copy()
+    marked.attrs["mock"] = True
+    folder = marked.ppa.export(tmp_path / "marked")
+    record = json.loads((folder / "results.json").read_text())["results"]["output_0"]
+    assert record["status"] == "fail" and record["summary"].startswith("MOCK")
+
+
 def test_a_mock_result_fails_and_says_so_everywhere(released, tmp_path):
-    mock = released["effect"].copy()
-    mock.attrs["mock"] = True
+    mock = stamp_mock(released["effect"].copy(), "0123456789abcdef")
     folder = mock.ppa.export(tmp_path / "mock", comments="design mode")
     document = json.loads((folder / "results.json").read_text())
     assert document["mock"] is True

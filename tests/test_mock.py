@@ -209,7 +209,7 @@ def test_a_mock_of_a_live_consortium_forces_automatic_approval(real, caplog):
             Consortium.mock(real, rows=120, seed=1) as c:
         assert {n: _published_all(c.catalog[n]) for n in c.names} == \
             {n: _published_all(real.catalog[n]) for n in real.names}
-        assert all(info["policy"]["approval"] == "automatic" for info in c.parties.values())
+        assert all(info["policy"]["approval"] == "auto" for info in c.parties.values())
         assert max(info["rows"] for info in c.parties.values()) == 120
         folder = c.local_parties.folder
         assert folder.exists()

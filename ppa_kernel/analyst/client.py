@@ -43,7 +43,7 @@ from ppa_kernel.contract.program import compile_plan
 from ppa_kernel.contract.protocol import Channel, ask, connect, request
 from ppa_kernel.contract.receipts import append_receipt, receipt, released_digest
 
-from . import plotting  # noqa: F401  (registers the result.ppa accessor)
+from . import accessor  # noqa: F401  (registers the result.ppa accessor)
 from .local import STARTUP_TIMEOUT, launch_local
 from .progress import ProgressCallback, make_display
 from .results import check_layout, released_table

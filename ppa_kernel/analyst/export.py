@@ -42,7 +42,7 @@ from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.errors import ExportError, PlanError
 
 from .plotting import COUNT_STATS, FIGSIZE, plot
-from .results import RELEASE_KEY, reason_text, released_plan
+from .results import RELEASE_KEY, is_mock, reason_text, released_plan
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def _write_output(folder: Path, name: str, frame: pd.DataFrame, comments: list[s
                   now: str) -> dict:
     """Write one output's files; return its record for ``results.json``."""
     attrs = frame.attrs
-    mock = bool(attrs.get("mock"))  # fail safe: anything marked mock is one
-    plan, problem = _release(frame)
+    mock = is_mock(frame)  # fail safe: anything marked mock is one
+    plan, problem = _release(frame, mock)
     reasons = _cell_reasons(frame, plan)
     suppressed = reasons.notna()
     counts = Counter(reasons.to_numpy().reshape(-1)[suppressed.to_numpy().reshape(-1)])
@@ -196,10 +196,11 @@ def _write_output(folder: Path, name: str, frame: pd.DataFrame, comments: list[s
             "timestamp": now, "comments": comments}
 
 
-def _release(frame: pd.DataFrame) -> tuple[dict | None, str | None]:
-    """(plan, None) for a released table; (its plan if any, what is wrong) otherwise."""
+def _release(frame: pd.DataFrame, mock: bool) -> tuple[dict | None, str | None]:
+    """(plan, None) for a released (or intact mock) table; (its plan if any, what is
+    wrong) otherwise."""
     try:
-        return released_plan(frame), None
+        return released_plan(frame, allow_mock=mock), None
     except PlanError:
         plan = frame.attrs.get("plan") if isinstance(frame.attrs.get("plan"), dict) else None
         if not frame.attrs.get(RELEASE_KEY) or plan is None:

@@ -151,7 +151,7 @@ def mock_policy(summary: Mapping[str, Any]) -> dict:
     for rule, key in _DISCLOSURE_KEYS.items():
         if rule in (summary.get("disclosure") or {}):
             policy[key] = summary["disclosure"][rule]
-    policy["approval"] = "automatic"
+    policy["approval"] = "auto"
     return policy
 
 
@@ -304,7 +304,7 @@ def start_mock(launch: Callable[..., Any], source: Any, rows: int | None = None,
     snapshot = load_snapshot(source)
     parties = snapshot["parties"]
     policies = {name: mock_policy(parties[name]["policy"]) for name in snapshot["names"]}
-    real = ", ".join(f"{name} {parties[name]['policy'].get('approval', 'automatic')}"
+    real = ", ".join(f"{name} {parties[name]['policy'].get('approval', 'auto')}"
                      for name in snapshot["names"])
     logger.info("design mode: every mock party approves automatically (there is no reviewer); "
                 "the real approval modes are %s", real)

@@ -5,17 +5,14 @@ refuses raw or edited tables). Labels come from the plan; suppressed cells are d
 marked gaps (hatched outlines, or ``x`` markers in line plots), never as zeros. A mock
 result (design mode) is drawn with a ``MOCK`` watermark and title suffix::
 
-    result.ppa.plot()                 # the accessor this module registers on DataFrames
+    result.ppa.plot()                 # the same, through the accessor (.accessor)
     plot(result, "mean", kind="line")
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,38 +96,6 @@ def _watermark(ax: Axes) -> None:
     ax.set_title(ax.get_title() + MOCK_TITLE, pad=18)
     ax.text(0.5, 0.5, "MOCK", transform=ax.transAxes, fontsize=64, color="#a40000",
             alpha=0.18, rotation=30, ha="center", va="center", zorder=10, gid=MOCK_GID)
-
-
-@pd.api.extensions.register_dataframe_accessor("ppa")
-class PPAAccessor:
-    """``result.ppa``: plot or export a released result; its plan and suppression mask."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self._frame = frame
-
-    def plot(self, y: str | None = None, *, kind: str = "auto", ax: Axes | None = None,
-             title: str | None = None) -> Axes:
-        """Same as :func:`plot` on this table."""
-        return plot(self._frame, y, kind=kind, ax=ax, title=title)
-
-    @property
-    def plan(self) -> dict:
-        """A copy of the plan that released this table (PlanError if not released)."""
-        return copy.deepcopy(released_plan(self._frame, allow_mock=True))
-
-    @property
-    def suppressed(self) -> pd.DataFrame:
-        """True where disclosure control suppressed the cell (PlanError if not released)."""
-        released_plan(self._frame, allow_mock=True)
-        return _mask(self._frame)
-
-    def export(self, folder: str | os.PathLike, comments: str | list[str] | None = None
-               ) -> Path:
-        """Write this table for an output checker to a new ``folder`` (see
-        :func:`.export.export`); return its path."""
-        from .export import export
-
-        return export(folder, [self._frame], comments=comments)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -410,4 +375,4 @@ def _describe(expr: dict, columns: dict) -> str:
     return f" {_SYMBOLS[op]} ".join(parts)
 
 
-__all__ = ["KINDS", "MOCK_GID", "SUPPRESSED_GID", "PPAAccessor", "plot"]
+__all__ = ["KINDS", "MOCK_GID", "SUPPRESSED_GID", "plot"]
