@@ -65,3 +65,27 @@ def test_widget_only_for_live_front_ends(monkeypatch, metadata, widget):
     monkeypatch.delenv(progress.ENV_MODE, raising=False)
     assert progress.widget_frontend() is widget
     assert choose_mode() == ("widget" if widget else "text")
+
+
+def test_every_display_names_the_parties_waiting_for_approval():
+    pytest.importorskip("ipywidgets")
+    from ppa_kernel.analyst.progress import BarDisplay, WidgetDisplay
+
+    out = io.StringIO()
+    text = TextDisplay(RunProgress(["insurer", "hospital", "bureau"]), stream=out)
+    bar = BarDisplay(RunProgress(["insurer", "hospital", "bureau"]))
+    widget = WidgetDisplay(RunProgress(["insurer", "hospital", "bureau"]))
+    try:
+        for display in (text, bar, widget):
+            display.update("insurer", "approved", 0.0)
+            display.update("bureau", "approved", 0.0)
+            display.update("hospital", "awaiting approval", 4.0)
+        assert "waiting for approval at hospital" in out.getvalue()
+        assert "(waiting for approval at hospital)" in bar.bar.desc
+        assert "running, waiting for approval at hospital" in widget.widget.value
+        for display in (text, bar, widget):
+            display.update("hospital", "approved", 0.0)
+        assert "waiting for approval" not in bar.bar.desc
+        assert "waiting for approval" not in widget.widget.value
+    finally:
+        bar.close()
