@@ -398,3 +398,23 @@ def test_the_page_refuses_forged_stale_and_odd_requests(consortium, browser):
         assert status == 303 and headers["Location"] == f"/plan/{run_id}?done=rejected"
     finally:
         thread.join(10)
+
+
+# ---------------------------------------------------------------------- fixed weaknesses
+def test_a_pinned_party_keeps_the_plan_its_reviewer_saw(consortium):
+    """A refused plan is kept under its run id for the reviewers to pin. Resending that
+    run id with another plan must not swap the plan under the id the reviewer read."""
+    c = consortium
+    seen, swapped = plan_for(c, 46), plan_for(c, 18, name="everything")
+    run_id = secrets.token_hex(8)
+    first = send(c, "bureau", "analyst", "run", **run_request(seen, run_id))
+    assert "not pinned" in first[-1]["error"]["message"]
+    bureau = reviewer(c, "bureau")
+    assert bureau.show(run_id)["item"]["plan_hash"] == plan_hash(seen)
+    for who in ("analyst", MALLORY):
+        again = send(c, "bureau", who, "run", **run_request(swapped, run_id))
+        assert "already submitted" in again[-1]["error"]["message"]
+    shown = bureau.show(run_id)
+    assert shown["item"]["plan_hash"] == plan_hash(seen) and shown["plan"] == seen
+    assert shown["item"]["analyst"] == "analyst"
+    assert bureau.pin(run_id, valid_for=60)["pin"]["plan_hash"] == plan_hash(seen)

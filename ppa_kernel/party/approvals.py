@@ -135,6 +135,9 @@ class Approvals:
                                       approvers=[pin.reviewer], pin=pin.id)
                     return f"{pin.reviewer} (pin {pin.id})"
                 expired = pin
+        if run_id in self.reviews:  # never swap the plan a reviewer may be reading
+            raise PlanError(f"run {run_id} was already submitted", party=self.party,
+                            hint="send a new run (a new run_id)")
         self._keep(Review(run_id, plan, digest, analyst, now, status="unpinned"))
         reason = f"the pin {expired.id} that allowed this plan expired" if expired else \
             "this plan is not pinned here"
