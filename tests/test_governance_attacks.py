@@ -390,11 +390,12 @@ def test_the_page_refuses_forged_stale_and_odd_requests(consortium, browser):
         parts = urlsplit(browser.login_url)
         assert browser.request("GET", f"{parts.path}?{parts.query}")[0] == 403  # one time
         assert until_listed(reviewer(c, "hospital"), run_id)["status"] == "waiting"
-        status, headers, _ = browser.form(f"/plan/{run_id}/reject", {"csrf": token,
-                                                                     "reason": "  "})
+        read = re.search(r'name="plan_hash" value="([^"]+)"', page).group(1)
+        status, headers, _ = browser.form(f"/plan/{run_id}/reject", {
+            "csrf": token, "plan_hash": read, "reason": "  "})
         assert status == 400  # a rejection needs a reason, on the page too
-        status, headers, _ = browser.form(f"/plan/{run_id}/reject", {"csrf": token,
-                                                                     "reason": "no"})
+        status, headers, _ = browser.form(f"/plan/{run_id}/reject", {
+            "csrf": token, "plan_hash": read, "reason": "no"})
         assert status == 303 and headers["Location"] == f"/plan/{run_id}?done=rejected"
     finally:
         thread.join(10)
@@ -418,3 +419,70 @@ def test_a_pinned_party_keeps_the_plan_its_reviewer_saw(consortium):
     assert shown["item"]["plan_hash"] == plan_hash(seen) and shown["plan"] == seen
     assert shown["item"]["analyst"] == "analyst"
     assert bureau.pin(run_id, valid_for=60)["pin"]["plan_hash"] == plan_hash(seen)
+
+
+def test_a_reviewer_acts_on_the_plan_they_read_not_a_swapped_one(tmp_path, consortium):
+    """The analyst withdraws a plan the reviewer is reading, pushes it out of the kept
+    list with throwaway plans and resends its run id with another plan: an approval or a
+    pin given for the plan the reviewer read must not apply to the new one."""
+    from ppa_kernel.party.approvals import MAX_KEPT, MAX_PENDING
+
+    approvals = scratch(tmp_path)
+    seen, swapped = plan_for(consortium, 47), plan_for(consortium, 18, name="everything")
+    run_id = "ab" * 8
+
+    async def submit(rid: str, plan: dict) -> asyncio.Future:
+        task = asyncio.ensure_future(approvals.approve(rid, plan, plan_hash(plan), "analyst",
+                                                       30, _no_beat))
+        await asyncio.sleep(0)
+        return task
+
+    async def withdraw(rid: str, task: asyncio.Future) -> None:
+        assert approvals.withdraw(rid, "analyst")
+        with pytest.raises(Exception, match="cancelled"):
+            await task
+
+    async def main() -> None:
+        first = await submit(run_id, seen)
+        read = approvals.review(run_id).plan_hash  # what the reviewer's page shows
+        await withdraw(run_id, first)
+        for i in range(MAX_KEPT + MAX_PENDING):
+            rid = f"{i:016x}"
+            await withdraw(rid, await submit(rid, seen))
+        swap = await submit(run_id, swapped)
+        assert approvals.review(run_id).plan_hash != read  # the id now holds another plan
+        with pytest.raises(PlanError, match="changed since you read it"):
+            approvals.decide(run_id, REVIEWER, True, "", plan_hash=read)
+        with pytest.raises(PlanError, match="changed since you read it"):
+            approvals.pin(run_id, REVIEWER, None, 60, "", plan_hash=read)
+        for short in ("", read[:11], read.upper(), 12345):
+            with pytest.raises(PlanError, match="changed"):
+                approvals.decide(run_id, REVIEWER, True, "", plan_hash=short)
+        assert approvals.review(run_id).status == "waiting" and not approvals.pins
+        approvals.decide(run_id, REVIEWER, False, "read it first",
+                         plan_hash=plan_hash(swapped)[:12])
+        with pytest.raises(PolicyRefused, match="read it first"):
+            await swap
+
+    asyncio.run(main())
+
+
+def test_the_page_and_the_client_send_the_hash_of_the_plan_read(consortium, browser):
+    c = consortium
+    run_id, thread, box = wait_at_hospital(c, plan_for(c, 48))
+    read = plan_hash(plan_for(c, 48))
+    _, _, page = browser.request("GET", f"/plan/{run_id}")
+    assert page.count(f'name="plan_hash" value="{read}"') == 3  # approve, reject, pin
+    token = browser.csrf(page)
+    for form in ({"csrf": token}, {"csrf": token, "plan_hash": plan_hash(plan_for(c, 18))}):
+        status, _, text = browser.form(f"/plan/{run_id}/approve", form)
+        assert status == 400 and "changed since you read it" in text
+    hospital = reviewer(c, "hospital")
+    with pytest.raises(PlanError, match="changed since you read it"):
+        hospital.approve(run_id, plan_hash="0" * 64)
+    assert until_listed(hospital, run_id)["status"] == "waiting"
+    status, _, _ = browser.form(f"/plan/{run_id}/reject", {"csrf": token, "plan_hash": read,
+                                                           "reason": "checked"})
+    assert status == 303
+    thread.join(10)
+    assert "rejected by rita: checked" in box["replies"][-1]["error"]["message"]

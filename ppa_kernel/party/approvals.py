@@ -208,17 +208,28 @@ class Approvals:
         pins = [{**p.summary(), "expired": p.expires <= now} for p in self.pins.values()]
         return [*items, *({"pin": True, **p} for p in pins)]
 
-    def review(self, item: str) -> Review:
-        """The review item ``item`` (PlanError if unknown)."""
+    def review(self, item: str, plan_hash: str | None = None) -> Review:
+        """The review item ``item`` (PlanError if unknown). With ``plan_hash`` (the hash
+        the reviewer read, or at least its first 12 digits), PlanError unless the item
+        still holds that plan: a run id can come back with another plan once its old
+        item left the list, and a reviewer's act must not apply to a plan never read."""
         review = self.reviews.get(str(item))
         if review is None:
             raise PlanError(f"no plan {str(item)[:64]!r} to review at {self.party}",
                             party=self.party, hint="see `ppa review list`")
+        if plan_hash is not None and not (
+                isinstance(plan_hash, str) and len(plan_hash) >= 12
+                and review.plan_hash.startswith(plan_hash)):
+            raise PlanError(f"plan {review.id} changed since you read it (its hash is now "
+                            f"{review.plan_hash[:12]})", party=self.party,
+                            hint="read it again (`ppa review show`) before you decide")
         return review
 
-    def decide(self, item: str, reviewer: str, approve: bool, reason: str) -> Review:
-        """Approve or reject a waiting plan (a rejection needs a reason)."""
-        review = self.review(item)
+    def decide(self, item: str, reviewer: str, approve: bool, reason: str,
+               plan_hash: str | None = None) -> Review:
+        """Approve or reject a waiting plan (a rejection needs a reason); with
+        ``plan_hash``, only if it is still the plan of that hash (see :meth:`review`)."""
+        review = self.review(item, plan_hash)
         if review.status != "waiting":
             raise PlanError(f"plan {review.id} is {review.status}, not waiting",
                             party=self.party)
@@ -231,10 +242,11 @@ class Approvals:
         return review
 
     def pin(self, item: str, reviewer: str, params: Any, valid_for: Any = None,
-            reason: str = "") -> Pin:
+            reason: str = "", plan_hash: str | None = None) -> Pin:
         """Pin a reviewed plan (waiting, decided or refused as not pinned) for reruns:
-        exactly, or with ``params`` (JSON pointer -> [low, high]) that may vary."""
-        review = self.review(item)
+        exactly, or with ``params`` (JSON pointer -> [low, high]) that may vary; with
+        ``plan_hash``, only if it is still the plan of that hash."""
+        review = self.review(item, plan_hash)
         checked = check_params(review.plan, params)
         valid = self.valid if valid_for is None else _seconds(valid_for)
         if len(self.pins) >= MAX_PINS:

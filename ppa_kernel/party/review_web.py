@@ -286,6 +286,7 @@ class Page:
         reply = self.web.kernel.review_view(item)
         review, view = reply["item"], reply["view"]
         rid = quote(review["id"])
+        self.plan_hash = review["plan_hash"]  # sent back by every form (see _act)
         done = (self.query.get("done") or [""])[0]
         note = f'<p class="note" role="status">Plan {html.escape(done)}.</p>' \
             if done in ("approved", "rejected", "pinned") else ""
@@ -343,12 +344,14 @@ class Page:
                                          "</p>"))
         approvals = self.web.kernel.approvals
         reason = (form.get("reason") or [""])[0]
+        read = (form.get("plan_hash") or [""])[0]  # the plan on the page the form came from
         if act in ("approve", "reject"):
-            self.web.on_loop(approvals.decide, item, self.reviewer, act == "approve", reason)
+            self.web.on_loop(approvals.decide, item, self.reviewer, act == "approve", reason,
+                             read)
             done = "approved" if act == "approve" else "rejected"
         elif act == "pin":
             self.web.on_loop(approvals.pin, item, self.reviewer,
-                             _params((form.get("params") or [""])[0]))
+                             _params((form.get("params") or [""])[0]), None, "", read)
             done = "pinned"
         else:
             return self._send(404, _page("Not found", ""))
@@ -358,7 +361,8 @@ class Page:
 
     # ------------------------------------------------------------------ plumbing
     def _csrf(self) -> str:
-        return f'<input type="hidden" name="csrf" value="{html.escape(self.csrf)}">'
+        return (f'<input type="hidden" name="csrf" value="{html.escape(self.csrf)}">'
+                f'<input type="hidden" name="plan_hash" value="{html.escape(self.plan_hash)}">')
 
     def _send(self, status: int, text: str) -> None:
         data = text.encode("utf-8")
