@@ -486,3 +486,35 @@ def test_the_page_and_the_client_send_the_hash_of_the_plan_read(consortium, brow
     assert status == 303
     thread.join(10)
     assert "rejected by rita: checked" in box["replies"][-1]["error"]["message"]
+
+
+def test_one_analyst_cannot_fill_the_waiting_list(tmp_path):
+    """Mallory keeps plans waiting at a manual party until the list is full: the other
+    analysts' plans must still reach the reviewers."""
+    from ppa_kernel.party.approvals import MAX_PENDING
+
+    approvals = scratch(tmp_path)
+    plan = {"filter": None, "groupby": [], "aggregates": [], "model": None}
+
+    async def main() -> None:
+        tasks, refused = [], 0
+        for i in range(MAX_PENDING):
+            task = asyncio.ensure_future(approvals.approve(f"{i:016x}", plan, "h" * 64,
+                                                           MALLORY, 30, _no_beat))
+            await asyncio.sleep(0)
+            if task.done():
+                with pytest.raises(PolicyRefused, match=f"{MALLORY} already has"):
+                    task.result()
+                refused += 1
+            else:
+                tasks.append(task)
+        assert refused and len(tasks) == MAX_PENDING // 2
+        mine = asyncio.ensure_future(approvals.approve("ff" * 8, plan, "h" * 64, "analyst",
+                                                       30, _no_beat))
+        await asyncio.sleep(0)
+        assert not mine.done() and approvals.review("ff" * 8).status == "waiting"
+        for task in (*tasks, mine):
+            task.cancel()
+        await asyncio.gather(*tasks, mine, return_exceptions=True)
+
+    asyncio.run(main())

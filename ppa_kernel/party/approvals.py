@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "manual", "pinned")
 MAX_PENDING = 64
-"""Plans waiting for a reviewer at once (the run queue bounds them too)."""
+"""Plans waiting for a reviewer at once (the run queue bounds them too); one analyst's at
+most half of them."""
 MAX_KEPT = 100
 """Decided and refused-unpinned plans kept for the reviewers' list."""
 MAX_PINS = 1000
@@ -149,10 +150,14 @@ class Approvals:
 
     async def _manual(self, run_id: str, plan: dict, digest: str, analyst: str,
                       timeout: float, beat: Callable[[float], Awaitable[None]]) -> str:
-        waiting = sum(r.status == "waiting" for r in self.reviews.values())
-        if waiting >= MAX_PENDING:
-            raise PolicyRefused(f"{waiting} plans already wait for a reviewer",
+        waiting = [r.analyst for r in self.reviews.values() if r.status == "waiting"]
+        if len(waiting) >= MAX_PENDING:
+            raise PolicyRefused(f"{len(waiting)} plans already wait for a reviewer",
                                 party=self.party, hint="retry when some are decided")
+        if waiting.count(analyst) >= MAX_PENDING // 2:  # no analyst fills the list alone
+            raise PolicyRefused(f"{analyst} already has {MAX_PENDING // 2} plans waiting for "
+                                "a reviewer", party=self.party,
+                                hint="retry when some of yours are decided")
         if run_id in self.reviews:
             raise PlanError(f"run {run_id} was already submitted", party=self.party)
         wait = min(self.wait, timeout)
