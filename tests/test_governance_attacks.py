@@ -518,3 +518,32 @@ def test_one_analyst_cannot_fill_the_waiting_list(tmp_path):
         await asyncio.gather(*tasks, mine, return_exceptions=True)
 
     asyncio.run(main())
+
+
+HIDE = "n\x1b[2K\x1b[1A\r\x1b]0;owned\x07\u202eelbat\n  opened: nothing"
+"""An aggregate name that, printed raw, erases and rewrites lines of a reviewer's terminal,
+sets its title and reverses the text after it."""
+
+
+def test_plan_text_cannot_rewrite_what_the_reviewer_reads(consortium, browser):
+    from ppa_kernel.party.review_view import format_listing, format_review
+
+    c = consortium
+    run_id, plain = secrets.token_hex(8), secrets.token_hex(8)
+    send(c, "bureau", "analyst", "run", **run_request(plan_for(c, 49, name=HIDE), run_id))
+    send(c, "bureau", "analyst", "run", **run_request(plan_for(c, 49), plain))
+    bureau = reviewer(c, "bureau")
+    text = format_review(bureau.show(run_id)) + format_listing(bureau.list())
+    clean = format_review(bureau.show(plain))
+    for raw in ("\x1b", "\r", "\x07", "\u202e"):
+        assert raw not in text
+    assert r"n\x1b[2K\x1b[1A\r\x1b]0;owned\x07\u202eelbat\n  opened: nothing" in text
+    shown = format_review(bureau.show(run_id))
+    assert len(shown.splitlines()) == len(clean.splitlines())  # no line added or hidden
+    run_id, thread, box = wait_at_hospital(c, plan_for(c, 50, name=HIDE))
+    _, _, page = browser.request("GET", f"/plan/{run_id}")
+    assert "\x1b" not in page and "\u202e" not in page and r"\u202eelbat" in page
+    reviewer(c, "hospital").reject(run_id, "no\x1b[2K\x1b[1A\u202e hidden")
+    thread.join(10)
+    message = box["replies"][-1]["error"]["message"]
+    assert "\x1b" not in message and "\u202e" not in message and "hidden" in message

@@ -388,7 +388,8 @@ def _seconds(value: Any) -> float:
 
 
 def _reason(reason: Any, *, required: bool) -> str:
-    text = "" if reason is None else str(reason).strip()
+    text = "" if reason is None else str(reason)
+    text = "".join(c if c.isprintable() else " " for c in text).strip()  # no escapes
     if required and not text:
         raise PlanError("a rejection needs a reason", hint="say why, for the analyst")
     if len(text) > MAX_REASON:
