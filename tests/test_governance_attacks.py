@@ -547,3 +547,49 @@ def test_plan_text_cannot_rewrite_what_the_reviewer_reads(consortium, browser):
     thread.join(10)
     message = box["replies"][-1]["error"]["message"]
     assert "\x1b" not in message and "\u202e" not in message and "hidden" in message
+
+
+def test_a_slow_client_cannot_hold_the_page(tmp_path, monkeypatch):
+    """A client that trickles its request a byte at a time, each within the socket
+    timeout, is cut off at the page's deadline (or sixteen such clients would keep every
+    reviewer out, before any sign-in)."""
+    import socket
+    from types import SimpleNamespace
+
+    from ppa_kernel.party import review_web
+
+    monkeypatch.setattr(review_web, "SOCKET_TIMEOUT", 1.0)
+    monkeypatch.setattr(review_web, "REQUEST_DEADLINE", 2.0, raising=False)
+    (port,) = free_ports(1)
+    web = review_web.ReviewWeb(SimpleNamespace(name="hospital"), "127.0.0.1", port,
+                               "127.0.0.1", tmp_path)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start() -> None:
+        web.start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(5)
+    context = ssl.create_default_context(cafile=str(web.cert_path))
+    context.check_hostname = False
+    try:
+        slow = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+        slow.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+        started, cut = time.monotonic(), None
+        while cut is None and time.monotonic() - started < 6:
+            try:
+                slow.sendall(b"x")
+                slow.settimeout(0.3)
+                if slow.recv(1) == b"":
+                    cut = time.monotonic() - started
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                cut = time.monotonic() - started
+        assert cut is not None and cut < 4, "the trickling client still holds its slot"
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 401  # the page serves the next client
+    finally:
+        web.close()
+        loop.call_soon_threadsafe(loop.stop)
