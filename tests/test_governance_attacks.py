@@ -419,6 +419,8 @@ def test_a_pinned_party_keeps_the_plan_its_reviewer_saw(consortium):
     assert shown["item"]["plan_hash"] == plan_hash(seen) and shown["plan"] == seen
     assert shown["item"]["analyst"] == "analyst"
     assert bureau.pin(run_id, valid_for=60)["pin"]["plan_hash"] == plan_hash(seen)
+    assert audit_events(c, "bureau", run_id) == [  # every accepted plan, its outcome
+        "plan_accepted", "plan_not_pinned", *["plan_accepted", "approval_refused"] * 2]
 
 
 def test_a_reviewer_acts_on_the_plan_they_read_not_a_swapped_one(tmp_path, consortium):
@@ -509,6 +511,8 @@ def test_one_analyst_cannot_fill_the_waiting_list(tmp_path):
             else:
                 tasks.append(task)
         assert refused and len(tasks) == MAX_PENDING // 2
+        assert [r["event"] for r in approvals.audit.records()].count(
+            "approval_refused") == refused
         mine = asyncio.ensure_future(approvals.approve("ff" * 8, plan, "h" * 64, "analyst",
                                                        30, _no_beat))
         await asyncio.sleep(0)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ppa_kernel.contract.errors import PartyFailed, PlanError, PolicyRefused
+from ppa_kernel.contract.errors import PartyFailed, PlanError, PolicyRefused, PPAError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.protocol import HEARTBEAT_INTERVAL
 
@@ -137,8 +137,9 @@ class Approvals:
                     return f"{pin.reviewer} (pin {pin.id})"
                 expired = pin
         if run_id in self.reviews:  # never swap the plan a reviewer may be reading
-            raise PlanError(f"run {run_id} was already submitted", party=self.party,
-                            hint="send a new run (a new run_id)")
+            raise self._refused(run_id, digest, analyst, PlanError(
+                f"run {run_id} was already submitted", party=self.party,
+                hint="send a new run (a new run_id)"))
         self._keep(Review(run_id, plan, digest, analyst, now, status="unpinned"))
         reason = f"the pin {expired.id} that allowed this plan expired" if expired else \
             "this plan is not pinned here"
@@ -152,14 +153,16 @@ class Approvals:
                       timeout: float, beat: Callable[[float], Awaitable[None]]) -> str:
         waiting = [r.analyst for r in self.reviews.values() if r.status == "waiting"]
         if len(waiting) >= MAX_PENDING:
-            raise PolicyRefused(f"{len(waiting)} plans already wait for a reviewer",
-                                party=self.party, hint="retry when some are decided")
+            raise self._refused(run_id, digest, analyst, PolicyRefused(
+                f"{len(waiting)} plans already wait for a reviewer", party=self.party,
+                hint="retry when some are decided"))
         if waiting.count(analyst) >= MAX_PENDING // 2:  # no analyst fills the list alone
-            raise PolicyRefused(f"{analyst} already has {MAX_PENDING // 2} plans waiting for "
-                                "a reviewer", party=self.party,
-                                hint="retry when some of yours are decided")
+            raise self._refused(run_id, digest, analyst, PolicyRefused(
+                f"{analyst} already has {MAX_PENDING // 2} plans waiting for a reviewer",
+                party=self.party, hint="retry when some of yours are decided"))
         if run_id in self.reviews:
-            raise PlanError(f"run {run_id} was already submitted", party=self.party)
+            raise self._refused(run_id, digest, analyst, PlanError(
+                f"run {run_id} was already submitted", party=self.party))
         wait = min(self.wait, timeout)
         review = Review(run_id, plan, digest, analyst, time.time(),
                         expires=time.time() + wait)
@@ -194,6 +197,12 @@ class Approvals:
         if review.status == "cancelled":
             raise PartyFailed("cancelled while waiting for approval", party=self.party)
         return str(review.reviewer)
+
+    def _refused(self, run_id: str, digest: str, analyst: str, exc: PPAError) -> PPAError:
+        """Record a plan refused before any reviewer could see it; return the error."""
+        self.audit.append("approval_refused", run_id=run_id, plan_hash=digest,
+                          analyst=analyst, reason=exc.message)
+        return exc
 
     def withdraw(self, run_id: str, analyst: str) -> bool:
         """The analyst cancels a plan waiting for a reviewer; whether one was waiting."""
