@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ppa_kernel.contract.errors import PartyFailed, PlanError, PolicyRefused
+from ppa_kernel.contract.errors import PartyFailed, PlanError, PolicyRefused, PPAError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.protocol import HEARTBEAT_INTERVAL
 
@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "manual", "pinned")
 MAX_PENDING = 64
-"""Plans waiting for a reviewer at once (the run queue bounds them too)."""
+"""Plans waiting for a reviewer at once (the run queue bounds them too); one analyst's at
+most half of them."""
 MAX_KEPT = 100
 """Decided and refused-unpinned plans kept for the reviewers' list."""
 MAX_PINS = 1000
@@ -140,6 +141,10 @@ class Approvals:
                                       approvers=[pin.reviewer], pin=pin.id)
                     return f"{pin.reviewer} (pin {pin.id})"
                 expired = pin
+        if run_id in self.reviews:  # never swap the plan a reviewer may be reading
+            raise self._refused(run_id, digest, analyst, PlanError(
+                f"run {run_id} was already submitted", party=self.party,
+                hint="send a new run (a new run_id)"))
         self._keep(Review(run_id, plan, digest, analyst, now, status="unpinned"))
         reason = f"the pin {expired.id} that allowed this plan expired" if expired else \
             "this plan is not pinned here"
@@ -151,12 +156,18 @@ class Approvals:
 
     async def _manual(self, run_id: str, plan: dict, digest: str, analyst: str,
                       timeout: float, beat: Callable[[float], Awaitable[None]]) -> str:
-        waiting = sum(r.status == "waiting" for r in self.reviews.values())
-        if waiting >= MAX_PENDING:
-            raise PolicyRefused(f"{waiting} plans already wait for a reviewer",
-                                party=self.party, hint="retry when some are decided")
+        waiting = [r.analyst for r in self.reviews.values() if r.status == "waiting"]
+        if len(waiting) >= MAX_PENDING:
+            raise self._refused(run_id, digest, analyst, PolicyRefused(
+                f"{len(waiting)} plans already wait for a reviewer", party=self.party,
+                hint="retry when some are decided"))
+        if waiting.count(analyst) >= MAX_PENDING // 2:  # no analyst fills the list alone
+            raise self._refused(run_id, digest, analyst, PolicyRefused(
+                f"{analyst} already has {MAX_PENDING // 2} plans waiting for a reviewer",
+                party=self.party, hint="retry when some of yours are decided"))
         if run_id in self.reviews:
-            raise PlanError(f"run {run_id} was already submitted", party=self.party)
+            raise self._refused(run_id, digest, analyst, PlanError(
+                f"run {run_id} was already submitted", party=self.party))
         wait = min(self.wait, timeout)
         review = Review(run_id, plan, digest, analyst, time.time(),
                         expires=time.time() + wait)
@@ -192,6 +203,12 @@ class Approvals:
             raise PartyFailed("cancelled while waiting for approval", party=self.party)
         return str(review.reviewer)
 
+    def _refused(self, run_id: str, digest: str, analyst: str, exc: PPAError) -> PPAError:
+        """Record a plan refused before any reviewer could see it; return the error."""
+        self.audit.append("approval_refused", run_id=run_id, plan_hash=digest,
+                          analyst=analyst, reason=exc.message)
+        return exc
+
     def withdraw(self, run_id: str, analyst: str) -> bool:
         """The analyst cancels a plan waiting for a reviewer; whether one was waiting."""
         review = self.reviews.get(run_id)
@@ -210,17 +227,28 @@ class Approvals:
         pins = [{**p.summary(), "expired": p.expires <= now} for p in self.pins.values()]
         return [*items, *({"pin": True, **p} for p in pins)]
 
-    def review(self, item: str) -> Review:
-        """The review item ``item`` (PlanError if unknown)."""
+    def review(self, item: str, plan_hash: str | None = None) -> Review:
+        """The review item ``item`` (PlanError if unknown). With ``plan_hash`` (the hash
+        the reviewer read, or at least its first 12 digits), PlanError unless the item
+        still holds that plan: a run id can come back with another plan once its old
+        item left the list, and a reviewer's act must not apply to a plan never read."""
         review = self.reviews.get(str(item))
         if review is None:
             raise PlanError(f"no plan {str(item)[:64]!r} to review at {self.party}",
                             party=self.party, hint="see `ppa review list`")
+        if plan_hash is not None and not (
+                isinstance(plan_hash, str) and len(plan_hash) >= 12
+                and review.plan_hash.startswith(plan_hash)):
+            raise PlanError(f"plan {review.id} changed since you read it (its hash is now "
+                            f"{review.plan_hash[:12]})", party=self.party,
+                            hint="read it again (`ppa review show`) before you decide")
         return review
 
-    def decide(self, item: str, reviewer: str, approve: bool, reason: str) -> Review:
-        """Approve or reject a waiting plan (a rejection needs a reason)."""
-        review = self.review(item)
+    def decide(self, item: str, reviewer: str, approve: bool, reason: str,
+               plan_hash: str | None = None) -> Review:
+        """Approve or reject a waiting plan (a rejection needs a reason); with
+        ``plan_hash``, only if it is still the plan of that hash (see :meth:`review`)."""
+        review = self.review(item, plan_hash)
         if review.status != "waiting":
             raise PlanError(f"plan {review.id} is {review.status}, not waiting",
                             party=self.party)
@@ -233,10 +261,11 @@ class Approvals:
         return review
 
     def pin(self, item: str, reviewer: str, params: Any, valid_for: Any = None,
-            reason: str = "") -> Pin:
+            reason: str = "", plan_hash: str | None = None) -> Pin:
         """Pin a reviewed plan (waiting, decided or refused as not pinned) for reruns:
-        exactly, or with ``params`` (JSON pointer -> [low, high]) that may vary."""
-        review = self.review(item)
+        exactly, or with ``params`` (JSON pointer -> [low, high]) that may vary; with
+        ``plan_hash``, only if it is still the plan of that hash."""
+        review = self.review(item, plan_hash)
         checked = check_params(review.plan, params)
         valid = self.valid if valid_for is None else _seconds(valid_for)
         if len(self.pins) >= MAX_PINS:
@@ -373,7 +402,8 @@ def _seconds(value: Any) -> float:
 
 
 def _reason(reason: Any, *, required: bool) -> str:
-    text = "" if reason is None else str(reason).strip()
+    text = "" if reason is None else str(reason)
+    text = "".join(c if c.isprintable() else " " for c in text).strip()  # no escapes
     if required and not text:
         raise PlanError("a rejection needs a reason", hint="say why, for the analyst")
     if len(text) > MAX_REASON:

@@ -241,11 +241,12 @@ class PartyKernel:
             return {"event": "review", **await asyncio.to_thread(self.review_view, item)}
         if op in ("review_approve", "review_reject"):
             review = approvals.decide(item, reviewer, op == "review_approve",
-                                      request.get("reason"))
+                                      request.get("reason"), request.get("plan_hash"))
             return {"event": "decided", "item": review.summary()}
         if op == "review_pin":
             pin = approvals.pin(item, reviewer, request.get("params"),
-                                request.get("valid_for"), request.get("reason"))
+                                request.get("valid_for"), request.get("reason"),
+                                request.get("plan_hash"))
             return {"event": "pinned", "pin": pin.summary()}
         if op == "review_login":
             if self.web is None:

@@ -48,16 +48,22 @@ class ReviewClient:
     def show(self, item: str) -> dict[str, Any]:
         return self.ask("review_show", "review", id=item)
 
-    def approve(self, item: str, reason: str = "") -> dict[str, Any]:
-        return self.ask("review_approve", "decided", id=item, reason=reason)
+    # ``plan_hash``: the hash of the plan you read; the party refuses if ``item`` no
+    # longer holds that plan (a run id resent with another plan).
+    def approve(self, item: str, reason: str = "",
+                plan_hash: str | None = None) -> dict[str, Any]:
+        return self.ask("review_approve", "decided", id=item, reason=reason,
+                        plan_hash=plan_hash)
 
-    def reject(self, item: str, reason: str) -> dict[str, Any]:
-        return self.ask("review_reject", "decided", id=item, reason=reason)
+    def reject(self, item: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]:
+        return self.ask("review_reject", "decided", id=item, reason=reason,
+                        plan_hash=plan_hash)
 
     def pin(self, item: str, params: dict[str, list[float]] | None = None,
-            valid_for: float | None = None, reason: str = "") -> dict[str, Any]:
+            valid_for: float | None = None, reason: str = "",
+            plan_hash: str | None = None) -> dict[str, Any]:
         return self.ask("review_pin", "pinned", id=item, params=params or {},
-                        valid_for=valid_for, reason=reason)
+                        valid_for=valid_for, reason=reason, plan_hash=plan_hash)
 
     def unpin(self, pin: str) -> dict[str, Any]:
         return self.ask("review_unpin", "unpinned", pin=pin)

@@ -24,6 +24,23 @@ TAG_BITS = 64
 MAX_SIMILAR = 10
 
 
+def printable(text: str) -> str:
+    """``text`` with each control or format character (terminal escapes, line breaks,
+    bidirectional overrides) written as its escape, e.g. ``\\x1b``: names an analyst chose
+    cannot move, erase, restyle or reorder what a reviewer reads."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    return value
+
+
 def expr_text(expr: dict | None) -> str:
     """An expression as a reader writes it: ``insurer.age >= 40 and hospital.app``."""
     if expr is None:
@@ -81,7 +98,7 @@ def describe_plan(plan: dict, party: str, rows: int,
         f"no linkage: {linked[0]}'s rows only"
     width = max(1, len(program.features.get(party, [])))
     seconds = rows * (TAG_BITS * TAG_BIT_SECONDS + width * REPLAY_SECONDS)
-    return {
+    return _printable({
         "parties": ", ".join(plan["parties"]),
         "linked": ", ".join(linked),
         "cohort": expr_text(plan.get("filter")) or "everyone linked",
@@ -95,8 +112,7 @@ def describe_plan(plan: dict, party: str, rows: int,
         "cost": f"about {max(1, round(seconds))} s of computation at {party} on this "
                 f"party's {rows} rows (first query of a data epoch; later ones reuse the "
                 "linkage and cost less)",
-        "numbers": plan_numbers(plan),
-    }
+    }) | {"numbers": plan_numbers(plan)}  # JSON pointers into the plan, kept as they are
 
 
 def _aggregate_text(aggregate: dict) -> str:
@@ -171,7 +187,7 @@ def format_listing(reply: dict[str, Any]) -> str:
         params = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in pin["params"].items())
         lines.append(f"pin {pin['id']}  plan {pin['plan_hash'][:12]}  by {pin['reviewer']}  "
                      f"{state}" + (f"  varying {params}" if params else "  exactly"))
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
 
 
 def format_review(reply: dict[str, Any]) -> str:
@@ -199,4 +215,4 @@ def format_review(reply: dict[str, Any]) -> str:
     if view["numbers"]:
         lines.append("numbers a pin may let vary (--param PATH=LOW:HIGH):")
         lines += [f"  {path} = {value:g}" for path, value in view["numbers"].items()]
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -27,7 +28,9 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +56,9 @@ MAX_SESSIONS = 32
 MAX_CLIENTS = 16
 MAX_BODY = 16 * 1024
 SOCKET_TIMEOUT = 10.0
+REQUEST_DEADLINE = 30.0
+"""Seconds one connection may last in all (handshake, request, reply): a client that
+trickles bytes, each within SOCKET_TIMEOUT, is cut off then and frees its slot."""
 LOOP_TIMEOUT = 10.0
 COOKIE = "ppa_review"
 _STYLE = """
@@ -167,6 +173,9 @@ class _Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
+        deadline = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             request.settimeout(SOCKET_TIMEOUT)
             request.do_handshake()
@@ -174,8 +183,22 @@ class _Server(ThreadingHTTPServer):
         except (OSError, ssl.SSLError):
             self.shutdown_request(request)
         finally:
+            deadline.cancel()
             with self._count_lock:
                 self.active -= 1
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], OSError):  # a client gone, or cut off
+            logger.debug("review page: connection from %s ended", client_address[0])
+        else:
+            logger.exception("review page: request from %s failed", client_address[0])
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a connection at its deadline, from another thread: shut the socket itself
+    down (not its TLS layer) so the handler's blocked read or write returns."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _handler(web: ReviewWeb) -> type[BaseHTTPRequestHandler]:
@@ -286,6 +309,7 @@ class Page:
         reply = self.web.kernel.review_view(item)
         review, view = reply["item"], reply["view"]
         rid = quote(review["id"])
+        self.plan_hash = review["plan_hash"]  # sent back by every form (see _act)
         done = (self.query.get("done") or [""])[0]
         note = f'<p class="note" role="status">Plan {html.escape(done)}.</p>' \
             if done in ("approved", "rejected", "pinned") else ""
@@ -343,12 +367,14 @@ class Page:
                                          "</p>"))
         approvals = self.web.kernel.approvals
         reason = (form.get("reason") or [""])[0]
+        read = (form.get("plan_hash") or [""])[0]  # the plan on the page the form came from
         if act in ("approve", "reject"):
-            self.web.on_loop(approvals.decide, item, self.reviewer, act == "approve", reason)
+            self.web.on_loop(approvals.decide, item, self.reviewer, act == "approve", reason,
+                             read)
             done = "approved" if act == "approve" else "rejected"
         elif act == "pin":
             self.web.on_loop(approvals.pin, item, self.reviewer,
-                             _params((form.get("params") or [""])[0]))
+                             _params((form.get("params") or [""])[0]), None, "", read)
             done = "pinned"
         else:
             return self._send(404, _page("Not found", ""))
@@ -358,7 +384,8 @@ class Page:
 
     # ------------------------------------------------------------------ plumbing
     def _csrf(self) -> str:
-        return f'<input type="hidden" name="csrf" value="{html.escape(self.csrf)}">'
+        return (f'<input type="hidden" name="csrf" value="{html.escape(self.csrf)}">'
+                f'<input type="hidden" name="plan_hash" value="{html.escape(self.plan_hash)}">')
 
     def _send(self, status: int, text: str) -> None:
         data = text.encode("utf-8")
