@@ -148,13 +148,14 @@ def _review(args: argparse.Namespace) -> int:
         reply = client.show(args.id)
         print(json.dumps(reply["plan"], indent=1) if args.json else format_review(reply))
     elif act in ("approve", "reject"):
-        item = (client.approve(args.id, args.reason or "") if act == "approve"
-                else client.reject(args.id, args.reason))["item"]
+        item = (client.approve(args.id, args.reason or "", plan_hash=args.hash)
+                if act == "approve"
+                else client.reject(args.id, args.reason, plan_hash=args.hash))["item"]
         print(f"{item['status']} plan {item['id']} ({item['plan_hash'][:12]}) at "
               f"{args.party}")
     elif act == "pin":
         pin = client.pin(args.id, _ranges(args.param), _duration(args.valid_for),
-                         args.reason or "")["pin"]
+                         args.reason or "", plan_hash=args.hash)["pin"]
         print(f"pinned plan {pin['plan_hash'][:12]} as pin {pin['id']} at {args.party}, "
               f"valid for {pin['expires'] - pin['created']:.0f} s")
     elif act == "unpin":
@@ -327,6 +328,10 @@ def parser() -> argparse.ArgumentParser:
                      help="how long the pin holds: seconds, or 90m, 12h, 7d (default: the "
                           "policy's approval_valid)")
     pin.add_argument("--reason", default=None, help="a note for the audit log")
+    for act in (approve, reject, pin):
+        act.add_argument("--hash", default=None, metavar="PLAN_HASH",
+                         help="the plan hash you reviewed (`ppa review show` prints it; 12 "
+                              "digits or more): refused if the plan is no longer that one")
     unpin = review_sub.add_parser("unpin", help="remove a pin")
     unpin.add_argument("pin", help="the pin's id from `ppa review list`")
     review_sub.add_parser("login", help="a one-time sign-in link to the reviewer web page")

@@ -245,6 +245,8 @@ def test_review_command_line(consortium, pinned, capsys):
     assert "malformed --param" in capsys.readouterr().err
     assert main([*base, "reject", item, "--reason", "late"]) == 1  # not waiting
     assert "not waiting" in capsys.readouterr().err
+    assert main([*base, "pin", item, "--hash", "0" * 12]) == 1  # not the plan read
+    assert "changed since you read it" in capsys.readouterr().err
     assert main([*base, "login"]) == 1  # the bureau serves no reviewer page
     assert "serves no reviewer web page" in capsys.readouterr().err
 

@@ -186,12 +186,15 @@ class Approvals:
                     except TimeoutError:
                         pass
         except TimeoutError:
-            review.status, review.decided = "expired", time.time()
-            self.audit.append("approval_expired", run_id=run_id, plan_hash=digest,
-                              waited=round(wait, 3))
-            raise PolicyRefused(f"no reviewer decided within {wait:g} s: the request expired",
-                                party=self.party,
-                                hint="ask the reviewers, then run it again") from None
+            if review.done.is_set():  # decided in the very tick it expired: the decision holds
+                pass
+            else:
+                review.status, review.decided = "expired", time.time()
+                self.audit.append("approval_expired", run_id=run_id, plan_hash=digest,
+                                  waited=round(wait, 3))
+                raise PolicyRefused(f"no reviewer decided within {wait:g} s: the request "
+                                    "expired", party=self.party,
+                                    hint="ask the reviewers, then run it again") from None
         finally:
             if review.status == "waiting":  # the analyst cancelled or went away
                 review.status, review.decided = "cancelled", time.time()
@@ -290,7 +293,14 @@ class Approvals:
 
     # ------------------------------------------------------------------ storage
     def _keep(self, review: Review) -> None:
+        """Add a review item, dropping old decided ones: first the same analyst's beyond
+        their share (so one analyst's refused plans cannot flush everyone's), then the
+        oldest of all."""
         self.reviews[review.id] = review
+        decided = [k for k, r in self.reviews.items()
+                   if r.status != "waiting" and r.analyst == review.analyst]
+        for key in decided[:max(0, len(decided) - MAX_KEPT // 4)]:
+            del self.reviews[key]
         while len(self.reviews) > MAX_KEPT + MAX_PENDING:
             oldest = next((k for k, r in self.reviews.items() if r.status != "waiting"), None)
             if oldest is None:

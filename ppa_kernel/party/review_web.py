@@ -61,6 +61,8 @@ REQUEST_DEADLINE = 30.0
 trickles bytes, each within SOCKET_TIMEOUT, is cut off then and frees its slot."""
 LOOP_TIMEOUT = 10.0
 COOKIE = "ppa_review"
+"""Prefix of the session cookie's name; the party's name follows, so two parties' pages on
+one host (a local demo) keep their sessions apart (cookies are per host, not per port)."""
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:1rem;line-height:1.4}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem;
@@ -80,6 +82,7 @@ class ReviewWeb:
     def __init__(self, kernel: Any, host: str, port: int, url_host: str,
                  state_dir: Path) -> None:
         self.kernel, self.host, self.port, self.url_host = kernel, host, port, url_host
+        self.cookie = f"{COOKIE}_{''.join(c if c.isalnum() else '_' for c in kernel.name)}"
         self.cert_path, self.key_path = web_certificate(state_dir, url_host)
         der = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
         self.fingerprint = fingerprint(der)
@@ -241,7 +244,8 @@ class Page:
             jar.load(self.h.headers.get("Cookie", ""))
         except cookies.CookieError:
             pass
-        found = self.web.session(jar[COOKIE].value if COOKIE in jar else None)
+        cookie = self.web.cookie
+        found = self.web.session(jar[cookie].value if cookie in jar else None)
         if found is None:
             return self._send(401, _page("Sign in", "<p>Sign in with a one-time link from "
                                          "<code>ppa review login</code>.</p>"))
@@ -270,7 +274,7 @@ class Page:
                                          "<code>ppa review login</code>.</p>"))
         self.h.send_response(303)
         self.h.send_header("Location", "/")
-        self.h.send_header("Set-Cookie", f"{COOKIE}={redeemed[0]}; Secure; HttpOnly; "
+        self.h.send_header("Set-Cookie", f"{self.web.cookie}={redeemed[0]}; Secure; HttpOnly; "
                                          f"SameSite=Strict; Path=/; Max-Age={int(SESSION_TTL)}")
         self._headers(0)
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from ppa_kernel.contract.errors import PartyFailed, RunTimeout
 from ppa_kernel.contract.protocol import HEARTBEAT_INTERVAL
 
+EARLY_PER_ANALYST = 4
+"""Releases (``go``) one analyst may send ahead of their runs queueing here."""
+
 
 @dataclass
 class Waiting:
@@ -142,6 +145,9 @@ class RunQueue:
         if entry is None:
             if run_id in self.owners:
                 return False  # running already
+            mine = [k for k, who in self._early.items() if who == analyst]
+            if len(mine) >= EARLY_PER_ANALYST:  # one analyst cannot evict another's
+                del self._early[mine[0]]
             self._early[run_id] = analyst
             while len(self._early) > self.capacity:
                 self._early.popitem(last=False)
