@@ -16,7 +16,7 @@ from ppa_kernel import Consortium
 from ppa_kernel.analyst.demo import headline_study
 from ppa_kernel.analyst.synthetic import generate
 from ppa_kernel.contract.errors import ConsortiumError
-from ppa_kernel.party.policy_report import approval_settings, check_policy_file
+from ppa_kernel.party.policy_report import check_policy_file
 
 PARTIES = ["insurer", "hospital", "bureau"]
 
@@ -54,7 +54,7 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
         assert "# approval = \"manual\"" in (folder / f"{p}.toml").read_text()
         check = check_policy_file(folder / f"{p}.toml")
         assert check.ok and not check.warnings and check.rows, check.problems
-        assert approval_settings(check.policy, check.table)[0] == "auto"
+        assert check.policy.approval == "auto"
     procs = [subprocess.Popen([*ppa, "party", "serve", str(folder / f"{p}.toml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in PARTIES]
