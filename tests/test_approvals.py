@@ -178,6 +178,8 @@ def test_waiting_plan_expires(consortium, pinned):
 def test_an_expired_pin_allows_nothing(consortium, pinned):
     bureau = reviewer(consortium, "bureau")
     item = next(i for i in bureau.list()["items"] if not i.get("pin"))
+    with pytest.raises(PlanError, match="at most 604800 s here"):  # the policy's ceiling
+        bureau.pin(item["id"], {AGE: [61, 65]}, valid_for=604801)
     short = bureau.pin(item["id"], {AGE: [61, 65]}, valid_for=0.5)["pin"]
     time.sleep(1)
     with pytest.raises(ConsortiumError) as caught:

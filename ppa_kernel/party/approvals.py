@@ -271,6 +271,10 @@ class Approvals:
         review = self.review(item, plan_hash)
         checked = check_params(review.plan, params)
         valid = self.valid if valid_for is None else _seconds(valid_for)
+        if valid > self.valid:
+            raise PlanError(f"a pin may hold at most {self.valid:g} s here (the policy's "
+                            "approval_valid)", party=self.party,
+                            hint="pin for less, or ask the owner to raise approval_valid")
         if len(self.pins) >= MAX_PINS:
             self._drop_expired()
             if len(self.pins) >= MAX_PINS:

@@ -62,8 +62,8 @@ Keys (all optional; any other key is an error, so typos are caught):
     Seconds a plan waits for a reviewer in manual mode before it expires (default
     86400, at most 30 days).
 ``approval_valid``
-    Seconds a reviewer's pin stays valid unless the reviewer says otherwise (default
-    604800, a week; at most ten years).
+    Seconds a reviewer's pin stays valid: the default and the longest a reviewer may
+    give (default 604800, a week; at most ten years).
 ``[policy.columns]``
     For each column you approve, the list of ways it may be used:
 
