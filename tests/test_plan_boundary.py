@@ -23,6 +23,10 @@ PARTIES = ["insurer", "hospital", "bureau"]
 FIELD_PRIME_PLUS_ONE = 2 ** 256 + 1  # larger than the value field: wraps to a tiny number
 
 
+PASSING = ("progress", "alive", "approved")
+"""Events a kernel sends while a run goes on (the test waits for the final one)."""
+
+
 @pytest.fixture(scope="module")
 def data():
     data = generate(n_core=200, seed=3)
@@ -197,7 +201,7 @@ def send_runs(c, requests: dict) -> dict[str, dict]:
         try:
             fields = {k: v for k, v in requests[party.name].items() if k != "op"}
             channel.send(request("run", c.identity, party.name, **fields))
-            while (reply := channel.receive(timeout=60))["event"] in ("progress", "alive"):
+            while (reply := channel.receive(timeout=60))["event"] in PASSING:
                 pass
             replies[party.name] = reply
         finally:
