@@ -152,6 +152,9 @@ def test_rejection_reaches_the_analyst_with_the_reason(consortium, pinned):
     thread, box = in_background(q)
     hospital = reviewer(consortium, "hospital")
     item = waiting_item(hospital)
+    similar = hospital.show(item["id"])["view"]["similar"]  # the age >= 40 release before
+    assert similar and similar[0]["cohort"] == "insurer.age >= 40"
+    assert similar[0]["shared"] == ["insurer.age", "insurer.sex"]
     hospital.reject(item["id"], "cohort too narrow for the DPIA")
     thread.join(30)
     text = refused_here(box["error"], "hospital")

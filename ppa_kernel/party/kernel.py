@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -90,6 +91,8 @@ class PartyKernel:
         with os.fdopen(fd, "wb") as fh:
             self.frame.to_parquet(fh)
         self.audit = open_audit(config, state / "audit.jsonl")
+        # earlier releases, for the reviewers' similar-plans section (read once, then kept)
+        self.released = deque(released_plans(self.audit.records()), maxlen=MAX_RELEASED)
         self.audit.append("kernel_started", party=self.name, rows=len(self.frame),
                           policy=self.policy.summary(), analysts={
                               a.name: {"role": a.role, "fingerprint": a.pin.fingerprint}
@@ -261,9 +264,9 @@ class PartyKernel:
     def review_view(self, item: str) -> dict[str, Any]:
         """A review item, its plan and the plan in plain language (see :mod:`.review_view`)."""
         review = self.approvals.review(item)
-        released = released_plans(self.audit.records())
         return {"item": review.summary(), "plan": review.plan,
-                "view": describe_plan(review.plan, self.name, len(self.frame), released)}
+                "view": describe_plan(review.plan, self.name, len(self.frame),
+                                      list(self.released))}
 
     def describe(self) -> dict[str, Any]:
         """What the party publishes: size, approved columns, policy summary."""
@@ -371,6 +374,8 @@ class PartyKernel:
             approvers=approvers, opened=sorted({e["name"] for e in result["openings"]}),
             released_digest=released_digest(result["stats"]), released_counts=released,
             multiplicity=result["multiplicity"], openings=openings)
+        self.released.append({"run_id": run_id, "time": record["time"],
+                              "analyst": asked["analyst"], "plan": plan})
         if not self.config.extra.get("record_openings"):
             result["openings"] = openings
         receipt = {"party": self.name, "seq": record["seq"], "head": record["hash"]}
@@ -440,6 +445,9 @@ async def _heartbeat(writer: asyncio.StreamWriter):
     finally:
         beater.cancel()
 
+
+MAX_RELEASED = 1000
+"""Earlier releases a kernel keeps in memory for its reviewers' similar-plans section."""
 
 PID_FILE = "kernel.pid"
 """File in the state folder holding the running kernel's process id (``ppa party stop``)."""
