@@ -49,7 +49,7 @@ def consortium(tmp_path_factory):
                     hospital_extra=0.1)
     (port,) = free_ports(1)
     policies = {"insurer": {"approval": "auto", "differencing": False},
-                "hospital": {"approval": "manual", "approval_wait": 60,
+                "hospital": {"approval": "manual", "approval_wait": 8,
                              "differencing": False},
                 "bureau": {"approval": "pinned", "differencing": False}}
     with Consortium.local(data, workdir=tmp_path_factory.mktemp("governance"),
@@ -198,7 +198,7 @@ def test_a_cancelled_or_expired_plan_cannot_be_decided(tmp_path):
     async def main() -> None:
         plan = {"filter": None, "groupby": [], "aggregates": [], "model": None}
         task = asyncio.ensure_future(approvals.approve("aa" * 8, plan, "h" * 64, "analyst",
-                                                       30, _no_beat))
+                                                       _no_beat))
         await asyncio.sleep(0.01)
         assert not approvals.withdraw("aa" * 8, MALLORY)  # not mallory's
         assert approvals.withdraw("aa" * 8, "analyst")
@@ -206,12 +206,14 @@ def test_a_cancelled_or_expired_plan_cannot_be_decided(tmp_path):
             await task
         with pytest.raises(PlanError, match="cancelled, not waiting"):
             approvals.decide("aa" * 8, REVIEWER, True, "")
+        approvals.configure("manual", 0.05, 3600.0)  # a reviewer's 50 ms pass by
         with pytest.raises(PolicyRefused, match="expired"):
-            await approvals.approve("bb" * 8, plan, "h" * 64, "analyst", 0.05, _no_beat)
+            await approvals.approve("bb" * 8, plan, "h" * 64, "analyst", _no_beat)
+        approvals.configure("manual", 30.0, 3600.0)
         with pytest.raises(PlanError, match="expired, not waiting"):
             approvals.decide("bb" * 8, REVIEWER, True, "")
         with pytest.raises(PlanError, match="already submitted"):  # no second chance
-            await approvals.approve("bb" * 8, plan, "h" * 64, "analyst", 30, _no_beat)
+            await approvals.approve("bb" * 8, plan, "h" * 64, "analyst", _no_beat)
 
     asyncio.run(main())
 
@@ -435,7 +437,7 @@ def test_a_reviewer_acts_on_the_plan_they_read_not_a_swapped_one(tmp_path, conso
 
     async def submit(rid: str, plan: dict) -> asyncio.Future:
         task = asyncio.ensure_future(approvals.approve(rid, plan, plan_hash(plan), "analyst",
-                                                       30, _no_beat))
+                                                       _no_beat))
         await asyncio.sleep(0)
         return task
 
@@ -502,7 +504,7 @@ def test_one_analyst_cannot_fill_the_waiting_list(tmp_path):
         tasks, refused = [], 0
         for i in range(MAX_PENDING):
             task = asyncio.ensure_future(approvals.approve(f"{i:016x}", plan, "h" * 64,
-                                                           MALLORY, 30, _no_beat))
+                                                           MALLORY, _no_beat))
             await asyncio.sleep(0)
             if task.done():
                 with pytest.raises(PolicyRefused, match=f"{MALLORY} already has"):
@@ -514,7 +516,7 @@ def test_one_analyst_cannot_fill_the_waiting_list(tmp_path):
         assert [r["event"] for r in approvals.audit.records()].count(
             "approval_refused") == refused
         mine = asyncio.ensure_future(approvals.approve("ff" * 8, plan, "h" * 64, "analyst",
-                                                       30, _no_beat))
+                                                       _no_beat))
         await asyncio.sleep(0)
         assert not mine.done() and approvals.review("ff" * 8).status == "waiting"
         for task in (*tasks, mine):

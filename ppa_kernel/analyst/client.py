@@ -70,6 +70,7 @@ class RunOutcome:
     receipts: dict[str, dict] = field(default_factory=dict)  # party -> {seq, head}
     approvers: dict[str, list[str]] = field(default_factory=dict)
     closed: bool = False  # set when the client stops listening (late errors are ours)
+    deadline: float = 0.0  # monotonic; moves once every party approved (see run_raw)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, party: str, error: PPAError) -> None:
@@ -311,19 +312,24 @@ class Consortium:
         run_id = secrets.token_hex(8)
         request = {"run_id": run_id, "plan": plan, "plan_hash": plan_hash(plan),
                    "timeout": timeout or DEFAULT_RUN_TIMEOUT}
-        if self.approval_modes() - {"auto", "pinned"}:  # someone waits for a reviewer:
-            request["hold"] = True  # the first party starts only once all approved
+        # the first party starts only once every party approved (a policy may have
+        # changed since hello: always hold, it costs one small request)
+        request["hold"] = True
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
         callback, display = _display(progress, self.names)
-        deadline = time.monotonic() + (timeout or DEFAULT_RUN_TIMEOUT) + self.connect_timeout
+        # until every party approved: as long as the longest a reviewer may take, then the
+        # run's own timeout (a waiting kernel's heartbeats show it is alive)
+        outcome.deadline = time.monotonic() + self._run_budget(timeout) + max(
+            (info["policy"].get("approval_wait", 0) for info in self.parties.values()
+             if info["policy"].get("approval") == "manual"), default=0)
         threads = [threading.Thread(target=self._follow_run, daemon=True,
-                                    args=(p, request, outcome, failed, deadline, callback))
+                                    args=(p, request, outcome, failed, callback))
                    for p in self.config.parties]
         for t in threads:
             t.start()
         try:
-            self._wait(threads, failed, deadline)
+            self._wait(threads, failed, outcome)
         finally:
             outcome.closed = True
         done = not failed.is_set() and len(outcome.results) == len(self.names)
@@ -348,6 +354,9 @@ class Consortium:
         with outcome.lock:
             outcome.approvers[party] = approvers
             everyone = len(outcome.approvers) == len(self.names)
+            if everyone:  # from now on, the run's own timeout
+                outcome.deadline = min(outcome.deadline, time.monotonic() +
+                                       self._run_budget(float(request["timeout"])))
         if everyone and request.get("hold"):
             first = self.config.parties[0]
             try:
@@ -369,20 +378,23 @@ class Consortium:
             logger.warning("could not keep the receipt of run %s in %s: %s", outcome.run_id,
                            self.receipts_path, exc)
 
+    def _run_budget(self, timeout: float | None) -> float:
+        return (timeout or DEFAULT_RUN_TIMEOUT) + self.connect_timeout
+
     def _wait(self, threads: list[threading.Thread], failed: threading.Event,
-              deadline: float) -> None:
+              outcome: RunOutcome) -> None:
         """Wait for all parties; after a failure, briefly for the others' own errors."""
         while any(t.is_alive() for t in threads):
             now = time.monotonic()
-            if now > deadline:
+            if now > outcome.deadline:
                 return
             if failed.is_set():
-                deadline = min(deadline, now + ERROR_GRACE)
+                outcome.deadline = min(outcome.deadline, now + ERROR_GRACE)
             for t in threads:
                 t.join(timeout=0.05)
 
     def _follow_run(self, party: PartyAddress, request: dict, outcome: RunOutcome,
-                    failed: threading.Event, deadline: float, callback) -> None:
+                    failed: threading.Event, callback) -> None:
         try:
             channel = self._connect(party)
         except PPAError as exc:
@@ -392,11 +404,11 @@ class Consortium:
         try:
             channel.send(self._signed("run", party.name, request))
             while not outcome.closed:
-                left = deadline - time.monotonic()
+                left = outcome.deadline - time.monotonic()
                 try:
                     reply = channel.receive(timeout=max(0.1, min(left, self.stall_timeout)))
                 except TimeoutError:
-                    if deadline - time.monotonic() <= 0.1:
+                    if outcome.deadline - time.monotonic() <= 0.1:
                         raise
                     raise PartyFailed(f"sent nothing for {self.stall_timeout:g} s "
                                       "(stalled, or the network is silent)", party=party.name,

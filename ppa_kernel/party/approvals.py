@@ -121,7 +121,7 @@ class Approvals:
 
     # ------------------------------------------------------------------ a run's approval
     async def approve(self, run_id: str, plan: dict, digest: str, analyst: str,
-                      timeout: float, beat: Callable[[float], Awaitable[None]]) -> list[str]:
+                      beat: Callable[[float], Awaitable[None]]) -> list[str]:
         """Wait for this party's approval of a checked plan; return who approved it
         (``["policy"]`` in auto mode). Raises PolicyRefused when rejected, expired or not
         pinned; ``beat`` gets the seconds waited every :data:`HEARTBEAT_INTERVAL`."""
@@ -129,7 +129,7 @@ class Approvals:
             return ["policy"]
         if self.mode == "pinned":
             return [self._pinned(run_id, plan, digest, analyst)]
-        return [await self._manual(run_id, plan, digest, analyst, timeout, beat)]
+        return [await self._manual(run_id, plan, digest, analyst, beat)]
 
     def _pinned(self, run_id: str, plan: dict, digest: str, analyst: str) -> str:
         now = time.time()
@@ -155,7 +155,7 @@ class Approvals:
                                  f"{run_id}` (with --param ranges for what may vary)")
 
     async def _manual(self, run_id: str, plan: dict, digest: str, analyst: str,
-                      timeout: float, beat: Callable[[float], Awaitable[None]]) -> str:
+                      beat: Callable[[float], Awaitable[None]]) -> str:
         waiting = [r.analyst for r in self.reviews.values() if r.status == "waiting"]
         if len(waiting) >= MAX_PENDING:
             raise self._refused(run_id, digest, analyst, PolicyRefused(
@@ -168,7 +168,7 @@ class Approvals:
         if run_id in self.reviews:
             raise self._refused(run_id, digest, analyst, PlanError(
                 f"run {run_id} was already submitted", party=self.party))
-        wait = min(self.wait, timeout)
+        wait = self.wait
         review = Review(run_id, plan, digest, analyst, time.time(),
                         expires=time.time() + wait)
         self._keep(review)

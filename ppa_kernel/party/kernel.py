@@ -338,12 +338,11 @@ class PartyKernel:
             raise
         asked = _asked_by(request)
         self.audit.append("plan_accepted", run_id=run_id, plan_hash=digest, plan=plan, **asked)
-        loop = asyncio.get_running_loop()
-        since = loop.time()
+        # the wait for a reviewer is the policy's (approval_wait), not part of the run's
+        # timeout, which starts once this party approved
         approvers = await self.approvals.approve(run_id, plan, digest, asked["analyst"],
-                                                 timeout, partial(self._awaiting, writer))
+                                                 partial(self._awaiting, writer))
         await self._send(writer, {"event": "approved", "approvers": approvers})
-        timeout = max(1.0, timeout - (loop.time() - since))
         try:
             await self.queue.turn(run_id, asked["analyst"], timeout,
                                   partial(self._queued, writer),
