@@ -476,7 +476,7 @@ def test_the_page_and_the_client_send_the_hash_of_the_plan_read(consortium, brow
     run_id, thread, box = wait_at_hospital(c, plan_for(c, 48))
     read = plan_hash(plan_for(c, 48))
     _, _, page = browser.request("GET", f"/plan/{run_id}")
-    assert page.count(f'name="plan_hash" value="{read}"') == 3  # approve, reject, pin
+    assert page.count(f'name="plan_hash" value="{read}"') == 2  # approve, reject: manual
     token = browser.csrf(page)
     for form in ({"csrf": token}, {"csrf": token, "plan_hash": plan_hash(plan_for(c, 18))}):
         status, _, text = browser.form(f"/plan/{run_id}/approve", form)

@@ -170,7 +170,7 @@ def test_a_valid_policy_is_described_in_plain_language(folder, capsys):
                    "approval_wait 1 day, approval_valid 7 days",
                    "sex        filter, group  (categorical)", "pseudonym  link  (the link column)",
                    "Not approved (not listed): email", f"rob      reviewer  {rob.pin.fingerprint}",
-                   "1 reviewer(s)", "ppa party stop", "ppa party serve"):
+                   "1 reviewer(s)", "ppa party reload"):
         assert phrase in out, phrase
 
 

@@ -269,6 +269,9 @@ class Approvals:
         exactly, or with ``params`` (JSON pointer -> [low, high]) that may vary; with
         ``plan_hash``, only if it is still the plan of that hash."""
         review = self.review(item, plan_hash)
+        if self.mode != "pinned":  # a pin would be kept and never consulted
+            raise PlanError(f"{self.party} approves {self.mode}, not by pins",
+                            party=self.party, hint="pins apply with approval = \"pinned\"")
         checked = check_params(review.plan, params)
         valid = self.valid if valid_for is None else _seconds(valid_for)
         if valid > self.valid:

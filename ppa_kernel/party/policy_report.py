@@ -173,11 +173,11 @@ def render(result: PolicyCheck) -> str:
     lines += ["", "What a result may show:", *_results(policy)]
     lines += ["", "Disclosure rules (checked inside MPC before anything is opened):"]
     lines += _disclosure(policy)
-    lines += ["", "Approval:", *_approval(policy, result.table)]
+    lines += ["", "Approval:", *_approval(policy)]
     lines += ["", "Columns:", *_columns(result)]
     lines += ["", "People this party serves:", *_people(config.analysts)]
-    lines += ["", "The kernel reads this policy when it starts: restart it to apply a change "
-                  f"(ppa party stop {result.path}, then ppa party serve {result.path})."]
+    lines += ["", "To apply a change to the running kernel: ppa party reload "
+                  f"{result.path} (the analysts, ports and data need a restart)."]
     return "\n".join(lines)
 
 
@@ -211,16 +211,16 @@ def _disclosure(policy: Policy) -> list[str]:
     return lines
 
 
-def _approval(policy: Policy, table: Mapping[str, Any] | None) -> list[str]:
+def _approval(policy: Policy) -> list[str]:
     mode, wait, valid = policy.approval, policy.approval_wait, policy.approval_valid
     lines = [f"  - {APPROVAL_TEXT.get(mode, mode)}."]
     if mode == "manual":
         lines.append(f"  - A plan no reviewer has answered within {duration(wait)} "
                      f"({wait:g} s) is refused as expired.")
-    if mode in ("manual", "pinned"):
-        lines.append(f"  - An approval or pin stays valid for {duration(valid)} ({valid:g} s) "
-                     "unless the reviewer says otherwise.")
-    else:
+    if mode == "pinned":
+        lines.append(f"  - A pin stays valid for {duration(valid)} ({valid:g} s) at most; a "
+                     "reviewer may give less.")
+    if mode == "auto":
         lines.append(f"  - (approval_wait {duration(wait)}, approval_valid {duration(valid)}: "
                      "used only in manual or pinned mode)")
     return lines

@@ -350,6 +350,9 @@ class Page:
                      '<label for="reason">Reason for rejecting (the analyst sees it)</label>'
                      '<textarea id="reason" name="reason" rows="3" required></textarea>'
                      '<button type="submit">Reject</button></form>')
+        if self.web.kernel.approvals.mode != "pinned":
+            return _page(f"Plan {html.escape(review['id'])}",
+                         body + '<p><a href="/">Back to the list</a></p>')
         numbers = "".join(f"<li><code>{html.escape(p)}</code> = {v:g}</li>"
                           for p, v in view["numbers"].items())
         body += (f'<h2>Pin for reruns</h2><form method="post" action="/plan/{rid}/pin">'
