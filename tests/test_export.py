@@ -99,6 +99,9 @@ def test_results_json_has_every_field_per_output(exported, released):
     assert effect["properties"]["statistics"] == {"n": "count", "mean": "mean"}
     assert fit["properties"]["details"]["formula"] == "cost_2021 ~ app_user + age"
     assert fit["properties"]["details"]["n"] == released["fit"].attrs["n"]
+    assert "receipt" not in fit["properties"]["details"]  # run facts, not model details
+    assert set(effect["properties"]["approvers"]) == {"insurer", "hospital", "bureau"}
+    assert effect["properties"]["receipt"] == released["effect"].attrs["receipt"]
     assert effect["comments"] == ["cost by region"] and fit["comments"] == ["a", "b"]
     assert ages["comments"] == []
 
@@ -201,6 +204,7 @@ def test_a_mock_result_fails_and_says_so_everywhere(released, tmp_path):
     assert document["mock"] is True
     record = document["results"]["output_0"]
     assert record["status"] == "fail" and record["properties"]["mock"] is True
+    assert record["properties"]["run_id"] == "0123456789abcdef"  # from the mock's own stamp
     assert record["summary"].startswith("MOCK (synthetic data, not a release)")
     assert record["comments"] == ["design mode"]
     names = [f["name"] for f in record["files"]]

@@ -42,7 +42,7 @@ from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.errors import ExportError, PlanError
 
 from .plotting import COUNT_STATS, FIGSIZE, plot
-from .results import RELEASE_KEY, is_mock, reason_text, released_plan
+from .results import MOCK_RELEASE_KEY, RELEASE_KEY, is_mock, reason_text, released_plan
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ MODEL_TYPES = {"ols": "regression", "logit": "regression", "ttest": "hypothesis 
                "chi2": "hypothesis test", "corr": "correlation", "km": "survival table",
                "quantile": "quantiles"}
 _RUN_ATTRS = {"suppressed", "reasons", "statistics", "plan_hash", "plan", "multiplicity",
-              "phases", "peak_rss_mb", RELEASE_KEY, "run_id", "mock"}
+              "phases", "peak_rss_mb", RELEASE_KEY, MOCK_RELEASE_KEY, "run_id", "mock",
+              "approvers", "receipt"}
 """Result attrs described elsewhere in an output's record (the others are model details)."""
 DPI = 120
 
@@ -185,7 +186,7 @@ def _write_output(folder: Path, name: str, frame: pd.DataFrame, comments: list[s
             files.append({"name": _write_csv(folder / f"{name}.{key}{suffix}.csv", extra,
                                              None, mock, integral_as_int=True),
                           "sdc": _sdc(why.notna(), why)})
-    if not problem and _write_figure(folder / f"{name}{suffix}.png", frame, plan, mock):
+    if not problem and _write_figure(folder / f"{name}{suffix}.png", frame, plan):
         files.append({"name": f"{name}{suffix}.png", "sdc": sdc})
     return {"uid": name, "status": status, "type": output_type(plan),
             "properties": _properties(frame, plan, suppressed, counts, mock),
@@ -284,10 +285,11 @@ def _summary(status: str, mock: bool, problem: str | None, counts: Counter, cell
 def _properties(frame: pd.DataFrame, plan: dict | None, suppressed: pd.DataFrame,
                 counts: Counter, mock: bool) -> dict:
     attrs = frame.attrs
-    stamp = attrs.get(RELEASE_KEY) or {}
+    stamp = attrs.get(MOCK_RELEASE_KEY if mock else RELEASE_KEY) or {}
     plan = plan or {}
     model = plan.get("model")
     properties = {
+        "approvers": attrs.get("approvers"), "receipt": attrs.get("receipt"),
         "method": _method(frame, plan),
         "plan_hash": attrs.get("plan_hash"), "run_id": stamp.get("run_id"),
         "values_digest": stamp.get("digest"), "mock": mock,
@@ -332,7 +334,7 @@ def _write_csv(path: Path, table: pd.DataFrame, plan: dict | None, mock: bool, *
     return path.name
 
 
-def _write_figure(path: Path, frame: pd.DataFrame, plan: dict | None, mock: bool) -> bool:
+def _write_figure(path: Path, frame: pd.DataFrame, plan: dict | None) -> bool:
     """Draw a grouped table or histogram (not models or single rows); False if none."""
     if plan is None or plan.get("model") is not None or not plan.get("groupby"):
         return False
@@ -344,9 +346,6 @@ def _write_figure(path: Path, frame: pd.DataFrame, plan: dict | None, mock: bool
     except PlanError as exc:  # e.g. three group variables
         logger.debug("no figure for %s: %s", path.stem, exc)
         return False
-    if mock:
-        figure.text(0.5, 0.5, MOCK_SUMMARY, ha="center", va="center", rotation=20,
-                    fontsize=18, color="red", alpha=0.35)
     figure.savefig(path, dpi=DPI)
     return True
 
