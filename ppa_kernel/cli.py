@@ -131,7 +131,7 @@ def _review(args: argparse.Namespace) -> int:
 
     from ppa_kernel.contract.identity import Identity, IdentityError
     from ppa_kernel.party.review_client import ReviewClient
-    from ppa_kernel.party.review_view import format_listing, format_review
+    from ppa_kernel.party.review_view import format_listing, format_review, parse_ranges
 
     prefix = args.identity or os.environ.get("PPA_IDENTITY")
     if not prefix:
@@ -154,7 +154,7 @@ def _review(args: argparse.Namespace) -> int:
         print(f"{item['status']} plan {item['id']} ({item['plan_hash'][:12]}) at "
               f"{args.party}")
     elif act == "pin":
-        pin = client.pin(args.id, _ranges(args.param), _duration(args.valid_for),
+        pin = client.pin(args.id, parse_ranges(args.param or []), _duration(args.valid_for),
                          args.reason or "", plan_hash=args.hash)["pin"]
         print(f"pinned plan {pin['plan_hash'][:12]} as pin {pin['id']} at {args.party}, "
               f"valid for {pin['expires'] - pin['created']:.0f} s")
@@ -166,20 +166,6 @@ def _review(args: argparse.Namespace) -> int:
         print(f"open {reply['url']}\n(one-time link, valid {reply['valid']:.0f} s; the page's "
               f"certificate fingerprint is {reply['fingerprint']})")
     return 0
-
-
-def _ranges(params: list[str] | None) -> dict[str, list[float]]:
-    """``--param /filter/args/1/const=30:60`` options as {pointer: [low, high]}."""
-    out = {}
-    for text in params or []:
-        pointer, _, bounds = text.rpartition("=")
-        low, _, high = bounds.partition(":")
-        try:
-            out[pointer] = [float(low), float(high)]
-        except ValueError:
-            raise PPAError(f"malformed --param {text!r}",
-                           hint="write PATH=LOW:HIGH, e.g. /filter/args/1/const=30:60") from None
-    return out
 
 
 def _duration(text: str | None) -> float | None:

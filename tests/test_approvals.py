@@ -247,7 +247,7 @@ def test_review_command_line(consortium, pinned, capsys):
     out = capsys.readouterr().out
     assert "cohort:      insurer.age >= " in out and f"  {AGE} = " in out
     assert main([*base, "pin", item, "--param", f"{AGE}=oops"]) == 1
-    assert "malformed --param" in capsys.readouterr().err
+    assert "malformed parameter range" in capsys.readouterr().err
     assert main([*base, "reject", item, "--reason", "late"]) == 1  # not waiting
     assert "not waiting" in capsys.readouterr().err
     assert main([*base, "pin", item, "--hash", "0" * 12]) == 1  # not the plan read

@@ -7,8 +7,10 @@ disclosure rules that apply, what linkage leaks, plans like it already released 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from ppa_kernel.contract.errors import PPAError
 from ppa_kernel.contract.expr import expr_columns
 from ppa_kernel.contract.program import compile_plan
 
@@ -164,10 +166,34 @@ def released_plans(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _when(stamp: Any) -> str:
+def when(stamp: Any) -> str:
+    """A time stamp as local date and time ("-" if there is none)."""
     if not isinstance(stamp, int | float):
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def format_params(params: dict[str, list[float]]) -> str:
+    """A pin's parameters as a reader writes them (empty: the pin is exact)."""
+    return ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in params.items())
+
+
+def parse_ranges(texts: Iterable[str]) -> dict[str, list[float]]:
+    """``PATH=LOW:HIGH`` texts (the command line's ``--param``, the page's lines) as
+    {pointer: [low, high]}; blank texts are skipped."""
+    out = {}
+    for text in texts:
+        text = text.strip()
+        if not text:
+            continue
+        pointer, _, bounds = text.rpartition("=")
+        low, _, high = bounds.partition(":")
+        try:
+            out[pointer] = [float(low), float(high)]
+        except ValueError:
+            raise PPAError(f"malformed parameter range {text[:80]!r}",
+                           hint="write PATH=LOW:HIGH, e.g. /filter/args/1/const=30:60") from None
+    return out
 
 
 def format_listing(reply: dict[str, Any]) -> str:
@@ -180,11 +206,11 @@ def format_listing(reply: dict[str, Any]) -> str:
     for item in items:
         decided = f" by {item['reviewer']}" if item.get("reviewer") else ""
         reason = f": {item['reason']}" if item.get("reason") else ""
-        lines.append(f"{item['id']}  {item['status']:<9} {_when(item['asked'])}  from "
+        lines.append(f"{item['id']}  {item['status']:<9} {when(item['asked'])}  from "
                      f"{item['analyst']}  plan {item['plan_hash'][:12]}{decided}{reason}")
     for pin in pins:
-        state = "expired" if pin.get("expired") else f"until {_when(pin['expires'])}"
-        params = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in pin["params"].items())
+        state = "expired" if pin.get("expired") else f"until {when(pin['expires'])}"
+        params = format_params(pin["params"])
         lines.append(f"pin {pin['id']}  plan {pin['plan_hash'][:12]}  by {pin['reviewer']}  "
                      f"{state}" + (f"  varying {params}" if params else "  exactly"))
     return "\n".join(map(printable, lines))

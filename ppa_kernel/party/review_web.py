@@ -48,6 +48,8 @@ from cryptography.x509.oid import NameOID
 from ppa_kernel.contract.errors import PPAError
 from ppa_kernel.contract.identity import fingerprint
 
+from .review_view import format_params, parse_ranges, when
+
 logger = logging.getLogger(__name__)
 
 TOKEN_TTL = 300.0
@@ -284,8 +286,7 @@ class Page:
         rows, pins = [], []
         for item in reply:
             if item.get("pin"):
-                params = ", ".join(f"{k} in [{lo:g}, {hi:g}]"
-                                   for k, (lo, hi) in item["params"].items()) or "exactly"
+                params = format_params(item["params"]) or "exactly"
                 pins.append(f"<tr><td>{html.escape(item['id'])}</td>"
                             f"<td><code>{html.escape(item['plan_hash'][:12])}</code></td>"
                             f"<td>{html.escape(params)}</td><td>{html.escape(item['reviewer'])}"
@@ -358,7 +359,7 @@ class Page:
         body += (f'<h2>Pin for reruns</h2><form method="post" action="/plan/{rid}/pin">'
                  f"{self._csrf()}<p>Numbers of this plan: </p><ul>{numbers or '<li>none</li>'}"
                  '</ul><label for="params">Numbers that may vary, one per line as '
-                 "<code>PATH LOW HIGH</code> (empty: exactly this plan)</label>"
+                 "<code>PATH=LOW:HIGH</code> (empty: exactly this plan)</label>"
                  '<textarea id="params" name="params" rows="2"></textarea>'
                  '<button type="submit">Pin</button></form><p><a href="/">Back to the list</a></p>')
         return _page(f"Plan {html.escape(review['id'])}", body)
@@ -381,7 +382,8 @@ class Page:
             done = "approved" if act == "approve" else "rejected"
         elif act == "pin":
             self.web.on_loop(approvals.pin, item, self.reviewer,
-                             _params((form.get("params") or [""])[0]), None, "", read)
+                             parse_ranges((form.get("params") or [""])[0].splitlines()),
+                             None, "", read)
             done = "pinned"
         else:
             return self._send(404, _page("Not found", ""))
@@ -412,30 +414,12 @@ class Page:
         h.end_headers()
 
 
-def _params(text: str) -> dict[str, list[float]]:
-    out = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3:
-            raise PPAError(f"cannot read {line[:80]!r}", hint="write PATH LOW HIGH per line")
-        try:
-            out[fields[0]] = [float(fields[1]), float(fields[2])]
-        except ValueError:
-            raise PPAError(f"cannot read {line[:80]!r}", hint="LOW and HIGH are numbers") \
-                from None
-    return out
-
-
 def _items(values: list[str]) -> str:
     return "".join(f"<li>{html.escape(str(v))}</li>" for v in values)
 
 
 def _when(stamp: Any) -> str:
-    if not isinstance(stamp, int | float):
-        return "-"
-    return html.escape(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)))
+    return html.escape(when(stamp))
 
 
 def _page(title: str, body: str) -> str:
