@@ -79,13 +79,16 @@ class RunProgress:
         """One line: every party's stage."""
         return ", ".join(f"{party} {stage}" for party, stage, _ in self.rows())
 
+    def waiting_at(self) -> list[str]:
+        """The parties waiting for a reviewer's approval."""
+        with self._lock:
+            return [name for name, s in self.stages.items() if s == APPROVAL]
+
     def describe(self, stage: str) -> str:
         """A stage as the analyst reads it: "waiting for approval at hospital"."""
         if stage != APPROVAL:
             return stage
-        with self._lock:
-            waiting = [name for name, s in self.stages.items() if s == APPROVAL]
-        return f"{APPROVAL} at {', '.join(waiting)}"
+        return f"{APPROVAL} at {', '.join(self.waiting_at())}"
 
 
 class Display:
@@ -137,9 +140,9 @@ class BarDisplay(Display):
 
     def update(self, party: str, phase: str, elapsed: float) -> None:
         super().update(party, phase, elapsed)
-        waiting = self.progress.describe(APPROVAL)
+        waiting = self.progress.describe(APPROVAL) if self.progress.waiting_at() else ""
         self.bar.set_description_str(f"secure run: {self.progress.summary()}" + (
-            f" ({waiting})" if waiting != f"{APPROVAL} at " else ""))
+            f" ({waiting})" if waiting else ""))
 
     def close(self, ok: bool = True) -> None:
         self.bar.close()
@@ -161,9 +164,8 @@ class WidgetDisplay(Display):
         rows = "".join(
             f"<tr><td>{html.escape(p)}</td><td>{html.escape(s)}</td><td>{e:.1f} s</td></tr>"
             for p, s, e in self.progress.rows())
-        waiting = self.progress.describe(APPROVAL)
-        if state == "running" and waiting != f"{APPROVAL} at ":
-            state = f"running, {waiting}"
+        if state == "running" and self.progress.waiting_at():
+            state = f"running, {self.progress.describe(APPROVAL)}"
         return (f"<b>secure run {html.escape(state)}</b> ({self.progress.wall:.1f} s)"
                 f"<table><tr><th>party</th><th>stage</th><th>elapsed</th></tr>{rows}</table>")
 
