@@ -40,11 +40,14 @@ def _party_reload(args: argparse.Namespace) -> int:
     """Make the running kernel re-read its policy (SIGHUP)."""
     import signal
 
-    from ppa_kernel.contract.config import load_party
-    from ppa_kernel.party.policy import Policy
+    from ppa_kernel.party.policy_report import check_policy_file
 
-    config = load_party(args.config)
-    Policy.from_dict(config.name, config.policy)  # a broken policy: say so here, first
+    check = check_policy_file(args.config)  # what the kernel would refuse: say so here
+    if not check.ok:
+        print(f"error: not reloading {check.party}: its policy is invalid", file=sys.stderr)
+        for problem in check.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
     return _signal_kernel(args.config, signal.SIGHUP, "SIGHUP (reload the policy)")
 
 

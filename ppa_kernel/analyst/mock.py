@@ -37,6 +37,7 @@ import pandas as pd
 from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.bounds import coarse
 from ppa_kernel.contract.config import ConfigError
+from ppa_kernel.contract.plan import DISCLOSURE_POLICY_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ DEFAULT_MISSING_SHARE = 0.05
 MANY_LEVELS = 60
 """Distinct values of a text column published without levels (more than a kernel lists)."""
 _POLICY_KEYS = ("min_cell_size", "statistics", "min_residual_df", "quantile_resolution")
-_DISCLOSURE_KEYS = {"dominance_n": "dominance_n", "dominance_k": "dominance_k",
-                    "p_ratio": "p_ratio", "history_limit": "differencing_history",
-                    "differencing": "differencing"}
-"""Policy summary ``disclosure`` key -> ``[policy]`` key."""
 
 
 # ---------------------------------------------------------------------------- snapshots
@@ -148,7 +145,7 @@ def mock_policy(summary: Mapping[str, Any]) -> dict:
         policy["columns"] = {column: sorted(uses) for column, uses in summary["columns"].items()}
     if summary.get("quantile_precision"):
         policy["quantile_precision"] = dict(summary["quantile_precision"])
-    for rule, key in _DISCLOSURE_KEYS.items():
+    for rule, key in DISCLOSURE_POLICY_KEYS.items():
         if rule in (summary.get("disclosure") or {}):
             policy[key] = summary["disclosure"][rule]
     policy["approval"] = "auto"

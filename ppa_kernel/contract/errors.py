@@ -54,6 +54,10 @@ class ProtocolError(PPAError):
     """A message between client and party kernel was malformed or not authentic."""
 
 
+class ReceiptError(PPAError):
+    """A file of run receipts is malformed."""
+
+
 class ExportError(PPAError):
     """An export folder for output checkers cannot be written as asked."""
 

@@ -59,6 +59,10 @@ DISCLOSURE_RULES = {"dominance_n": (1, 10), "dominance_k": (1, 100), "p_ratio": 
                     "history_limit": (1, 100_000), "differencing": (False, True)}
 """Keys of a plan's ``disclosure`` rules and their allowed ranges (whole numbers, or
 true/false for ``differencing``)."""
+DISCLOSURE_POLICY_KEYS = {"dominance_n": "dominance_n", "dominance_k": "dominance_k",
+                          "p_ratio": "p_ratio", "history_limit": "differencing_history",
+                          "differencing": "differencing"}
+"""Plan ``disclosure`` key -> the owners' ``[policy]`` key that sets its strictest value."""
 
 
 def plan_hash(plan: dict) -> str:

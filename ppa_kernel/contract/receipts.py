@@ -16,17 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import PPAError
+from .errors import ReceiptError
 from .expr import canonical_json
 
 logger = logging.getLogger(__name__)
 
 MAX_RECEIPT_LINE = 64 * 1024
 _HEX64 = frozenset("0123456789abcdef")
-
-
-class ReceiptError(PPAError):
-    """A receipts file is malformed."""
 
 
 def released_digest(stats: dict) -> str:

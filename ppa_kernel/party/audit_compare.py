@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ppa_kernel.contract.errors import ReceiptError
 from ppa_kernel.contract.protocol import MAX_REQUEST
-from ppa_kernel.contract.receipts import ReceiptError, read_receipts
+from ppa_kernel.contract.receipts import read_receipts
 
 from .audit import GENESIS, record_hash
 

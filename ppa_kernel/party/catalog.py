@@ -40,17 +40,26 @@ def load_party_data(config: PartyConfig) -> tuple[pd.DataFrame, dict[str, dict]]
     return frame, described
 
 
-def check_policy_columns(party: str, policy: Policy, described: dict[str, dict]) -> None:
-    """Refuse to start when ``[policy.quantile_precision]`` names no numeric column."""
-    problems = [f"'policy.quantile_precision.{name}' names "
-                + ("no column of the data" if name not in described else
-                   f"a {described[name]['kind']} column (numeric only)")
-                for name in sorted(policy.quantile_precision)
-                if described.get(name, {}).get("kind") != "numeric"]
+def check_policy_columns(party: str, policy: Policy, described: dict[str, dict],
+                         link: str | None = None) -> None:
+    """Refuse a policy (at start and on reload) whose ``[policy.columns]`` names a column
+    the data does not have (an owner's typo would silently approve nothing), or whose
+    ``[policy.quantile_precision]`` names no numeric column."""
+    problems = [f"'policy.columns.{name}' names no column of the data"
+                for name in sorted(policy.columns or {}) if name not in described
+                and name != link]
+    problems += [f"'policy.quantile_precision.{name}' names "
+                 + ("no column of the data" if name not in described else
+                    f"a {described[name]['kind']} column (numeric only)")
+                 for name in sorted(policy.quantile_precision)
+                 if described.get(name, {}).get("kind") != "numeric"]
     if problems:
         numeric = sorted(c for c, m in described.items() if m["kind"] == "numeric")
-        raise PolicyRefused("invalid policy: " + "; ".join(problems), party=party,
-                            hint=f"numeric columns: {', '.join(numeric) or 'none'}")
+        hint = f"numeric columns: {', '.join(numeric) or 'none'}"
+        if any(p.startswith("'policy.columns.") for p in problems):
+            names = [*([link] if link else []), *described]
+            hint = f"columns: {', '.join(names) or 'none'}; {hint}"
+        raise PolicyRefused("invalid policy: " + "; ".join(problems), party=party, hint=hint)
 
 
 MISSING_SHARE_STEP = 0.05

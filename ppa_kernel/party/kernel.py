@@ -74,7 +74,7 @@ class PartyKernel:
         except PolicyError as exc:
             raise PolicyRefused(f"invalid policy: {exc}", party=config.name) from None
         self.frame, self.described = load_party_data(config)
-        check_policy_columns(self.name, self.policy, self.described)
+        check_policy_columns(self.name, self.policy, self.described, config.link_column)
         self.catalog = build_catalog(self.policy, self.described, rows=len(self.frame))
         # The state folder holds a full copy of the data: owner only (0700, files 0600).
         state = config.state_dir
@@ -99,6 +99,7 @@ class PartyKernel:
                               for a in config.analysts.values()})
         self.approvals = Approvals(self.name, self.policy.approval, self.policy.approval_wait,
                                    self.policy.approval_valid, state, self.audit)
+        check_reviewers(self.name, self.policy, config)
         if not config.analysts:
             raise ConfigError(f"the policy of {self.name} names no analysts",
                               hint="add a [policy.analysts.NAME] table with the analyst's "
@@ -284,7 +285,8 @@ class PartyKernel:
         try:
             fresh = load_party(self.config.file)
             policy = Policy.from_dict(self.name, fresh.policy)
-            check_policy_columns(self.name, policy, self.described)
+            check_policy_columns(self.name, policy, self.described, self.config.link_column)
+            check_reviewers(self.name, policy, fresh)
             catalog = build_catalog(policy, self.described, rows=len(self.frame))
         except (PPAError, PolicyError) as exc:
             logger.error("party %s: policy not reloaded, the old one stays: %s", self.name, exc)
@@ -391,6 +393,15 @@ class PartyKernel:
     async def _queued(self, writer: asyncio.StreamWriter, position: int) -> None:
         await self._send(writer, {"event": "progress", "phase": "queued", "elapsed": 0,
                                   "position": position})
+
+
+def check_reviewers(party: str, policy: Policy, config: PartyConfig) -> None:
+    """Refuse manual or pinned approval without a reviewer: no plan could ever run."""
+    if policy.approval != "auto" and not any(a.role == "reviewer"
+                                             for a in config.analysts.values()):
+        raise ConfigError(f"approval = {policy.approval!r} but {party}'s policy names no "
+                          "reviewer", party=party,
+                          hint='add a [policy.analysts.NAME] table with role = "reviewer"')
 
 
 def open_audit(config: PartyConfig, path) -> AuditLog:

@@ -113,7 +113,7 @@ from typing import Any
 from ppa_kernel.contract.errors import PPAError
 from ppa_kernel.contract.limits import DEFAULT_QUANTILE_RESOLUTION
 from ppa_kernel.contract.models import MODEL_KINDS
-from ppa_kernel.contract.plan import AGGREGATES
+from ppa_kernel.contract.plan import AGGREGATES, DISCLOSURE_POLICY_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +130,9 @@ _KEYS = ("min_cell_size", "statistics", "approval", "approval_wait", "approval_v
          "columns", "min_residual_df",
          "quantile_resolution", "quantile_precision", "dominance_n", "dominance_k", "p_ratio",
          "differencing_history", "differencing")
-DISCLOSURE_KEYS = {"dominance_n": ("dominance_n", 2, 1, 10),
-                   "dominance_k": ("dominance_k", 90, 1, 100),
-                   "p_ratio": ("p_ratio", 10, 0, 100),
-                   "history_limit": ("differencing_history", 1000, 1, 100_000),
-                   "differencing": ("differencing", True, False, True)}
+DISCLOSURE_KEYS = {rule: (DISCLOSURE_POLICY_KEYS[rule], *limits) for rule, limits in {
+    "dominance_n": (2, 1, 10), "dominance_k": (90, 1, 100), "p_ratio": (10, 0, 100),
+    "history_limit": (1000, 1, 100_000), "differencing": (True, False, True)}.items()}
 """Plan ``disclosure`` key -> (policy key, default, lowest, highest)."""
 _DEFAULT_STATISTICS = frozenset(STATISTICS) - {"histogram", "crosstab"}
 

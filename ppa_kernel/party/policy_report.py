@@ -128,15 +128,16 @@ def _check_data(result: PolicyCheck, config: PartyConfig) -> None:
                     result.warnings.append(f"the link column {link!r} is approved for more "
                                            "than \"link\"; it should only match rows")
             elif name not in described:
-                result.problems.append(
-                    f"'policy.columns.{name}' names no column of the data (columns: "
-                    f"{', '.join([link, *described])})")
+                if result.policy is None:  # else check_policy_columns below, as the kernel
+                    result.problems.append(
+                        f"'policy.columns.{name}' names no column of the data (columns: "
+                        f"{', '.join([link, *described])})")
             elif isinstance(uses, list) and "link" in uses:
                 result.warnings.append(f"{name!r} is approved for \"link\", but the parties "
                                        f"link on {link!r} only ([data] link)")
     if result.policy is not None:
         try:
-            check_policy_columns(config.name, result.policy, described)
+            check_policy_columns(config.name, result.policy, described, link)
         except PPAError as exc:
             result.problems.append(exc.message.removeprefix("invalid policy: ")
                                    + (f" ({exc.hint})" if exc.hint else ""))

@@ -11,7 +11,8 @@ import json
 import math
 from collections.abc import Mapping
 
-from .catalog import coarse
+from ppa_kernel.contract.bounds import coarse
+
 from .policy import STATISTICS, Policy
 from .policy_report import duration
 
