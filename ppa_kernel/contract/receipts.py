@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .expr import canonical_json
 logger = logging.getLogger(__name__)
 
 MAX_RECEIPT_LINE = 64 * 1024
-_HEX64 = frozenset("0123456789abcdef")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def released_digest(stats: dict) -> str:
@@ -59,7 +60,7 @@ def read_receipts(path: Path) -> list[dict[str, Any]]:
                 parties = record["parties"]
                 ok = (isinstance(record["run_id"], str) and isinstance(parties, dict)
                       and all(isinstance(p.get("seq"), int) and isinstance(p.get("head"), str)
-                              and set(p["head"]) <= _HEX64 for p in parties.values()))
+                              and _HEX64.fullmatch(p["head"]) is not None for p in parties.values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 ok = False
             if not ok:

@@ -56,6 +56,25 @@ def record_hash(record: dict) -> str:
     return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
 
 
+def link_problem(record: dict, number: int, prev: str) -> str | None:
+    """Why ``record``, the ``number``-th of its log after a record hashed ``prev``, breaks
+    the chain (None if it does not): the one rule ``verify`` and ``ppa audit compare`` use."""
+    seq = record.get("seq")
+    if type(seq) is not int or seq != number:  # True == 1, but it is no seq
+        shown = repr(seq)
+        shown = shown if len(shown) <= 40 else shown[:39] + "…"
+        return f"record {number} has seq {shown} (missing or reordered records)"
+    if record.get("prev") != prev:
+        return f"record {number} does not follow the previous record (chain broken)"
+    try:
+        digest = record_hash(record)
+    except (TypeError, ValueError, RecursionError):
+        return f"record {number} is not plain JSON"
+    if record.get("hash") != digest:
+        return f"record {number} was altered (hash mismatch)"
+    return None
+
+
 class AuditLog:
     """A party's append-only, hash-chained JSON-lines audit log."""
 
@@ -110,21 +129,9 @@ class AuditLog:
             count = 0
             for count, line in enumerate(self._lines(), 1):
                 record = self._parse(line, count)
-                if record.get("seq") != count:
-                    raise AuditError(f"{self.path}: record {count} has seq "
-                                     f"{record.get('seq')!r} (missing or reordered records)",
-                                     count)
-                if record.get("prev") != prev:
-                    raise AuditError(f"{self.path}: record {count} does not follow the "
-                                     "previous record (chain broken)", count)
-                try:
-                    digest = record_hash(record)
-                except (TypeError, ValueError, RecursionError):
-                    raise AuditError(f"{self.path}: record {count} is not plain JSON",
-                                     count) from None
-                if record.get("hash") != digest:
-                    raise AuditError(f"{self.path}: record {count} was altered "
-                                     "(hash mismatch)", count)
+                problem = link_problem(record, count, prev)
+                if problem is not None:
+                    raise AuditError(f"{self.path}: {problem}", count)
                 prev = record["hash"]
             return count
 

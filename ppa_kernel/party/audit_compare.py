@@ -27,7 +27,7 @@ from ppa_kernel.contract.errors import ReceiptError
 from ppa_kernel.contract.protocol import MAX_REQUEST
 from ppa_kernel.contract.receipts import read_receipts
 
-from .audit import GENESIS, record_hash
+from .audit import GENESIS, link_problem, record_hash
 
 logger = logging.getLogger(__name__)
 
@@ -211,16 +211,9 @@ def _scan(path: Path, index: int, runs: dict[str, dict[int, tuple[str, ...]]],
             report.head = stored if isinstance(stored, str) and _HEX64.fullmatch(stored) else "?"
             seq = record.get("seq")
             if report.error is None:
-                if type(seq) is not int or seq != number:
-                    _break(report, number, f"record {number} has seq {_show(seq)} "
-                                           "(missing or reordered records)")
-                elif record.get("prev") != prev:
-                    _break(report, number, f"record {number} does not follow the previous "
-                                           "record (chain broken)")
-                elif digest is None:
-                    _break(report, number, f"record {number} is not plain JSON")
-                elif stored != digest:
-                    _break(report, number, f"record {number} was altered (hash mismatch)")
+                problem = link_problem(record, number, prev)
+                if problem is not None:
+                    _break(report, number, problem)
                 prev = stored
             event = record.get("event")
             if event == "kernel_started":
