@@ -60,7 +60,8 @@ def read_receipts(path: Path) -> list[dict[str, Any]]:
                 parties = record["parties"]
                 ok = (isinstance(record["run_id"], str) and isinstance(parties, dict)
                       and all(isinstance(p.get("seq"), int) and isinstance(p.get("head"), str)
-                              and _HEX64.fullmatch(p["head"]) is not None for p in parties.values()))
+                              and _HEX64.fullmatch(p["head"]) is not None
+                              for p in parties.values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 ok = False
             if not ok:
