@@ -599,3 +599,25 @@ def test_a_slow_client_cannot_hold_the_page(tmp_path, monkeypatch):
     finally:
         web.close()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_tampered_or_oversized_pin_store_is_refused(tmp_path, monkeypatch):
+    import json as json_module
+
+    from ppa_kernel.party import approvals as approvals_module
+
+    store = tmp_path / approvals_module.STORE
+    for entries in ([{"id": 1}], [{"id": "a", "plan": "x", "plan_hash": "h", "params": {},
+                                   "reviewer": "r", "created": 0, "expires": 1}], {"id": 1}):
+        store.write_text(json_module.dumps(entries))
+        with pytest.raises(PolicyRefused, match="cannot read the pins"):
+            scratch(tmp_path, "pinned")
+    store.unlink()
+    approvals = scratch(tmp_path, "pinned")
+    plan = {"filter": None, "groupby": [], "aggregates": [], "model": None}
+    with pytest.raises(PolicyRefused, match="not pinned"):
+        approvals._pinned("dd" * 8, plan, "h" * 64, "analyst")
+    monkeypatch.setattr(approvals_module, "MAX_STORE", 10)
+    with pytest.raises(PlanError, match="more than 10 bytes"):
+        approvals.pin("dd" * 8, REVIEWER, None, 60)
+    assert not approvals.pins and not store.exists()  # nothing kept half-way

@@ -45,6 +45,8 @@ MAX_PINS = 1000
 MAX_PARAMS = 32
 MAX_REASON = 2000
 STORE = "approvals.json"
+MAX_STORE = 32 * 1024 * 1024
+"""Bytes the pins may take in the state folder (a plan is at most about 1 MiB)."""
 
 
 @dataclass
@@ -287,7 +289,11 @@ class Approvals:
         pin = Pin(secrets.token_hex(6), review.plan, review.plan_hash, checked, reviewer,
                   now, now + valid, _reason(reason, required=False))
         self.pins[pin.id] = pin
-        self._save()
+        try:
+            self._save()
+        except (PlanError, OSError):
+            del self.pins[pin.id]  # not kept: it would not survive a restart
+            raise
         self.audit.append("pin_added", pin=pin.id, plan_hash=pin.plan_hash, params=checked,
                           reviewer=reviewer, expires=pin.expires, reason=pin.reason)
         return pin
@@ -323,19 +329,41 @@ class Approvals:
         if not self.path.exists():
             return {}
         try:
+            if self.path.stat().st_size > MAX_STORE:
+                raise ValueError(f"larger than {MAX_STORE} bytes")
             entries = json.loads(self.path.read_text(encoding="utf-8"))
-            return {e["id"]: Pin(**e) for e in entries}
-        except (ValueError, TypeError, KeyError) as exc:
+            pins = {e["id"]: _checked_pin(Pin(**e)) for e in entries}
+            if len(pins) > MAX_PINS:
+                raise ValueError(f"more than {MAX_PINS} pins")
+            return pins
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise PolicyRefused(f"cannot read the pins in {self.path}: {exc}",
                                 party=self.party, hint="restore the file or remove it "
                                                        "(every pin is then gone)") from None
 
     def _save(self) -> None:
+        text = json.dumps([asdict(p) for p in self.pins.values()])
+        if len(text) > MAX_STORE:
+            raise PlanError(f"the pins would take more than {MAX_STORE} bytes",
+                            party=self.party, hint="remove some with `ppa review unpin`")
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump([asdict(p) for p in self.pins.values()], fh)
+            fh.write(text)
         os.replace(tmp, self.path)
+
+
+def _checked_pin(pin: Pin) -> Pin:
+    """A pin read back from the store, its fields of the types matching expects."""
+    ok = (isinstance(pin.id, str) and isinstance(pin.plan, dict)
+          and isinstance(pin.plan_hash, str) and isinstance(pin.reviewer, str)
+          and _is_number(pin.created) and _is_number(pin.expires)
+          and isinstance(pin.params, dict)
+          and all(isinstance(k, str) and isinstance(v, list) and len(v) == 2
+                  and all(_is_number(b) for b in v) for k, v in pin.params.items()))
+    if not ok:
+        raise ValueError(f"pin {str(pin.id)[:20]!r} is malformed")
+    return pin
 
 
 # ---------------------------------------------------------------------- parameters
