@@ -176,9 +176,9 @@ def error_of(reply: dict, *types: str) -> str:
 
 
 def test_kernel_answers_an_oversized_line_and_stays_up(consortium, raw):
-    def flood():
-        try:
-            raw.sock.sendall(b"x" * (4 * MAX_REQUEST) + b"\n")
+    def flood():  # twice the limit: enough to prove nothing buffers it, and sent well
+        try:      # within the kernel's linger even on a loaded machine (the answer is lost
+            raw.sock.sendall(b"x" * (2 * MAX_REQUEST) + b"\n")  # if input stays unread)
         except OSError:
             pass  # the kernel closed the connection without reading the rest
 
