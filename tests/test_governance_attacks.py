@@ -621,3 +621,11 @@ def test_a_tampered_or_oversized_pin_store_is_refused(tmp_path, monkeypatch):
     with pytest.raises(PlanError, match="more than 10 bytes"):
         approvals.pin("dd" * 8, REVIEWER, None, 60)
     assert not approvals.pins and not store.exists()  # nothing kept half-way
+
+
+def test_a_go_for_a_malformed_run_id_is_refused(consortium):
+    c = consortium
+    for run_id in ("x" * 100_000, "../../etc", "AB" * 8, "", None):
+        reply = send(c, "insurer", "analyst", "go", run_id=run_id)[-1]
+        assert reply["event"] == "error" and "malformed run_id" in \
+            reply["error"]["message"], reply

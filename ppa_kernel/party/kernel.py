@@ -218,12 +218,21 @@ class PartyKernel:
             await self._send(writer, {"event": "cancelled", "killed": await self._cancel(
                 str(request.get("run_id")), str(request["analyst"]))})
         elif op == "go":
-            released = self.queue.release(str(request.get("run_id")), str(request["analyst"]))
+            released = self.queue.release(self._run_id(request), str(request["analyst"]))
             await self._send(writer, {"event": "go", "released": released})
         elif isinstance(op, str) and op.startswith("review_"):
             await self._send(writer, await self._review(op, request))
         else:
             raise PlanError(f"unknown request {op!r}")
+
+    def _run_id(self, request: dict) -> str:
+        """The request's run id, which names the run's job folder: 8 to 64 hex digits."""
+        run_id = str(request.get("run_id"))
+        if not re.fullmatch(r"[0-9a-f]{8,64}", run_id):
+            raise PlanError(f"malformed run_id {run_id[:80]!r}", party=self.name,
+                            hint="a run_id is 8 to 64 lowercase hex digits, "
+                                 "e.g. secrets.token_hex(8)")
+        return run_id
 
     async def _cancel(self, run_id: str, analyst: str) -> bool:
         """Stop a run this analyst asked for, waiting or running; whether one was stopped."""
@@ -320,10 +329,7 @@ class PartyKernel:
         """Check, run and release one plan; every accepted plan gets one outcome record."""
         run_id = str(request.get("run_id"))
         try:
-            if not re.fullmatch(r"[0-9a-f]{8,64}", run_id):  # names the run's job folder
-                raise PlanError(f"malformed run_id {run_id[:80]!r}", party=self.name,
-                                hint="a run_id is 8 to 64 lowercase hex digits, "
-                                     "e.g. secrets.token_hex(8)")
+            self._run_id(request)
             try:
                 timeout = float(request.get("timeout") or DEFAULT_RUN_TIMEOUT)
             except (TypeError, ValueError):
