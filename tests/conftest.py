@@ -7,6 +7,8 @@ import pytest
 from ppa_kernel import Consortium
 from ppa_kernel.analyst.synthetic import generate
 
+pytest_plugins = ["browser_fixtures"]  # lab, browser, notebook: shared by the browser tests
+
 
 @pytest.fixture(scope="session")
 def demo_data():

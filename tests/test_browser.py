@@ -1,30 +1,22 @@
 """The notebooks in a real browser: JupyterLab driven by Debian's Chromium through Playwright.
 
-Skipped when Chromium or Playwright is missing, unless ``PPA_REQUIRE_BROWSER=1`` (CI).
+Skipped when Chromium or Playwright is missing, unless ``PPA_REQUIRE_BROWSER=1`` (CI);
+the JupyterLab and Chromium fixtures live in ``browser_fixtures.py``.
 Screenshots go to ``$PPA_SCREENSHOT_DIR`` or ``tests/output/browser/``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 from browser_support import (
-    CHROMIUM,
     NOTEBOOK,
-    REPO,
-    BrowserTestError,
     LabServer,
     assert_no_errors,
-    chromium,
     collapse_left_sidebar,
-    lab_server,
-    open_notebook,
     outputs,
     run_all_cells,
     screenshot,
@@ -34,58 +26,13 @@ from browser_support import (
 from ppa_kernel.analyst.synthetic import INCOME_BANDS
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 QUICKSTART = "01-quickstart.ipynb"
 QUERY_BUILDER = "03-query-builder.ipynb"
 QUERY_TIMEOUT_MS = 150_000
-
-
-def _missing_browser() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is not installed (pip install -e '.[test]')"
-    return None
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
-    """JupyterLab serving a copy of ``notebooks/``."""
-    reason = _missing_browser()
-    if reason:
-        if os.environ.get("PPA_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"PPA_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("lab-root") / "notebooks"
-    shutil.copytree(REPO / "notebooks", root)
-    with lab_server(root, tmp_path_factory.mktemp("lab-server")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def browser(lab: LabServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
-        yield context
-
-
-@pytest.fixture
-def notebook(lab: LabServer, browser: BrowserContext) -> Iterator[Callable[[str], Page]]:
-    """Open a notebook; afterwards close its page and shut its kernel (and demo) down."""
-    pages: list[Page] = []
-
-    def open_(name: str) -> Page:
-        if not (lab.root_dir / name).exists():
-            raise BrowserTestError(f"notebooks/{name} does not exist")
-        pages.append(open_notebook(browser, lab, name))
-        return pages[-1]
-
-    yield open_
-    for page in pages:
-        page.close()
-    lab.shutdown_kernels()
 
 
 def test_quickstart_runs_in_jupyterlab(lab: LabServer,
