@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ppa_kernel.contract.errors import PPAError
+
+if TYPE_CHECKING:
+    from ppa_kernel.contract.config import PartyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,58 @@ def _party_stop(args: argparse.Namespace) -> int:
     import signal
 
     return _signal_kernel(args.config, signal.SIGTERM, "SIGTERM")
+
+
+WAIT_POLL = 0.2
+"""Seconds between ``ppa party wait``'s looks at a kernel that is not ready yet."""
+
+
+def _party_wait(args: argparse.Namespace) -> int:
+    """Wait until the kernel of every party file serves (exit 1 naming those that do not)."""
+    import time
+
+    from ppa_kernel.contract.config import load_party
+
+    waiting = {config.name: config for config in map(load_party, args.configs)}
+    problems: dict[str, str] = {}
+    deadline = time.monotonic() + args.timeout
+    while waiting:
+        for name, config in list(waiting.items()):
+            problem = _not_serving(config)
+            if problem is None:
+                print(f"{name}: ready on {config.bind_host}:{config.bind_port} "
+                      f"(MPC links on port {config.bind_mpc_port})", flush=True)
+                del waiting[name]
+            else:
+                problems[name] = problem
+        if waiting and time.monotonic() >= deadline:
+            print(f"error: not ready within {args.timeout:g} s:", file=sys.stderr)
+            for name in waiting:
+                print(f"  - {name}: {problems[name]}", file=sys.stderr)
+            return 1
+        time.sleep(WAIT_POLL if waiting else 0)
+    return 0
+
+
+def _not_serving(config: PartyConfig) -> str | None:
+    """Why the party's kernel does not serve yet, or None once both its ports accept
+    connections and a kernel holds its state folder."""
+    import socket
+
+    from ppa_kernel.party.kernel import state_locked
+
+    for what, port in (("analysts'", config.bind_port), ("MPC", config.bind_mpc_port)):
+        try:
+            socket.create_connection((config.bind_host, port), timeout=1.0).close()
+        except OSError as exc:
+            return (f"nothing answers on its {what} port {config.bind_host}:{port} ({exc}): "
+                    "its kernel is not started, still starting, or stopped (see its log)")
+    # only now: testing the lock takes it for an instant, which a starting kernel would
+    # take for another kernel's; a serving kernel holds it, so the test cannot take it
+    if not state_locked(config):
+        return (f"its ports answer, but no kernel holds its state folder {config.state_dir}: "
+                "another program has them")
+    return None
 
 
 def _party_reload(args: argparse.Namespace) -> int:
@@ -228,6 +284,8 @@ def _init(args: argparse.Namespace) -> int:
     print("start each party with:")
     for name in sources:
         print(f"  ppa party serve {folder / (name + '.toml')}")
+    print("wait until all serve with:")
+    print(f"  ppa party wait {' '.join(str(folder / (name + '.toml')) for name in sources)}")
     print(f"and connect with identity={str(folder / 'keys' / 'analyst')!r}")
     return 0
 
@@ -269,6 +327,17 @@ def parser() -> argparse.ArgumentParser:
     stop = party_sub.add_parser("stop", help="stop this party's running kernel (SIGTERM)")
     stop.add_argument("config", help="the party's TOML file")
     stop.set_defaults(func=_party_stop)
+    wait = party_sub.add_parser(
+        "wait", help="wait until the kernels of these party files serve",
+        description="Wait until each party file's kernel on this machine serves: both its "
+                    "ports (analysts' requests, MPC links) accept connections and it holds "
+                    "its state folder. Prints a line per party as it gets ready; exits 1 "
+                    "naming each party not ready in time.")
+    wait.add_argument("configs", nargs="+", metavar="PARTY_FILE",
+                      help="a party's TOML file (give several to wait for each)")
+    wait.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="give up after this many seconds (default 30)")
+    wait.set_defaults(func=_party_wait)
     reload = party_sub.add_parser("reload", help="make this party's running kernel re-read "
                                                  "its [policy] (SIGHUP; analysts, ports and "
                                                  "data need a restart)")
@@ -350,13 +419,27 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=("csv", "mixed"), default="csv")
     synth.set_defaults(func=_synth)
 
-    init = sub.add_parser("init", help="write demo data and configs for separately run "
-                                       "kernels, each party file with a commented policy")
-    init.add_argument("folder", help="where to write the files (created if missing)")
-    init.add_argument("--n-core", type=int, default=4200,
-                      help="people at all three parties (default 4200)")
-    init.add_argument("--seed", type=int, default=7, help="random seed of the demo data "
-                                                          "(default 7)")
+    init = sub.add_parser(
+        "init", help="write demo data and configs for separately run kernels, each party file "
+                     "with a commented policy",
+        description="Write a consortium to run kernel by kernel on this machine: synthetic "
+                    "data for an insurer, a hospital and a statistics bureau (FOLDER/data/), "
+                    "the consortium file (FOLDER/consortium.toml: parties, hosts, ports, "
+                    "pinned certificates), one party file per party (FOLDER/NAME.toml: "
+                    "identity, state folder, data source, a commented [policy] serving the "
+                    "analyst) and throwaway identities (FOLDER/keys/, for this machine only)."
+                    " Then start each party with `ppa party serve FOLDER/NAME.toml`, wait "
+                    "with `ppa party wait` on the three party files, and connect with "
+                    "identity FOLDER/keys/analyst.")
+    init.add_argument("folder", metavar="FOLDER",
+                      help="where to write the files (created if missing; a folder that "
+                           "already holds identities in keys/ is refused)")
+    init.add_argument("--n-core", type=int, default=4200, metavar="N",
+                      help="people at all three parties, the ones a full link finds; each "
+                           "party also holds people the others lack (default 4200)")
+    init.add_argument("--seed", type=int, default=7, metavar="SEED",
+                      help="random seed of the demo data: the same seed, the same data "
+                           "(default 7)")
     init.set_defaults(func=_init)
 
     policy = sub.add_parser("policy", help="data owners: check a party's policy")

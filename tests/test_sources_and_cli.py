@@ -40,6 +40,10 @@ def test_csv_parquet_and_sql_sources(small, tmp_path):
         got = t.groupby("income_band").agg(n=("cost_2021", "count"),
                                            mean=("cost_2021", "mean")).collect()
         levels = c.catalog["bureau"]["income_band"]["levels"]
+        rows = ", ".join(f"{p} ({len(small[p]):,} rows)" for p in PARTIES)
+        assert repr(c) == (f"<Consortium 'local': {rows}; connected as analyst; local "
+                           f"kernels in {tmp_path / 'w'}>")
+    assert "; closed; local kernels in" in repr(c)
     want, mask = expected(join(small, PARTIES), ["income_band"], [levels],
                           {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")})
     assert_matches(got, want, mask)
@@ -58,14 +62,22 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
     procs = [subprocess.Popen([*ppa, "party", "serve", str(folder / f"{p}.toml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in PARTIES]
+    files = [str(folder / f"{p}.toml") for p in PARTIES]
     try:
-        for proc in procs:
+        wait = subprocess.run([*ppa, "party", "wait", *files, "--timeout", "60"],
+                              capture_output=True, text=True, timeout=90)
+        assert wait.returncode == 0, wait.stderr
+        assert all(f"{p}: ready on 127.0.0.1:" in wait.stdout for p in PARTIES), wait.stdout
+        for proc in procs:  # ready means ready: each has said so by now
             assert "PPA-PARTY-READY" in proc.stdout.readline()
         twice = subprocess.run([*ppa, "party", "serve", str(folder / "insurer.toml")],
                                capture_output=True, text=True, timeout=60)
         assert twice.returncode == 1 and "already serves" in twice.stderr, twice.stderr
         with Consortium.from_file(folder / "consortium.toml",
                                   identity=folder / "keys" / "analyst") as c:
+            assert repr(c).startswith("<Consortium 'local': insurer (")
+            assert repr(c).endswith(f"; connected as analyst; from "
+                                    f"{(folder / 'consortium.toml').resolve()}>")
             got = headline_study(c)
             assert c.catalog["insurer"]["sex"]["uses"] == ["filter", "group"]
             with pytest.raises(ConsortiumError, match="'sex' may not be used for 'measure' "
@@ -80,6 +92,10 @@ def test_kernels_started_separately_from_a_consortium_file(small, tmp_path):
         again = subprocess.run([*ppa, "party", "stop", str(folder / "insurer.toml")],
                                capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "no kernel" in again.stderr
+        gone = subprocess.run([*ppa, "party", "wait", *files[:2], "--timeout", "0.5"],
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 1 and "not ready within 0.5 s" in gone.stderr
+        assert "- insurer: nothing answers" in gone.stderr and "- hospital:" in gone.stderr
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -112,3 +128,31 @@ def test_ppa_demo_command_writes_table_and_plot(tmp_path):
     assert {"income_band", "app_user", "n", "mean", "sd"} <= set(table.columns)
     assert (tmp_path / "headline_study.png").stat().st_size > 10_000
     assert time.monotonic() - started < 300
+
+
+def test_ppa_init_and_party_wait_explain_every_option():
+    from ppa_kernel.cli import parser
+
+    commands = parser()._subparsers._group_actions[0].choices
+    party = commands["party"]._subparsers._group_actions[0].choices
+    for command in (commands["init"], party["wait"]):
+        assert command.description and len(command.description) > 100
+        for action in command._actions:
+            assert action.help and len(action.help) > 15, action.dest
+    text = commands["init"].format_help()
+    assert "--n-core N" in text and "--seed SEED" in text and "FOLDER/keys/" in text
+
+
+def test_the_repr_of_a_mock_and_of_a_party_not_heard_from():
+    from types import SimpleNamespace
+
+    from ppa_kernel.contract.config import ConsortiumConfig
+
+    c = Consortium.__new__(Consortium)
+    c.config = ConsortiumConfig("study", [SimpleNamespace(name=n) for n in
+                                          ("insurer", "helper", "bureau")], "00" * 16)
+    c.parties = {"insurer": {"rows": 12345}, "helper": {"rows": 0, "holds_data": False}}
+    c.identity, c._closed, c.is_mock = SimpleNamespace(name="alice"), False, True
+    assert repr(c) == ("<Consortium 'study' MOCK (synthetic data, no releases): insurer "
+                       "(12,345 rows), helper (computes only), bureau (not heard from); "
+                       "connected as alice; from a config>")

@@ -153,6 +153,25 @@ class Consortium:
 
         return catalog_snapshot(self)
 
+    def __repr__(self) -> str:
+        """What an analyst needs at a glance: the parties in MPC order with their rows (as
+        last heard), open or closed, mock or real, where the kernels come from."""
+        parties = []
+        for name in self.names:
+            info = self.parties.get(name)
+            if info is None:
+                parties.append(f"{name} (not heard from)")
+            elif not info.get("holds_data", True):
+                parties.append(f"{name} (computes only)")
+            else:
+                parties.append(f"{name} ({info['rows']:,} rows)")
+        local = getattr(self, "local_parties", None)
+        source = f"local kernels in {local.folder}" if local is not None else \
+            f"from {self.config.path}" if self.config.path is not None else "from a config"
+        mock = " MOCK (synthetic data, no releases)" if self.is_mock else ""
+        state = "closed" if self._closed else f"connected as {self.identity.name}"
+        return f"<Consortium {self.config.name!r}{mock}: {', '.join(parties)}; {state}; {source}>"
+
     def __enter__(self) -> Consortium:
         return self
 
