@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = Job.read(argv[0])
     sys.argv = _mpyc_argv(job)
-    from .secure.runtime import LOST_PEERS, ORPHANED, STALLED_PEERS, mpc
+    from .secure.runtime import LOST_PEERS, ORPHANED, STALLED_PEERS, lost_peers_failed, mpc
 
     try:
         result = mpc.run(_run(job))
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{job.stall_timeout:g} s (stalled or network silent)")
         elif lost:
             message = f"lost connection to the MPC worker of {', '.join(lost)}"
+            lost_peers_failed(job.names)
         else:
             message = f"MPC connection failed: {exc!r}"
         result, status = {"error": PartyFailed(message, party=job.party).to_dict()}, 1

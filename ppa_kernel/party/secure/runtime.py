@@ -51,11 +51,11 @@ from .links import Link, LinkSettings, establish
 if TYPE_CHECKING:
     from ppa_kernel.party.job import Job
 
-__all__ = ["HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS", "LinkExchanger",
-           "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
-           "link_type", "mpc", "mpc_coro", "np_random_split", "prss_keys",
-           "random_field_array", "recombination_coefficient", "reshare", "shares",
-           "use_truncation", "value_type", "wrap", "zero_sharing"]
+__all__ = ["CLOSED_PEERS", "HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS",
+           "LinkExchanger", "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
+           "link_type", "lost_peers_failed", "mpc", "mpc_coro", "np_random_split",
+           "prss_keys", "random_field_array", "recombination_coefficient", "reshare",
+           "shares", "use_truncation", "value_type", "wrap", "zero_sharing"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class PeerLost(ConnectionError):
 
 
 LOST_PEERS: list[int] = []
+CLOSED_PEERS: list[int] = []  # of LOST_PEERS, those that closed cleanly (no error seen)
 _shutting_down = False
 
 
@@ -236,14 +237,33 @@ def allow_disconnects() -> None:
 
 
 def _connection_lost(self, exc):
-    """``MessageExchanger.connection_lost``: record the peer and cancel the run's tasks."""
+    """``MessageExchanger.connection_lost``: record the peer and cancel the run's tasks.
+
+    A peer closing at the end of the run is normal (debug). A clean close before that
+    ends this run too, but is not yet an error: the peer may have stopped with an error
+    of its own that this party is about to raise as well (the worker logs the loss only
+    if the run fails of it, :func:`lost_peers_failed`). A broken connection is an error.
+    """
+    peer = getattr(self, "peer_pid", None)
     if _shutting_down and exc is None:
+        logger.debug("party %s closed its link at the end of the run", peer)
         self.runtime.unset_protocol(self.peer_pid)
         return
-    peer = getattr(self, "peer_pid", None)
     LOST_PEERS.append(peer)
-    logger.error("lost connection to party %s: %s", peer, exc or "closed by peer")
+    if exc is None:
+        CLOSED_PEERS.append(peer)
+        logger.debug("party %s closed its link before the end of the run", peer)
+    else:
+        logger.error("lost connection to party %s: %s", peer, exc)
     _cancel_run()
+
+
+def lost_peers_failed(names: list[str]) -> None:
+    """Log, once the run has failed of it, each peer that closed its link mid-run."""
+    closed = [names[p] for p in dict.fromkeys(CLOSED_PEERS) if p is not None]
+    if closed:
+        logger.error("lost connection to the MPC worker of %s: closed before the end of "
+                     "the run", ", ".join(closed))
 
 
 def _running_tasks(loop):
