@@ -261,6 +261,9 @@ def _column_about(name: str, link: str, catalog: Mapping[str, dict],
     if entry is None:
         return ""
     about = f"  ({entry['kind']}"
+    if entry["kind"] == "numeric" and entry.get("levels"):
+        about += (f"; levels {entry['levels'][0]} .. {entry['levels'][-1]} "
+                  "(whole numbers, integer_levels)")
     if entry["kind"] == "numeric" and entry.get("min_precision"):
         about += f"; quantiles in steps of at least {entry['min_precision']:g}"
     return about + ")"
