@@ -139,7 +139,8 @@ def test_a_wide_whole_number_column_says_how_to_declare_it(c):
         t.groupby("visits")
     hint = info.value.hint
     assert "integer_levels = 41 under [policy]" in hint, hint
-    assert '[data] categorical = ["visits"]' in hint and "histogram('visits'" in hint, hint
+    assert 'categorical = ["visits"] under [data]' in hint and "histogram('visits'" in hint, \
+        hint
     with pytest.raises(PlanError, match="not whole numbers") as info:
         t.groupby(["daycare", "dose"])
     assert "histogram('dose', bins=10)" in info.value.hint

@@ -552,22 +552,23 @@ def _numeric_group_error(shown: str, party: str, column: str, meta: dict) -> Pla
     in bins, or declared by its owner (whole-number levels or a categorical column)."""
     message = f"cannot group by numeric {shown!r}: {party} publishes no levels for it"
     bins = f"group it in bins: histogram({shown!r}, bins=10)"
-    declare = (f"[data] categorical = [\"{column}\"] in {party}'s party file (at most "
-               f"{limits.MAX_CATEGORICAL_INT_LEVELS} distinct whole numbers; then a "
-               "category, no longer a number)")
     low, high = meta.get("min"), meta.get("max")
-    if low is None or high is None or not (float(low).is_integer() and float(high).is_integer()):
+    if low is None or high is None:
+        return PlanError(f"{message} (it has no values)")
+    if not (float(low).is_integer() and float(high).is_integer()):
         return PlanError(f"{message} (not whole numbers)", hint=bins)
     span = int(high) - int(low) + 1
-    message += (f" (levels are published for whole numbers whose range spans at most the "
-                f"policy's integer_levels, default {limits.DEFAULT_INTEGER_LEVELS}; its range "
-                f"{low:g} .. {high:g} spans {span})")
-    if span <= limits.MAX_INTEGER_LEVELS:
-        return PlanError(message, hint=f"{bins}; or, if it holds whole numbers, its owner "
-                                       f"sets integer_levels = {span} under [policy] in "
-                                       f"{party}'s party file (it stays a number), or "
-                                       f"declares {declare}")
-    return PlanError(message, hint=f"{bins}; or its owner declares {declare}")
+    message += (f" (its range {low:g} .. {high:g} spans {span} whole numbers; levels are "
+                f"published for up to [policy] integer_levels, default "
+                f"{limits.DEFAULT_INTEGER_LEVELS})")
+    categorical = (f"categorical = [\"{column}\"] under [data] (at most "
+                   f"{limits.MAX_CATEGORICAL_INT_LEVELS} distinct whole numbers; it becomes a "
+                   "category)")
+    if span > limits.MAX_INTEGER_LEVELS:
+        return PlanError(message, hint=f"{bins}; or {party}'s owner sets {categorical}")
+    return PlanError(message, hint=f"{bins}; or {party}'s owner sets integer_levels = {span} "
+                                   f"under [policy] (if its values are whole; it stays a "
+                                   f"number) or {categorical}")
 
 
 def _edge(value: float) -> str:

@@ -194,7 +194,11 @@ def _results(policy: Policy) -> list[str]:
             "  - Quantiles are rounded no finer than a column's published range / "
             f"{policy.quantile_resolution}"
             + (f" (own steps: {_pairs(policy.quantile_precision)})."
-               if policy.quantile_precision else ".")]
+               if policy.quantile_precision else "."),
+            (f"  - Whole-number columns whose published range spans at most "
+             f"{policy.integer_levels} values are published with them as levels (groupable)."
+             if policy.integer_levels else
+             "  - No numeric column is published with levels (integer_levels = 0).")]
 
 
 def _disclosure(policy: Policy) -> list[str]:
