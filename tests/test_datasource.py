@@ -249,8 +249,10 @@ def test_object_column_of_only_numbers_is_fine() -> None:
 def test_describe_kinds_levels_and_missing(people: pd.DataFrame) -> None:
     info = describe_columns(people, link="pseudonym")
     assert set(info) == {"age", "sex", "cost", "smoker"}
-    assert info["age"] == {"kind": "numeric", "min": 28.0, "max": 70.0, "missing": 0}
-    assert info["cost"] == {"kind": "numeric", "min": 310.0, "max": 4000.25, "missing": 1}
+    assert info["age"] == {"kind": "numeric", "min": 28.0, "max": 70.0, "missing": 0,
+                           "whole": True}
+    assert info["cost"] == {"kind": "numeric", "min": 310.0, "max": 4000.25, "missing": 1,
+                            "whole": False}
     assert info["sex"] == {"kind": "categorical", "levels": ["F", "M"], "missing": 1}
     assert info["smoker"] == {"kind": "bool", "levels": [False, True], "missing": 0}
     json.dumps(info)

@@ -95,8 +95,9 @@ def test_unknown_key_names_the_key() -> None:
     assert err.reasons == [("unknown key 'policy.min_cel_size' (expected one of: "
                             "min_cell_size, statistics, approval, approval_wait, approval_valid, "
                             "columns, min_residual_df, "
-                            "quantile_resolution, quantile_precision, dominance_n, "
-                            "dominance_k, p_ratio, differencing_history, differencing)")]
+                            "quantile_resolution, quantile_precision, integer_levels, "
+                            "dominance_n, dominance_k, p_ratio, differencing_history, "
+                            "differencing)")]
 
 
 def test_table_must_be_mapping() -> None:
@@ -298,6 +299,7 @@ def test_summary(policy: Policy) -> None:
                        "approval": "auto", "approval_wait": 86400.0,
                        "approval_valid": 604800.0, "min_residual_df": 10,
                        "quantile_resolution": 1000, "quantile_precision": {},
+                       "integer_levels": 12,
                        "disclosure": {"dominance_n": 2, "dominance_k": 90, "p_ratio": 10,
                                       "history_limit": 1000, "differencing": True}}
     assert json.loads(json.dumps(summary)) == summary

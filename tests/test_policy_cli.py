@@ -24,7 +24,8 @@ from ppa_kernel.party.policy_template import commented_policy
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SETTINGS = ("min_cell_size", "statistics", "min_residual_df", "quantile_resolution",
-            "dominance_n", "dominance_k", "p_ratio", "differencing", "differencing_history")
+            "integer_levels", "dominance_n", "dominance_k", "p_ratio", "differencing",
+            "differencing_history")
 APPROVAL = ("approval_wait", "approval_valid")
 
 

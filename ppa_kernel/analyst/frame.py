@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from ppa_kernel.contract import limits
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import MODELS
@@ -459,7 +460,8 @@ class SecureFrame:
         return frame
 
     def groupby(self, by: ColumnLike | list[ColumnLike]) -> GroupBy:
-        """Group by categorical or boolean columns (of any linked parties)."""
+        """Group by categorical or boolean columns, or numeric ones whose party publishes
+        whole-number levels (a 0/1 flag, a small score), of any linked parties."""
         keys = list(by) if isinstance(by, list | tuple) else [by]
         if not keys:
             raise PlanError("groupby needs at least one column")
@@ -475,8 +477,11 @@ class SecureFrame:
             raise PlanError(f"cannot group by the expression {column.name!r}",
                             hint="group by categorical or boolean columns")
         if column.kind == "numeric":
-            raise PlanError(f"cannot group by numeric {column.name!r}",
-                            hint="use histogram(...) or bin it")
+            party, name = column.expr["col"].split(".", 1)
+            levels = self._catalog[party][name].get("levels")
+            if levels is None:
+                raise _numeric_group_error(column.name, party, name, self._catalog[party][name])
+            return {"name": column.name, "expr": column.expr, "levels": list(levels)}, column
         levels = column.columns[column.expr["col"]].get("levels")
         if levels is None:
             raise PlanError(f"{column.name!r} has too many levels to group by",
@@ -540,6 +545,30 @@ def _install_statistics() -> None:
 
 
 _install_statistics()
+
+
+def _numeric_group_error(shown: str, party: str, column: str, meta: dict) -> PlanError:
+    """Why a numeric column without published levels is not grouped, and how it could be:
+    in bins, or declared by its owner (whole-number levels or a categorical column)."""
+    message = f"cannot group by numeric {shown!r}: {party} publishes no levels for it"
+    bins = f"group it in bins: histogram({shown!r}, bins=10)"
+    low, high = meta.get("min"), meta.get("max")
+    if low is None or high is None:
+        return PlanError(f"{message} (it has no values)")
+    if not (float(low).is_integer() and float(high).is_integer()):
+        return PlanError(f"{message} (not whole numbers)", hint=bins)
+    span = int(high) - int(low) + 1
+    message += (f" (its range {low:g} .. {high:g} spans {span} whole numbers; levels are "
+                f"published for up to [policy] integer_levels, default "
+                f"{limits.DEFAULT_INTEGER_LEVELS})")
+    categorical = (f"categorical = [\"{column}\"] under [data] (at most "
+                   f"{limits.MAX_CATEGORICAL_INT_LEVELS} distinct whole numbers; it becomes a "
+                   "category)")
+    if span > limits.MAX_INTEGER_LEVELS:
+        return PlanError(message, hint=f"{bins}; or {party}'s owner sets {categorical}")
+    return PlanError(message, hint=f"{bins}; or {party}'s owner sets integer_levels = {span} "
+                                   f"under [policy] (if its values are whole; it stays a "
+                                   f"number) or {categorical}")
 
 
 def _edge(value: float) -> str:

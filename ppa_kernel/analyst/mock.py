@@ -9,11 +9,13 @@ to approve anything::
 
 Per data party the mock draws a table with the published columns: levels of categorical
 and bool columns, values in the published (coarse) numeric range (whole numbers where the
-range is), missing values at the published share, and a link column whose first rows are
-shared by every party (a partial overlap). Each party gets the real policy, rebuilt from
-its published summary, so the same plans are refused; approval is automatic (there is no
-reviewer). The catalog comes out as published, so a plan built against the mock hashes
-the same as against the real consortium. A mock is a :class:`~.client.Consortium` whose
+range is, unless the column publishes no levels although its range is small enough for
+them: the real values are then not whole, nor are the mock's), missing values at the
+published share, and a link column whose first rows are shared by every party (a partial
+overlap). Each party gets the real policy, rebuilt from its published summary, so the
+same plans are refused; approval is automatic (there is no reviewer). The catalog comes
+out as published, so a plan built against the mock hashes the same as against the real
+consortium. A mock is a :class:`~.client.Consortium` whose
 ``is_mock`` is True: every result it returns is marked mock (:func:`.results.stamp_mock`),
 never a release, whatever code looks at it.
 """
@@ -37,6 +39,7 @@ import pandas as pd
 from ppa_kernel.contract import VERSION
 from ppa_kernel.contract.bounds import coarse
 from ppa_kernel.contract.config import ConfigError
+from ppa_kernel.contract.limits import DEFAULT_INTEGER_LEVELS
 from ppa_kernel.contract.plan import DISCLOSURE_POLICY_KEYS
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ DEFAULT_MISSING_SHARE = 0.05
 """Missing share of a column that has missing values but publishes no share."""
 MANY_LEVELS = 60
 """Distinct values of a text column published without levels (more than a kernel lists)."""
-_POLICY_KEYS = ("min_cell_size", "statistics", "min_residual_df", "quantile_resolution")
+_POLICY_KEYS = ("min_cell_size", "statistics", "min_residual_df", "quantile_resolution",
+                "integer_levels")
 
 
 # ---------------------------------------------------------------------------- snapshots
@@ -181,8 +185,10 @@ def mock_data(snapshot: Mapping, rows: int | None = None,
             continue
         n = sizes[name]
         columns = {link: keys[name]}
+        limit = snapshot["parties"][name]["policy"].get("integer_levels",
+                                                        DEFAULT_INTEGER_LEVELS)
         for column, entry in snapshot["parties"][name]["catalog"].items():
-            columns[column] = _column(column, entry, n, rng)
+            columns[column] = _column(column, entry, n, rng, limit)
             if entry["kind"] == "categorical" and entry.get("levels") and \
                     all(isinstance(v, int) and not isinstance(v, bool) for v in entry["levels"]):
                 categorical.setdefault(name, []).append(column)
@@ -213,14 +219,18 @@ def _link_keys(sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
     return keys
 
 
-def _column(name: str, entry: Mapping[str, Any], n: int, rng: np.random.Generator) -> Any:
-    """One column of ``n`` values as ``entry`` describes it (see :func:`mock_data`)."""
+def _column(name: str, entry: Mapping[str, Any], n: int, rng: np.random.Generator,
+            integer_levels: int = DEFAULT_INTEGER_LEVELS) -> Any:
+    """One column of ``n`` values as ``entry`` describes it (see :func:`mock_data`), for a
+    party whose policy publishes levels of whole-number ranges up to ``integer_levels``."""
     kind = entry["kind"]
     if kind == "numeric":
         low, high = entry.get("min"), entry.get("max")
         if low is None or high is None:
             return np.full(n, np.nan)
-        required, draw = _numeric(float(low), float(high))
+        whole = float(low).is_integer() and float(high).is_integer() and (
+            entry.get("levels") is not None or high - low + 1 > integer_levels)
+        required, draw = _numeric(float(low), float(high), whole)
     elif kind == "bool":
         required, draw = [False, True], lambda k, g: g.random(k) < 0.5
     else:
@@ -259,10 +269,10 @@ def _missing_count(entry: Mapping[str, Any], n: int, required: int) -> int:
     return min(max(1, round(float(share) * n)), max(0, n - required))
 
 
-def _numeric(low: float, high: float):
+def _numeric(low: float, high: float, integer: bool):
     """(values the column must hold, a sampler) so that a kernel publishes ``low`` and
-    ``high`` again: whole numbers when both bounds are, else uniform in between."""
-    integer = low.is_integer() and high.is_integer()
+    ``high`` again: whole numbers if ``integer`` (both bounds are whole), else uniform in
+    between."""
     lowest, highest = _attaining(low, high, False, integer), _attaining(high, low, True, integer)
     if integer:
         lowest, highest = int(lowest), int(highest)

@@ -55,6 +55,18 @@ DEFAULT_QUANTILE_RESOLUTION = 1000
 """A policy without ``quantile_resolution``: quantiles no finer than the published range /
 this many steps (owners publish the resulting ``min_precision``)."""
 
+DEFAULT_INTEGER_LEVELS = 12
+"""A policy without ``integer_levels``: a whole-number column whose published range holds at
+most this many whole numbers is published with them as its levels (groupable, still a
+number)."""
+
+MAX_INTEGER_LEVELS = 100
+"""Highest ``integer_levels`` a policy may set."""
+
+MAX_CATEGORICAL_INT_LEVELS = 12
+"""Most distinct values of an integer column an owner declares categorical (``[data]
+categorical``)."""
+
 DEFAULT_RUN_TIMEOUT = 600.0
 MAX_RUN_TIMEOUT = 86_400.0
 """Longest run (and queue wait) a kernel accepts: a day; a run asking more is refused."""

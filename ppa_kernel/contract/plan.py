@@ -10,7 +10,7 @@ A plan is a small JSON document (version ``PLAN_VERSION``)::
                                  "range": [18, 90]}},   # numeric: the published range
      "filter": <expression> | null,
      "groupby": [{"name": "age", "expr": <expression>, "levels": [...],
-                  "bins": [edges] | absent}],
+                  "bins": [edges] | absent}],        # numeric: bins, or whole-number levels
      "aggregates": [{"name": "n", "stat": "count", "expr": <expression> | null}],
      "model": null | {"kind": "ttest" | ..., ...},      # optional; see ppa_kernel.contract.models
      "min_cell_size": null | int,
@@ -300,7 +300,8 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
         levels = entry.get("levels")
         if not isinstance(levels, list) or not levels:
             raise PlanError(f"group {entry['name']!r} needs its list of levels",
-                            hint="group only by categorical columns or binned numbers")
+                            hint="group by categorical or boolean columns, binned numbers "
+                                 "or whole numbers with published levels")
         _at_most(len(levels), limits.MAX_LEVELS, f"group {entry['name']!r}", "levels")
         cells *= len(levels)
         _at_most(cells, limits.MAX_CELLS, "the grouping", "cells")
@@ -312,9 +313,12 @@ def _check_groupby(groupby: Any, columns: dict) -> None:
                             for b in bins)
                     and all(a < b for a, b in itertools.pairwise(bins))):
                 raise PlanError(f"group {entry['name']!r} has malformed bin edges")
-        elif columns[expr["col"]]["kind"] == "numeric":
-            raise PlanError(f"group {entry['name']!r}: a numeric column is grouped by bins",
-                            hint="use histogram(...) or bin it")
+        elif columns[expr["col"]]["kind"] == "numeric" and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in levels):
+            raise PlanError(f"group {entry['name']!r}: a numeric column is grouped by bins "
+                            "or by the whole-number levels its owner publishes",
+                            hint="use histogram(...), or ask its owner to publish levels "
+                                 "([policy] integer_levels)")
 
 
 def _check_levels(levels: Any, where: str) -> None:

@@ -4,12 +4,15 @@ those columns match what was published."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ppa_kernel.contract.bounds import coarse
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import DataError, PlanError, PolicyRefused
 from ppa_kernel.contract.expr import canonical_json
+from ppa_kernel.contract.limits import MAX_CATEGORICAL_INT_LEVELS, MAX_INTEGER_LEVELS
 
 from .datasource import DataSourceError, describe_columns, load_table
 from .policy import Policy, published_min_precision
@@ -74,17 +77,31 @@ def coarse_share(missing: int, rows: int) -> float:
     return round(round(missing / rows / MISSING_SHARE_STEP) * MISSING_SHARE_STEP, 2)
 
 
+def integer_levels(meta: dict, limit: int) -> list[int] | None:
+    """The levels of a numeric column of whole numbers (described ``meta``) whose coarse
+    published range holds at most ``limit`` of them: every whole number of that range, so
+    they tell no more than the range does; None for any other column."""
+    if meta.get("kind") != "numeric" or not meta.get("whole") or meta.get("min") is None \
+            or meta.get("max") is None:
+        return None
+    low, high = math.floor(coarse(meta["min"], False)), math.ceil(coarse(meta["max"], True))
+    if high - low + 1 > limit:
+        return None
+    return list(range(low, high + 1))
+
+
 def build_catalog(policy: Policy, described: dict[str, dict],
                   rows: int | None = None) -> dict[str, dict]:
-    """What the party publishes per approved column: kind, levels, coarse range, whether
-    values are missing and (given the table's ``rows``) their share rounded to 5 percentage
-    points, the minimum quantile precision and the approved uses."""
+    """What the party publishes per approved column: kind, levels (of a small whole-number
+    range too: :func:`integer_levels`), coarse range, whether values are missing and (given
+    the table's ``rows``) their share rounded to 5 percentage points, the minimum quantile
+    precision and the approved uses."""
     rules = policy.columns
     out = {}
     for column, meta in described.items():
         if rules is not None and column not in rules:
             continue
-        entry = dict(meta)
+        entry = {key: value for key, value in meta.items() if key != "whole"}
         entry["missing"] = bool(meta.get("missing"))  # whether; the share only coarsely
         if rows:
             entry["missing_share"] = coarse_share(int(meta.get("missing") or 0), rows)
@@ -92,6 +109,9 @@ def build_catalog(policy: Policy, described: dict[str, dict],
             entry["min"], entry["max"] = coarse(meta["min"], False), coarse(meta["max"], True)
             entry["min_precision"] = published_min_precision(
                 policy.min_precision(column, entry["min"], entry["max"]))
+            levels = integer_levels(meta, policy.integer_levels)
+            if levels is not None:
+                entry["levels"] = levels
         entry["uses"] = sorted(rules[column].uses) if rules is not None else \
             ["filter", "group", "measure"]
         out[column] = entry
@@ -133,16 +153,29 @@ def _check_column(name: str, meta: dict, catalog: dict[str, dict], party: str) -
 
 def _check_levels(entry: dict, catalog: dict[str, dict], party: str) -> None:
     """A group on one of the party's columns uses exactly its published levels (or bins of
-    a numeric column); extra levels would only cost inputs."""
-    meta = catalog[entry["expr"]["col"].split(".", 1)[1]]
+    a numeric column); extra levels would only cost inputs. A numeric column has levels
+    only if this party published them, from its own data and policy."""
+    column = entry["expr"]["col"].split(".", 1)[1]
+    meta = catalog[column]
     if entry.get("bins") is not None:
         if meta["kind"] != "numeric":
             raise PlanError(f"group {entry['name']!r}: only numeric columns are binned",
                             party=party)
         return
     published = meta.get("levels")
+    if meta["kind"] == "numeric" and published is None:
+        raise PlanError(f"group {entry['name']!r}: {party} publishes no levels for numeric "
+                        f"{column!r}", party=party, hint=declaration_hint(column))
     if published is None or sorted(map(canonical_json, entry["levels"])) != \
             sorted(map(canonical_json, published)):
         raise PlanError(f"group {entry['name']!r} must use the published levels of its "
                         "column", party=party,
                         hint="refresh the catalog and rebuild the plan")
+
+
+def declaration_hint(column: str) -> str:
+    """How a numeric column without levels becomes groupable (for refusals)."""
+    return (f"group it in bins (histogram); or its owner declares it: [policy] "
+            f"integer_levels = N when its range holds N whole numbers (at most "
+            f"{MAX_INTEGER_LEVELS}), or [data] categorical = [\"{column}\"] for at most "
+            f"{MAX_CATEGORICAL_INT_LEVELS} distinct whole numbers")

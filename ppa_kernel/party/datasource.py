@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ppa_kernel.contract.errors import DataError
-from ppa_kernel.contract.limits import VALUE_LIMIT
+from ppa_kernel.contract.limits import MAX_CATEGORICAL_INT_LEVELS, VALUE_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ CSV_SUFFIXES = frozenset({".csv"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 SQLITE_SUFFIXES = frozenset({".sqlite", ".db", ".sqlite3"})
 SUPPORTED_SUFFIXES = CSV_SUFFIXES | PARQUET_SUFFIXES | SQLITE_SUFFIXES
-MAX_CATEGORICAL_INT_LEVELS = 12
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _MAX_EXAMPLES = 3
 NUMERIC_TEXT_SHARE = 0.9
@@ -318,6 +317,8 @@ def describe_columns(
 ) -> dict[str, dict[str, Any]]:
     """Describe every non-link column as numeric, categorical or bool (JSON-friendly).
 
+    A numeric column says whether all its values are whole numbers (``"whole"``; the
+    catalog turns a small whole-number range into levels, never publishing the flag).
     Integer columns named in ``categorical`` with at most 12 distinct values are categorical;
     text columns with more than ``max_levels`` distinct values get ``"levels": None``, and
     text columns of mostly numbers get a ``"note"`` (also logged as a warning).
@@ -383,20 +384,23 @@ def _is_bool(series: pd.Series) -> bool:
     )
 
 
-def _is_small_integer(series: pd.Series) -> bool:
-    """Integer dtype, or floats that are all whole numbers (integers with NaN), <= 12 levels."""
-    values = series.dropna()
+def _is_whole(series: pd.Series) -> bool:
+    """Integer dtype, or floats that are all whole numbers (integers with NaN)."""
     if pd.api.types.is_float_dtype(series.dtype):
-        whole = bool(np.all(np.asarray(values, dtype=float) % 1 == 0))
-    else:
-        whole = pd.api.types.is_integer_dtype(series.dtype)
-    return whole and values.nunique() <= MAX_CATEGORICAL_INT_LEVELS
+        return bool(np.all(np.asarray(series.dropna(), dtype=float) % 1 == 0))
+    return pd.api.types.is_integer_dtype(series.dtype)
+
+
+def _is_small_integer(series: pd.Series) -> bool:
+    """Whole numbers (:func:`_is_whole`) with at most 12 distinct values."""
+    return _is_whole(series) and series.dropna().nunique() <= MAX_CATEGORICAL_INT_LEVELS
 
 
 def _numeric(series: pd.Series, missing: int) -> dict[str, Any]:
     values = series.dropna()
     low, high = (float(values.min()), float(values.max())) if len(values) else (None, None)
-    return {"kind": "numeric", "min": low, "max": high, "missing": missing}
+    return {"kind": "numeric", "min": low, "max": high, "missing": missing,
+            "whole": bool(len(values)) and _is_whole(series)}
 
 
 def _categorical(series: pd.Series, max_levels: int, missing: int) -> dict[str, Any]:

@@ -35,6 +35,14 @@ Keys (all optional; any other key is an error, so typos are caught):
     quantile_resolution, the range being the one the catalog shows (rounded outward to
     two significant digits). E.g. ``cost_2021`` published as 38 .. 19000 with the
     default 1000 allows steps of 18.962 or coarser.
+``integer_levels``
+    Whole number from 0 to 100 (default 12). A numeric column whose values are all whole
+    numbers and whose published range holds at most this many of them (a 0/1 flag, a
+    score 1..5) is published with them as its levels: analysts may group by it as by a
+    category, and it stays a number (means, sums). The levels are every whole number of
+    the published range, not the values present, so they disclose nothing the range does
+    not; a level few people hold is a cell that the minimum cell size suppresses. 0: no
+    numeric column gets levels (group only in bins, or declare it ``[data] categorical``).
 ``dominance_n``, ``dominance_k``
     Whole numbers (defaults 2 and 90, ACRO's): a released sum or mean of a column that
     is never negative is suppressed when its n largest contributions could make up more
@@ -111,7 +119,11 @@ from fractions import Fraction
 from typing import Any
 
 from ppa_kernel.contract.errors import PPAError
-from ppa_kernel.contract.limits import DEFAULT_QUANTILE_RESOLUTION
+from ppa_kernel.contract.limits import (
+    DEFAULT_INTEGER_LEVELS,
+    DEFAULT_QUANTILE_RESOLUTION,
+    MAX_INTEGER_LEVELS,
+)
 from ppa_kernel.contract.models import MODEL_KINDS
 from ppa_kernel.contract.plan import AGGREGATES, DISCLOSURE_POLICY_KEYS
 
@@ -128,8 +140,8 @@ APPROVAL_TIMES = {"approval_wait": (86400.0, 30 * 86400.0),
 """Policy key -> (default, highest) seconds."""
 _KEYS = ("min_cell_size", "statistics", "approval", "approval_wait", "approval_valid",
          "columns", "min_residual_df",
-         "quantile_resolution", "quantile_precision", "dominance_n", "dominance_k", "p_ratio",
-         "differencing_history", "differencing")
+         "quantile_resolution", "quantile_precision", "integer_levels", "dominance_n",
+         "dominance_k", "p_ratio", "differencing_history", "differencing")
 DISCLOSURE_KEYS = {rule: (DISCLOSURE_POLICY_KEYS[rule], *limits) for rule, limits in {
     "dominance_n": (2, 1, 10), "dominance_k": (90, 1, 100), "p_ratio": (10, 0, 100),
     "history_limit": (1000, 1, 100_000), "differencing": (True, False, True)}.items()}
@@ -188,6 +200,7 @@ class Policy:
     min_residual_df: int = 10
     quantile_resolution: int = DEFAULT_QUANTILE_RESOLUTION
     quantile_precision: dict[str, float] = field(default_factory=dict, hash=False)
+    integer_levels: int = DEFAULT_INTEGER_LEVELS
     dominance_n: int = 2
     dominance_k: int = 90
     p_ratio: int = 10
@@ -209,6 +222,10 @@ class Policy:
                     not 0 < value <= high:
                 reasons.append(f"'policy.{key}' must be a number of seconds above 0 and at "
                                f"most {high:g}, got {value!r}")
+        if not isinstance(self.integer_levels, int) or isinstance(self.integer_levels, bool) \
+                or not 0 <= self.integer_levels <= MAX_INTEGER_LEVELS:
+            reasons.append("'policy.integer_levels' must be a whole number from 0 to "
+                           f"{MAX_INTEGER_LEVELS}, got {self.integer_levels!r}")
         if (not isinstance(self.min_residual_df, int) or isinstance(self.min_residual_df, bool)
                 or self.min_residual_df < 1):
             reasons.append("'policy.min_residual_df' must be a whole number of at least 1, "
@@ -268,6 +285,8 @@ class Policy:
                 reasons.append(f"'policy.approval' must be a string, got {value!r}")
         if "quantile_resolution" in data:
             kwargs["quantile_resolution"] = data["quantile_resolution"]  # checked below
+        if "integer_levels" in data:
+            kwargs["integer_levels"] = data["integer_levels"]  # checked when built
         for key in APPROVAL_TIMES:
             if key in data:
                 kwargs[key] = data[key]  # checked when the policy is built
@@ -415,7 +434,7 @@ class Policy:
                 "min_residual_df": self.min_residual_df,
                 "quantile_resolution": self.quantile_resolution,
                 "quantile_precision": dict(sorted(self.quantile_precision.items())),
-                "disclosure": self.disclosure}
+                "integer_levels": self.integer_levels, "disclosure": self.disclosure}
 
 
 def _decimal(value: float) -> Fraction:

@@ -194,7 +194,11 @@ def _results(policy: Policy) -> list[str]:
             "  - Quantiles are rounded no finer than a column's published range / "
             f"{policy.quantile_resolution}"
             + (f" (own steps: {_pairs(policy.quantile_precision)})."
-               if policy.quantile_precision else ".")]
+               if policy.quantile_precision else "."),
+            (f"  - Whole-number columns whose published range spans at most "
+             f"{policy.integer_levels} values are published with them as levels (groupable)."
+             if policy.integer_levels else
+             "  - No numeric column is published with levels (integer_levels = 0).")]
 
 
 def _disclosure(policy: Policy) -> list[str]:
@@ -261,6 +265,9 @@ def _column_about(name: str, link: str, catalog: Mapping[str, dict],
     if entry is None:
         return ""
     about = f"  ({entry['kind']}"
+    if entry["kind"] == "numeric" and entry.get("levels"):
+        about += (f"; levels {entry['levels'][0]} .. {entry['levels'][-1]} "
+                  "(whole numbers, integer_levels)")
     if entry["kind"] == "numeric" and entry.get("min_precision"):
         about += f"; quantiles in steps of at least {entry['min_precision']:g}"
     return about + ")"

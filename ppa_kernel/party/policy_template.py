@@ -22,7 +22,8 @@ _WIDTH = 36
 KIND_USES = {"numeric": ["filter", "group", "measure"], "bool": ["filter", "group", "measure"],
              "categorical": ["filter", "group"]}
 """The uses a generated policy approves for a column of each kind: groups of a numeric
-column are bins; the mean of a true/false column is a share; text is never a measure."""
+column are bins (or its whole numbers, see ``integer_levels``); the mean of a true/false
+column is a share; text is never a measure."""
 
 
 
@@ -52,6 +53,8 @@ def commented_policy(party: str, link: str | None, described: Mapping[str, dict]
               "a regression needs this many rows more than coefficients"),
         _line(f"quantile_resolution = {defaults.quantile_resolution}",
               "quantiles no finer than a column's range / this"),
+        _line(f"integer_levels = {defaults.integer_levels}",
+              "group whole numbers spanning at most this many as they are"),
         _line(f"dominance_n = {defaults.dominance_n}",
               "suppress a sum or mean when its dominance_n largest values"),
         _line(f"dominance_k = {defaults.dominance_k}",
@@ -67,7 +70,8 @@ def commented_policy(party: str, link: str | None, described: Mapping[str, dict]
         "[policy.columns]",
         "# One line per column analysts may use; a column not listed may not be used at all.",
         '# Uses: "link" matches rows across parties, "filter" keeps rows by a condition,',
-        '# "group" splits results by its values (numbers in bins), "measure" computes statistics.',
+        '# "group" splits results by its values (numbers in bins, small whole-number ranges',
+        '# as they are), "measure" computes statistics.',
     ]
     columns = [] if link is None else [(f"{_key(link)} = [\"link\"]",
                                         "the link column: for matching only")]
