@@ -153,9 +153,15 @@ def test_sqlite_url_to_missing_file_is_not_created(tmp_path: Path) -> None:
 
 
 def test_url_without_driver_hides_password() -> None:
-    with pytest.raises(DataSourceError, match="driver") as info:
-        load_table("postgresql://alice:s3cret@localhost:1/db", table="people")
+    with pytest.raises(DataSourceError, match="driver") as info:  # pg8000 is not installed
+        load_table("postgresql+pg8000://alice:s3cret@localhost:1/db", table="people")
     assert "s3cret" not in str(info.value)
+
+
+def test_unreachable_database_hides_password() -> None:
+    with pytest.raises(DataSourceError, match="reachable") as info:  # nothing on port 1
+        load_table("postgresql+psycopg://alice:s3cret@127.0.0.1:1/db", table="people")
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
 
 
 @pytest.mark.parametrize(
