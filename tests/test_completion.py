@@ -104,6 +104,16 @@ def test_column_strings_in_subscripts_and_method_arguments(shell, consortium):
     assert texts(shell, LINKED + 't.ols("cost_2021 ~ incom') == ["income_band"]
 
 
+def test_levels_in_comparisons_and_isin(shell, consortium):
+    bands = [str(b) for b in consortium.catalog["bureau"]["income_band"]["levels"]]
+    assert sorted(texts(shell, LINKED + 't[t.income_band == "')) == sorted(bands)
+    assert sorted(texts(shell, LINKED + "t[t['income_band'] != '")) == sorted(bands)
+    assert sorted(texts(shell, LINKED + 't[t.income_band.isin(["')) == sorted(bands)
+    regions = texts(shell, LINKED + 't[t.region.isin(["North", "')
+    assert sorted(regions) == sorted(consortium.catalog["insurer"]["region"]["levels"])
+    assert "age" not in texts(shell, LINKED + 't[t.age == "')  # a value, never a column
+
+
 def test_assigned_names_and_chains_are_followed(shell):
     body = ("%%secure\nt = link(insurer, hospital)\n"
             "t = t.assign(cost_change=t.cost_2021 - t.cost_2020)\nusers = t[t.app_user]\n")

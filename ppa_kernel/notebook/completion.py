@@ -6,8 +6,8 @@ cell, so the matcher sees the ``%%secure`` line above the cursor. It completes
 - ``%ppa`` subcommands, options and option values, and ``%%secure`` options, from the
   magics' own argument parsers;
 - in a ``%%secure`` body: party names (alone and in ``link(``), the columns and methods
-  after ``t.``, and column names in strings: ``t["``, ``groupby(["``, ``agg(n=("``,
-  ``t.ols("y ~ ``, ...
+  after ``t.``, column names in strings: ``t["``, ``groupby(["``, ``agg(n=("``,
+  ``t.ols("y ~ ``, ..., and a column's levels in ``t.region == "`` and ``isin(["``.
 
 ``t`` is a party name, a secure frame among the analyst's variables, or a name the cell
 assigns from ``link(...)``, a party or another such name (``.assign(...)``, filters).
@@ -32,9 +32,10 @@ from ppa_kernel.contract.errors import PPAError
 logger = logging.getLogger(__name__)
 
 MATCHER_ID = "ppa_kernel.notebook.completion"
-IDENTIFIER = re.compile(r"[A-Za-z_]\w*$")
+SECURE_LINE = re.compile(r"%%secure(\s|$)")
 NAME_TAIL = re.compile(r"\w*$")
 COLUMN_TAIL = re.compile(r"[\w.]*$")
+COMPARED = re.compile(r"\s*[=!]=\s*$")  # a string compared with a column
 FILTERS = ("filter",)  # frame methods that keep the frame's columns
 GROUP_METHODS = sorted(n for n in dir(GroupBy) if not n.startswith("_"))
 
@@ -274,9 +275,9 @@ class Resolver:
         if isinstance(node, ast.Name):
             return self._named(node.id)
         if isinstance(node, ast.Subscript):  # t[condition]; t["col"] is a column
-            is_column = isinstance(node.slice, ast.Constant) and isinstance(node.slice.value,
-                                                                              str)
-            return None if is_column else self._ungrouped(node.value)
+            if isinstance(node.slice, ast.Constant):
+                return None
+            return self._ungrouped(node.value)
         if not isinstance(node, ast.Call):
             return None
         if self.is_link(node.func):
@@ -303,6 +304,25 @@ class Resolver:
         if isinstance(node, ast.Attribute):
             return self.frame(node.value)
         return None
+
+    def levels(self, node: ast.expr | None) -> list[str] | None:
+        """The published text levels of a plain column ``t.col`` or ``t["col"]``."""
+        if isinstance(node, ast.Attribute):
+            info, name = self.frame(node.value), node.attr
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            info, name = self.frame(node.value), node.slice.value
+        else:
+            return None
+        if info is None or info.grouped or name in info.derived or not isinstance(name, str):
+            return None
+        try:
+            column = info.frame[name]
+        except PPAError:
+            return None
+        if "col" not in column.expr:
+            return None
+        levels = info.frame.column_meta(column.expr["col"]).get("levels") or []
+        return [level for level in levels if isinstance(level, str)]
 
     def is_link(self, node: ast.expr | None) -> bool:
         if isinstance(node, ast.Name):
@@ -390,12 +410,20 @@ def _in_string(state: Scan, resolver: Resolver, scope: CellScope) -> Suggestions
     """Column names (or party names, in ``link("``) for the string the cursor is in."""
     text = state.text
     prefix = COLUMN_TAIL.search(text[state.string_start + 1:]).group()
+    compared = COMPARED.search(text[:state.string_start])
+    if compared:  # t.region == "...": one of the column's levels
+        levels = resolver.levels(_parse(chain_before(state, compared.start())))
+        return Suggestions(prefix, _starting(levels, prefix), "level") if levels else None
+    if not state.open_brackets or not _argument_position(text, state.open_brackets[-1],
+                                                         state.string_start):
+        return None
     for bracket in reversed(state.open_brackets):
-        if bracket > state.string_start:
-            continue
         head = _parse(chain_before(state, bracket))
         if head is None:  # a list, tuple or dict literal: look further out
             continue
+        if isinstance(head, ast.Attribute) and head.attr == "isin":
+            levels = resolver.levels(head.value)
+            return Suggestions(prefix, _starting(levels, prefix), "level") if levels else None
         if text[bracket] == "[":
             info = resolver.frame(head)
         elif resolver.is_link(head):
@@ -406,6 +434,14 @@ def _in_string(state: Scan, resolver: Resolver, scope: CellScope) -> Suggestions
             return None
         return Suggestions(prefix, _starting(info.columns(prefix), prefix), "column")
     return None
+
+
+def _argument_position(text: str, bracket: int, string_start: int) -> bool:
+    """Whether a string at ``string_start`` is an item of the bracket opened at
+    ``bracket``: the first, after a comma, or a keyword argument's value."""
+    lead = text[bracket + 1:string_start].rstrip()
+    return not lead or lead.endswith(",") or (
+        lead.endswith("=") and not lead.endswith(("==", "!=", "<=", ">=")))
 
 
 # ----------------------------------------------------------------------- the matcher
@@ -423,7 +459,7 @@ def suggest(text: str, line: int, column: int, *, scope: Callable[[], CellScope 
     if stripped.startswith("%ppa "):
         return complete_magic_line(_words(stripped[len("%ppa "):]), ppa_parser,
                                    ppa_positional_choices(ppa_parser))
-    if not lines[0].startswith("%%secure"):
+    if not SECURE_LINE.match(lines[0]):
         return None
     if line == 0:
         if not before.startswith("%%secure "):
