@@ -28,6 +28,7 @@ from typing import Any
 from ppa_kernel.analyst.frame import GroupBy, SecureFrame
 from ppa_kernel.analyst.progress import MODES
 from ppa_kernel.contract.errors import PPAError
+from ppa_kernel.notebook.cell import party_names
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,14 @@ class CellScope:
     user_ns: Mapping[str, Any]
 
     @property
+    def data_parties(self) -> list[str]:
+        """The parties ``link`` takes (by name, in a string)."""
+        return list(getattr(self.consortium, "data_parties", None) or self.consortium.names)
+
+    @property
     def parties(self) -> list[str]:
-        names = getattr(self.consortium, "data_parties", None) or self.consortium.names
-        return [name for name in names if name.isidentifier()]
+        """The parties a cell sees as names."""
+        return party_names(self.consortium)
 
     def link(self, parties: list[str]) -> FrameInfo | None:
         try:
@@ -427,7 +433,7 @@ def _in_string(state: Scan, resolver: Resolver, scope: CellScope) -> Suggestions
         if text[bracket] == "[":
             info = resolver.frame(head)
         elif resolver.is_link(head):
-            return Suggestions(prefix, _starting(scope.parties, prefix), "party")
+            return Suggestions(prefix, _starting(scope.data_parties, prefix), "party")
         else:
             info = resolver.columns_of(head)
         if info is None:
