@@ -144,6 +144,51 @@ def test_user_mistakes_are_one_clear_line_without_traceback(shell, capsys, body,
     assert "Traceback" not in text
 
 
+@pytest.mark.parametrize(("body", "line", "needles"), [
+    ("t = link(insurer, hospitel)\nt.count()", 2,
+     ["name 'hospitel' is not defined", "did you mean hospital?"]),
+    ("t = link(insurer, hospital)\nt[t.agee >= 40].count()", 3,
+     ["no column or method 'agee'", "did you mean age?"]),
+    ("t = link(insurer, hospital)\nt.groupby('sex').agg(m=('cost_2021', 'mean')).mena()", 3,
+     ["Query has no attribute 'mena'"]),
+    ("t = link()\nt.groupbye('sex').size()", 3, ["did you mean groupby?"]),
+    ("t = link()\ng = t.groupby('sex')\ng.mena('age')", 4, ["did you mean mean?"]),
+    ("t = link()\nt[cost_2021 > 0].count()", 3,
+     ["name 'cost_2021' is not defined", "cost_2021 is a column of insurer"]),
+    ("t = link(insurer)\nt[t.app_user].count()", 3,
+     ["'app_user' belongs to hospital", "include hospital in link"]),
+    ("t = link()\nt.groupby()", 3, ["TypeError", "missing 1 required positional argument"]),
+    ("bands = {}\nt = link()\nt.groupby(bands['x']).size()", 4, ["KeyError: 'x'"]),
+    ("t = link('hospitel')\nt.count()", 2, ["unknown parties", "did you mean hospital?"]),
+    ("t = link()\n\nt.agg(n=('agee', 'count'))", 4, ["unknown column 'agee'", "age"]),
+])
+def test_cell_mistakes_name_their_line_and_a_suggestion(shell, capsys, body, line, needles):
+    """Slips in the cell's own code are one line, no traceback, naming the cell's line
+    (the %%secure line is line 1) and, where one is close, the name meant."""
+    result = run(shell, "%%secure\n" + body)
+    assert not result.success
+    text = "".join(capsys.readouterr())
+    lines = [t for t in text.splitlines() if t.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith(f"analyst: PlanError: line {line}: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in text and "NameError" not in text
+
+
+def test_a_bug_inside_a_called_function_keeps_its_traceback(shell, capsys):
+    """Only the cell's own slips are shortened: an error raised inside a function the
+    cell calls shows its traceback, down to the function's line."""
+    run(shell, "def cohort(t):\n    return t[t.age >= undefined_limit]")
+    capsys.readouterr()
+    result = run(shell, "%%secure\nt = link()\ncohort(t).count()")
+    assert not result.success
+    assert isinstance(result.error_in_exec, NameError)
+    text = "".join(capsys.readouterr())
+    assert "Traceback" in text and "undefined_limit" in text
+    assert "cohort(t).count()" in text  # the cell's own line, shown in the traceback
+
+
 @pytest.mark.parametrize(("cell", "needle"), [
     ("%%secure --bogus\nt", "unrecognized arguments: --bogus"),
     ("%%secure -o 1x\nt", "-o needs a variable name"),

@@ -328,9 +328,19 @@ class SecureFrame:
         return [f"{p}.{c}" for p in self._link for c in self._catalog.get(p, {})]
 
     def __dir__(self) -> list[str]:
+        names = [c for c in self._unique_columns() if c.isidentifier()]
+        return sorted(set(super().__dir__()) | set(names) | set(self._derived))
+
+    def _unique_columns(self) -> list[str]:
+        """Bare names of the linked parties' columns that only one of them has."""
         bare = [c for p in self._link for c in self._catalog.get(p, {})]
-        unique = [c for c in bare if bare.count(c) == 1 and c.isidentifier()]
-        return sorted(set(super().__dir__()) | set(unique) | set(self._derived))
+        return [c for c in bare if bare.count(c) == 1]
+
+    def _ipython_key_completions_(self) -> list[str]:
+        """What ``t["`` completes to: assigned names, unique bare names, then every
+        column qualified as ``party.column``."""
+        names = [*self._derived, *self._unique_columns(), *self.columns]
+        return list(dict.fromkeys(names))
 
     def _owners(self, column: str, parties: list[str]) -> list[str]:
         return [p for p in parties if column in self._catalog.get(p, {})]

@@ -5,7 +5,9 @@ consortium. A ``%%secure`` cell body is secure-frame code that ends with a query
 magic builds the plan from it in this kernel, sends only the plan, and shows the
 released table (suppressed cells marked), bound to ``-o NAME`` (default ``_secure``).
 Workbench errors (bad plans, policy refusals, failed parties) are shown as one short
-message per party, without a traceback, and still fail the cell (so papermill stops).
+message per party, without a traceback, and still fail the cell (so papermill stops);
+so are the cell's own slips (a misspelt name, column or method), with the line and a
+"did you mean". Tab completes both magics (:mod:`.completion`).
 ``%ppa mock [SNAPSHOT]`` swaps the consortium for a mock of it (design mode: synthetic
 data; every result is marked mock and is never a release).
 """
@@ -34,6 +36,7 @@ from ppa_kernel.analyst.results import (
 )
 from ppa_kernel.contract.errors import ConsortiumError, PPAError
 from ppa_kernel.contract.plan import plan_hash
+from ppa_kernel.notebook import completion
 from ppa_kernel.notebook.cell import cell_query
 from ppa_kernel.notebook.session import Session
 
@@ -165,14 +168,30 @@ class PPAMagics(Magics):
               help="progress display for this cell (default: %%ppa progress setting)")
     @cell_magic
     def secure(self, line: str, cell: str) -> pd.DataFrame | None:
-        """Run secure-frame code as an MPC analysis; show and bind the released table."""
+        """Run secure-frame code as an MPC analysis; show and bind the released table.
+
+        The body is Python that runs in this kernel only to build a plan. It can use
+        each party's name (``insurer``, ``hospital``, ...: a secure frame of that party),
+        ``link(party, ...)`` (the secure inner join; no arguments: all data parties),
+        ``consortium`` and your own variables. Its last line must be a query: an
+        aggregate such as ``.agg(...)``, ``.count()``, ``.histogram(...)``,
+        ``.crosstab(...)`` or a statistic (``.ttest(...)``, ``.ols(...)``, ...). Only
+        that query's plan goes to the parties. Tab completes party names, columns after
+        ``t.`` and in ``t["...``, and the options. Example::
+
+            %%secure -o effect
+            t = link(insurer, hospital, bureau)
+            t = t.assign(cost_change=t.cost_2021 - t.cost_2020)
+            t.groupby(["income_band", "app_user"]).agg(n=("cost_change", "count"),
+                                                       mean=("cost_change", "mean"))
+        """
         args = parse_argstring(self.secure, line)
         if not args.out.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.out!r}")
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         consortium = self.session.require()
-        query = cell_query(cell, consortium, self.shell.user_ns)
+        query = cell_query(cell, consortium, self.shell.user_ns, first_line=2)
         if args.show_plan:
             display(_PlanView(consortium.prepare(query.plan())))
         if args.dry_run:
@@ -225,7 +244,9 @@ def load(shell: Any) -> None:
         return
     session = Session()
     shell._ppa_session = session
-    shell.register_magics(PPAMagics(shell, session))
+    magics = PPAMagics(shell, session)
+    shell.register_magics(magics)
+    completion.install(shell, session, magics)
     formatters = shell.display_formatter.formatters
     formatters["text/html"].for_type(pd.DataFrame, _released_html)
     formatters["text/plain"].for_type(pd.DataFrame, _released_text)
@@ -238,6 +259,7 @@ def unload(shell: Any) -> None:
     if session is not None:
         session.stop()
         shell._ppa_session = None
+    completion.remove(shell)
     formatters = shell.display_formatter.formatters
     for mime in ("text/html", "text/plain"):
         formatters[mime].pop(pd.DataFrame, None)
