@@ -125,8 +125,8 @@ class Steps:
         if progress is not None:
             progress.step(phase, 0, self.total)
 
-    def __call__(self, *_: Any) -> None:
-        self.done += 1
+    def __call__(self, steps: int = 1) -> None:
+        self.done += steps
         if self.progress is not None:
             self.progress.step(self.phase, self.done, self.total)
 
@@ -140,12 +140,15 @@ async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
     """Link all parties' rows. Opens party sizes and PRF tags (see module docstring).
 
     ``progress`` hears of the ``shuffle`` and ``tags`` phases' ends and of ``linkage``
-    steps: each party's keys input, each subset's shuffle, each PRF batch, the grouping
-    (whose rounds depend on tag collisions and are not counted).
+    steps: each party's keys input, each subset's shuffle, each PRF batch (as many steps
+    as tag bits: it costs about that many times more), the grouping (whose rounds depend
+    on tag collisions and are not counted).
     """
     sizes = await exchange_sizes(len(hashed_keys))
-    batches = -(-sum(sizes) // PRF_CHUNK_ROWS)
-    step = Steps(progress, "linkage", len(sizes) + _subset_count() + batches + 1)
+    n = sum(sizes)
+    bits = min(64, int(np.ceil(np.log2(max(n, 2)))) + 2)
+    batches = -(-n // PRF_CHUNK_ROWS)
+    step = Steps(progress, "linkage", len(sizes) + _subset_count() + batches * bits + 1)
     stacked = None
     for party in range(len(sizes)):  # every party's keys in one column, party after party
         mine = hashed_keys.reshape(-1, 1) if mpc.pid == party else None
@@ -157,8 +160,7 @@ async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
     if progress:
         progress("shuffle")
     x_share = (await shares(shuffled)).reshape(-1)
-    bits = min(64, int(np.ceil(np.log2(max(len(x_share), 2)))) + 2)
-    tags = await legendre_tags(link_type(), x_share, bits, progress=step)
+    tags = await legendre_tags(link_type(), x_share, bits, progress=lambda _: step(bits))
     groups = await resolve_groups(link_type(), x_share, tags)
     step()
     if progress:

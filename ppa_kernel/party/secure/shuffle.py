@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def permutation(seed_hex: str, n: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seed)).permutation(n)
 
 
-async def shuffle_rows(x, seeds: dict[Subset, str], step: Callable[[], None] | None = None):
+async def shuffle_rows(x, seeds: dict[Subset, str], step: Callable[[], Any] | None = None):
     """Permute the rows of secure array ``x`` by the composition of all subsets' permutations.
 
     ``seeds`` holds this party's seeds (from :func:`derive_seeds`); ``step`` is called
