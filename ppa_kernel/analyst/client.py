@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import secrets
 import threading
@@ -45,7 +46,7 @@ from ppa_kernel.contract.receipts import append_receipt, receipt, released_diges
 
 from . import accessor  # noqa: F401  (registers the result.ppa accessor)
 from .local import STARTUP_TIMEOUT, launch_local
-from .progress import ProgressCallback, make_display
+from .progress import Display, ProgressCallback, error_stage, make_display
 from .results import check_layout, released_table
 
 logger = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ class Consortium:
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,
-            progress: bool | str | ProgressCallback | None = None,
+            progress: bool | str | ProgressCallback | Display | None = None,
             layout: str = "table") -> pd.DataFrame:
         """Run a plan at every party; return the released table (see
         :func:`.results.released_table` for ``layout``)."""
@@ -324,7 +325,7 @@ class Consortium:
         return digest
 
     def run_raw(self, plan: dict, *, timeout: float | None = None,
-                progress: bool | str | ProgressCallback | None = False) -> RunOutcome:
+                progress: bool | str | ProgressCallback | Display | None = False) -> RunOutcome:
         """Run a plan; return every party's raw result (raises on any failure)."""
         check_depth(plan)  # before anything walks it recursively (hashing, copying)
         plan = self.prepare(plan)
@@ -336,24 +337,29 @@ class Consortium:
         request["hold"] = True
         outcome = RunOutcome(run_id, plan)
         failed = threading.Event()
-        callback, display = _display(progress, self.names)
+        report, display = _display(progress)
+        if display is not None:
+            display.begin(self.names)
         # until every party approved: as long as the longest a reviewer may take, then the
         # run's own timeout (a waiting kernel's heartbeats show it is alive)
         outcome.deadline = time.monotonic() + self._run_budget(timeout) + max(
             (info["policy"].get("approval_wait", 0) for info in self.parties.values()
              if info["policy"].get("approval") == "manual"), default=0)
         threads = [threading.Thread(target=self._follow_run, daemon=True,
-                                    args=(p, request, outcome, failed, callback))
+                                    args=(p, request, outcome, failed, report))
                    for p in self.config.parties]
-        for t in threads:
-            t.start()
+        done = False
         try:
-            self._wait(threads, failed, outcome)
-        finally:
-            outcome.closed = True
-        done = not failed.is_set() and len(outcome.results) == len(self.names)
-        if display is not None:
-            display.close(ok=done)
+            for t in threads:
+                t.start()
+            try:
+                self._wait(threads, failed, outcome)
+            finally:
+                outcome.closed = True
+            done = not failed.is_set() and len(outcome.results) == len(self.names)
+        finally:  # also when interrupted: the display stops ticking
+            if display is not None:
+                display.close(ok=done, errors=_blamed(outcome.errors))
         if not done:
             self._cancel(run_id)
             if not outcome.errors:
@@ -413,12 +419,17 @@ class Consortium:
                 t.join(timeout=0.05)
 
     def _follow_run(self, party: PartyAddress, request: dict, outcome: RunOutcome,
-                    failed: threading.Event, callback) -> None:
+                    failed: threading.Event, report: Report | None) -> None:
+        def fail(error: PPAError) -> None:
+            outcome.fail(party.name, error)
+            failed.set()
+            if report and not outcome.closed:
+                report(party.name, error_stage(error), 0.0, None)
+
         try:
             channel = self._connect(party)
         except PPAError as exc:
-            outcome.fail(party.name, exc)
-            failed.set()
+            fail(exc)
             return
         try:
             channel.send(self._signed("run", party.name, request))
@@ -433,11 +444,11 @@ class Consortium:
                                       "(stalled, or the network is silent)", party=party.name,
                                       hint="check that party's kernel and network") from None
                 event = reply.get("event")
-                if event == "progress" and callback:
-                    callback(party.name, reply.get("phase", ""), reply.get("elapsed", 0.0))
+                if event == "progress" and report:
+                    report(party.name, *progress_event(reply))
                 elif event == "approved":
-                    if callback:
-                        callback(party.name, "approved", 0.0)
+                    if report:
+                        report(party.name, "approved", 0.0, None)
                     approvers = reply.get("approvers")
                     self._approved(party.name, [str(a) for a in approvers][:16]
                                    if isinstance(approvers, list) else [], outcome, request)
@@ -449,19 +460,15 @@ class Consortium:
                 elif event == "error":  # a party speaks for itself only
                     error = error_from_dict(reply["error"])
                     error.party = party.name
-                    outcome.fail(party.name, error)
-                    failed.set()
+                    fail(error)
                     return
         except TimeoutError:
-            outcome.fail(party.name, RunTimeout("no answer before the deadline", party=party.name))
-            failed.set()
+            fail(RunTimeout("no answer before the deadline", party=party.name))
         except (OSError, ConnectionError) as exc:
-            outcome.fail(party.name, PartyFailed(f"connection lost: {exc}", party=party.name))
-            failed.set()
+            fail(PartyFailed(f"connection lost: {exc}", party=party.name))
         except PPAError as exc:  # a reply that failed the protocol's checks
             exc.party = exc.party or party.name
-            outcome.fail(party.name, exc)
-            failed.set()
+            fail(exc)
         finally:
             channel.close()
 
@@ -573,13 +580,49 @@ def _identity(identity: Identity | str | Path | None) -> Identity:
     return found
 
 
-def _display(progress: bool | str | ProgressCallback | None, names: list[str]):
-    """(callback, display) for a run: the callback given, or a display (see :mod:`.progress`).
+Report = Callable[[str, str, float, float | None], None]
+"""``report(party, phase, elapsed, fraction)``: one progress report (see :mod:`.progress`)."""
+MAX_PHASE_NAME = 40
+
+
+def progress_event(reply: dict) -> tuple[str, float, float | None]:
+    """(phase, elapsed, fraction) of a party's progress event, cut to sane values: a short
+    phase name, finite seconds, a fraction in [0, 1] or None (the phase ended)."""
+    phase = reply.get("phase")
+    phase = phase[:MAX_PHASE_NAME] if isinstance(phase, str) else ""
+    numbers = []
+    for key in ("elapsed", "fraction"):
+        value = reply.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        numbers.append(float(value) if ok else None)
+    elapsed, fraction = numbers
+    return phase, elapsed or 0.0, None if fraction is None else min(max(fraction, 0.0), 1.0)
+
+
+def _display(progress: bool | str | ProgressCallback | Display | None
+             ) -> tuple[Report | None, Display | None]:
+    """(report, display) for a run: a display given or chosen (see :mod:`.progress`), or
+    a plain callback, which hears of finished phases only.
 
     ``None`` and ``True`` choose automatically (widget, text or bar); ``False`` shows nothing.
     """
+    if isinstance(progress, Display):
+        return progress.update, progress
     if callable(progress):
-        return progress, None
+        callback = progress
+
+        def report(party: str, phase: str, elapsed: float, fraction: float | None) -> None:
+            if fraction is None:
+                callback(party, phase, elapsed)
+
+        return report, None
     mode = "off" if progress is False else "auto" if progress in (None, True) else progress
-    display = make_display(mode, names)
+    display = make_display(mode)
     return (display.update if display else None), display
+
+
+def _blamed(errors: Mapping[str, PPAError]) -> dict[str, PPAError]:
+    """The parties' errors without knock-ons (see :func:`without_knock_ons`)."""
+    kept = without_knock_ons(list(errors.values()))
+    return {party: e for party, e in errors.items() if any(e is k for k in kept)}

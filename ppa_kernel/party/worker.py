@@ -40,18 +40,44 @@ PARENT_PID = os.getppid()
 """The party kernel that started this worker; when it goes, the worker stops."""
 
 
+STEP_INTERVAL = 0.3
+"""Least seconds between two reports of a phase under way (a few a second at most)."""
+
+
 class Phases:
-    """Wall time per phase, reported to the kernel as the run goes."""
+    """Wall time per phase, reported to the kernel as the run goes.
+
+    ``phases(name)`` reports that a phase ended; ``phases.step(name, done, total)`` that
+    a phase under way has done ``done`` of ``total`` steps. A report carries nothing but
+    the phase's name, seconds since the worker started and that fraction, and step
+    counts derive from public sizes only (row counts, column counts, parties), never
+    from data: a step report says no more than the phases' timing already does.
+    """
 
     def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = self.stepped = time.perf_counter()
         self.seconds: dict[str, float] = {}
 
     def __call__(self, phase: str) -> None:
         now = time.perf_counter()
         self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.last, 4)
         self.last = now
-        print(json.dumps({"phase": phase, "elapsed": round(now - self.start, 3)}), flush=True)
+        self._print({"phase": phase, "elapsed": round(now - self.start, 3)})
+
+    def step(self, phase: str, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` steps of ``phase``: its start (``done`` 0) always,
+        later steps at most every :data:`STEP_INTERVAL` seconds, the last never (the
+        phase's end follows)."""
+        now = time.perf_counter()
+        if done >= total or (done and now - self.stepped < STEP_INTERVAL):
+            return
+        self.stepped = now
+        self._print({"phase": phase, "fraction": round(done / total, 2),
+                     "elapsed": round(now - self.start, 3)})
+
+    @staticmethod
+    def _print(event: dict) -> None:
+        print(json.dumps(event), flush=True)
 
 
 def _mpyc_argv(job: Job) -> list[str]:
@@ -166,7 +192,7 @@ async def _run(job: Job) -> dict:
     phases("connect")
     linkage, history, relinked = await _linkage(job, frame, phases)
     widths = [len(program.features.get(p, [])) for p in program.parties]
-    linked = await linked_table(linkage, block, widths, value_type())
+    linked = await linked_table(linkage, block, widths, value_type(), progress=phases)
     table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),
@@ -175,6 +201,7 @@ async def _run(job: Job) -> dict:
     if job.plan.get("model") is not None:
         from .secure.models import run_model
 
+        phases.step("model", 0, 1)
         stats.model = await run_model(state)
         phases("model")
     allow_disconnects()

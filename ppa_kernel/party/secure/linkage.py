@@ -27,15 +27,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ppa_kernel.contract.errors import PartyFailed
 
 from .openings import reveal
+from .prf import CHUNK_ROWS as PRF_CHUNK_ROWS
 from .prf import legendre_tags
 from .runtime import link_type, mpc, random_field_array, shares, wrap, zero_sharing
-from .shuffle import Subset, derive_seeds, shuffle_rows
+from .shuffle import Subset, derive_seeds, shuffle_rows, subsets
 
 logger = logging.getLogger(__name__)
 
@@ -113,23 +115,54 @@ async def exchange_sizes(own_rows: int) -> list[int]:
     return [int(v) for v in await reveal("linkage.party_sizes", inputs)]
 
 
+class Steps:
+    """Counts the steps of a phase under way and reports each to ``progress.step`` (the
+    worker's :class:`~ppa_kernel.party.worker.Phases`; None: no reports). The total is
+    fixed in advance from public sizes, so the reports reveal nothing data-dependent."""
+
+    def __init__(self, progress: Any, phase: str, total: int) -> None:
+        self.progress, self.phase, self.total, self.done = progress, phase, max(total, 1), 0
+        if progress is not None:
+            progress.step(phase, 0, self.total)
+
+    def __call__(self, steps: int = 1) -> None:
+        self.done += steps
+        if self.progress is not None:
+            self.progress.step(self.phase, self.done, self.total)
+
+
+def _subset_count() -> int:
+    return len(subsets(len(mpc.parties), mpc.threshold))
+
+
 async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
                progress=None) -> Linkage:
-    """Link all parties' rows. Opens party sizes and PRF tags (see module docstring)."""
+    """Link all parties' rows. Opens party sizes and PRF tags (see module docstring).
+
+    ``progress`` hears of the ``shuffle`` and ``tags`` phases' ends and of ``linkage``
+    steps: each party's keys input, each subset's shuffle, each PRF batch (as many steps
+    as tag bits: it costs about that many times more), the grouping (whose rounds depend
+    on tag collisions and are not counted).
+    """
     sizes = await exchange_sizes(len(hashed_keys))
+    n = sum(sizes)
+    bits = min(64, int(np.ceil(np.log2(max(n, 2)))) + 2)
+    batches = -(-n // PRF_CHUNK_ROWS)
+    step = Steps(progress, "linkage", len(sizes) + _subset_count() + batches * bits + 1)
     stacked = None
     for party in range(len(sizes)):  # every party's keys in one column, party after party
         mine = hashed_keys.reshape(-1, 1) if mpc.pid == party else None
         rows = await _stack_one(mine, sizes, party, 1, link_type())
         stacked = rows if stacked is None else stacked + rows
+        step()
     seeds = derive_seeds(epoch.to_bytes(8, "big"))
-    shuffled = await shuffle_rows(stacked, seeds)
+    shuffled = await shuffle_rows(stacked, seeds, step)
     if progress:
         progress("shuffle")
     x_share = (await shares(shuffled)).reshape(-1)
-    bits = min(64, int(np.ceil(np.log2(max(len(x_share), 2)))) + 2)
-    tags = await legendre_tags(link_type(), x_share, bits)
+    tags = await legendre_tags(link_type(), x_share, bits, progress=lambda _: step(bits))
     groups = await resolve_groups(link_type(), x_share, tags)
+    step()
     if progress:
         progress("tags")
     linkage = Linkage(epoch, sizes, seeds, groups, data_fingerprint)
@@ -183,24 +216,29 @@ CHUNK_ELEMENTS = 1_000_000
 """Upper bound on rows x columns moved through one shuffle, bounding worker memory."""
 
 
-async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype):
+async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype,
+                       progress=None):
     """One row per linked person (group), columns of all parties' blocks. Opens nothing.
 
     Each party's columns are brought in separately, in chunks of at most
     ``CHUNK_ELEMENTS`` stacked values: input by their owner, shuffled by the stored
-    permutations, and summed per person by the stored public grouping.
+    permutations, and summed per person by the stored public grouping. ``progress``
+    hears of ``input`` steps: each chunk's input and each subset's shuffle of it.
     """
     n_rows = sum(linkage.sizes)
     order = np.argsort(linkage.groups, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(linkage.groups[order]) != 0])
     step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
+    chunks = sum(-(-width // step) for width in widths)
+    done = Steps(progress, "input", chunks * (1 + _subset_count()))
     parts = []
     for party, width in enumerate(widths):
         for first in range(0, width, step):
             cols = min(step, width - first)
             mine = block[:, first:first + cols] if mpc.pid == party else None
             stacked = await _stack_one(mine, linkage.sizes, party, cols, sectype)
-            shuffled = await shares(await shuffle_rows(stacked, linkage.seeds))
+            done()
+            shuffled = await shares(await shuffle_rows(stacked, linkage.seeds, done))
             parts.append(np.add.reduceat(shuffled[order], starts, axis=0))
     if not parts:
         return wrap(sectype, np.zeros((len(starts), 0), dtype=object))

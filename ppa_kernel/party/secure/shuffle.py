@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +51,11 @@ def permutation(seed_hex: str, n: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seed)).permutation(n)
 
 
-async def shuffle_rows(x, seeds: dict[Subset, str]):
+async def shuffle_rows(x, seeds: dict[Subset, str], step: Callable[[], Any] | None = None):
     """Permute the rows of secure array ``x`` by the composition of all subsets' permutations.
 
-    ``seeds`` holds this party's seeds (from :func:`derive_seeds`). Opens nothing.
+    ``seeds`` holds this party's seeds (from :func:`derive_seeds`); ``step`` is called
+    after each subset's turn (``len(subsets(m, t))`` times). Opens nothing.
     """
     sectype = type(x).sectype
     field = sectype.field
@@ -72,4 +75,6 @@ async def shuffle_rows(x, seeds: dict[Subset, str]):
         x = received[0]
         for part in received[1:]:
             x = x + part
+        if step is not None:
+            step()
     return x
