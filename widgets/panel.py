@@ -601,16 +601,15 @@ class QueryBuilder:
             self._error(exc)
             raise
         self.code.value = (
-            '<div class="ppa-code-box">'
+            '<div class="ppa-code-box"><div>The same plan as a notebook cell: <b>Copy code</b> '
+            "and paste it into a new cell, or call <code>insert_code()</code> on this builder "
+            "in a cell to insert it as the next cell.</div>"
             f'<pre aria-label="secure cell code" style="white-space:pre-wrap;margin:4px 0">'
             f"{html.escape(code)}</pre>"
             f'<button type="button" class="jupyter-button ppa-copy-code" '
             f'onclick="{html.escape(_COPY_SCRIPT, quote=True)}">Copy code</button> '
             '<span class="ppa-copy-note" role="status"></span></div>')
-        self._info("The code below builds the same plan: <b>Copy code</b> and paste it into a "
-                   "new cell, or call <code>insert_code()</code> on this builder in a cell to "
-                   "insert it as the next cell.")
-        return code
+        return code  # the status line keeps the run's summary
 
     def insert_code(self) -> str:
         """Insert the current spec's ``%%secure`` cell below the running cell; return it.
