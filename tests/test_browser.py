@@ -70,35 +70,74 @@ def test_query_builder_runs_a_query_from_clicks(lab: LabServer,
     builder = page.locator(f"{NOTEBOOK} .ppa-query-builder")
     builder.wait_for(state="visible")
     for label in ("Parties", "Filter on", "Group by", "Outcome", "Statistic", "Run",
-                  "Show code", "Export"):
+                  "Cancel", "Show code", "Export"):
         assert widget(page, label).is_visible(), f"no {label!r} control in the builder"
-
-    group = page.locator(".ppa-group-by select option",
-                         has_text=re.compile(r"(^|\.)income_band$"))
-    group.first.click()
-    assert group.first.evaluate("o => o.selected"), "clicking income_band did not select it"
+    assert builder.locator('[title="null"]').count() == 0, "a label has title=\"null\""
+    hints = builder.locator(".ppa-help").all_inner_texts()
+    assert any("order you pick" in h for h in hints), hints
+    assert "everyone" in builder.locator(".ppa-filters").inner_text()
     outcome = page.locator(".ppa-outcome select")
+    assert outcome.evaluate("s => s.options[s.selectedIndex].text") == "rows"
+
+    # two groups, picked against the list's order: income_band, then region (above it)
+    options = page.locator(".ppa-group-by select option")
+    names = [re.sub(r"^.*\.", "", o) for o in options.all_inner_texts()]
+    assert names.index("region") < names.index("income_band"), names
+    band = options.nth(names.index("income_band"))
+    band.click()
+    assert band.evaluate("o => o.selected"), "clicking income_band did not select it"
+    options.nth(names.index("region")).click(modifiers=["Control"])
+    order = builder.locator(".ppa-group-order").inner_text()
+    assert re.search(r"income_band\s*→\s*region", order), order
     measures = [o for o in outcome.locator("option").all_inner_texts() if "cost" in o]
     assert measures, "no cost measure offered as Outcome"
     outcome.select_option(label="cost_2021" if "cost_2021" in measures else measures[0])
     page.locator(".ppa-statistic select").select_option(label="mean")
 
     page.locator("button.ppa-run").click()
+    page.locator("button.ppa-run:disabled").wait_for(timeout=10_000)  # runs in the background
+    assert page.locator("button.ppa-cancel:enabled").count() == 1, "Cancel is not enabled"
     result = page.locator(".ppa-result table")
     error = page.locator(".ppa-status .ppa-error")
     result.or_(error).first.wait_for(state="visible", timeout=QUERY_TIMEOUT_MS)
     assert not error.count(), f"the builder showed an error: {error.inner_text()}"
     text = result.inner_text()
-    assert "income_band" in text, text
-    shown = [band for band in INCOME_BANDS if re.search(rf"\b{band}\b", text)]
+    headers = [h.strip() for h in result.locator("th").all_inner_texts()]
+    assert headers.index("income_band") < headers.index("region"), headers
+    shown = [b for b in INCOME_BANDS if re.search(rf"\b{b}\b", text)]
     assert shown == list(INCOME_BANDS), f"released table lacks income bands:\n{text}"
+    assert page.locator("button.ppa-run:enabled").count() == 1
 
-    page.locator("button.ppa-show-code").click()
+    show = page.locator("button.ppa-show-code")
+    show.evaluate("el => el.scrollIntoView({block: 'center'})")  # as a user sees the buttons
+    show.click()
     code = page.locator(".ppa-code pre")
     code.wait_for(state="visible")
-    assert "%%secure" in code.inner_text(), code.inner_text()
-    assert "income_band" in code.inner_text(), code.inner_text()
+    source = code.inner_text()
+    assert "%%secure" in source and "groupby(['income_band', 'region'])" in source, source
+    box, height = code.bounding_box(), (page.viewport_size or {}).get("height", 1000)
+    assert box and box["y"] >= 0 and box["y"] + box["height"] <= height, \
+        f"the code is not in view after Show code: {box}, window height {height}"
+    copy = page.locator(".ppa-code button.ppa-copy-code")
+    assert copy.is_visible(), "no Copy code button"
+    copy.click()
+    note = page.locator(".ppa-code .ppa-copy-note")
+    note.filter(has_text=re.compile("Copied|Selected")).wait_for(timeout=5_000)
 
     collapse_left_sidebar(page)
     path = screenshot(page, "query-builder.png", builder, height=1600)
     assert path.stat().st_size > 10_000
+
+    # insert_code() in a cell inserts the same code as the next cell
+    cells_before = page.locator(f"{NOTEBOOK} .jp-CodeCell").count()
+    page.locator(f"{NOTEBOOK} .jp-Cell").last.locator(".jp-InputArea-prompt").click()
+    page.keyboard.press("b")  # command mode: a new cell below, then edit it
+    page.keyboard.press("Enter")
+    page.keyboard.type("builder.insert_code();")
+    page.keyboard.press("Control+Enter")  # run in place: no extra cell
+    inserted = page.locator(f"{NOTEBOOK} .jp-CodeCell", has=page.locator(
+        ".jp-InputArea-editor", has_text="groupby(['income_band', 'region'])"))
+    inserted.last.wait_for(timeout=30_000)
+    assert page.locator(f"{NOTEBOOK} .jp-CodeCell").count() == cells_before + 2
+    assert inserted.last.locator(".jp-InputArea-editor").inner_text().startswith(
+        "%%secure -o result")

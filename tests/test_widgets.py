@@ -8,6 +8,9 @@ import html
 import importlib.util
 import json
 import re
+import sys
+import threading
+import time
 
 import ipywidgets as widgets
 import pandas as pd
@@ -16,8 +19,16 @@ import yaml
 from oracle import assert_matches, expected, join
 from test_expressions import CATALOG
 
+import ppa_kernel
 from ppa_kernel.analyst.frame import SecureFrame
-from ppa_kernel.contract.errors import ConsortiumError, PlanError, PolicyRefused
+from ppa_kernel.analyst.progress import STAGES
+from ppa_kernel.contract.errors import (
+    ConsortiumError,
+    ExportError,
+    PlanError,
+    PolicyRefused,
+    PPAError,
+)
 from ppa_kernel.notebook import cell
 from ppa_kernel.widgets import (
     QueryBuilder,
@@ -28,6 +39,7 @@ from ppa_kernel.widgets import (
     spec_query,
     spec_to_code,
 )
+from ppa_kernel.widgets.panel import DEFAULT_EXPORT, RunCancelled
 from ppa_kernel.widgets.spec import catalog_choices, combine_conditions, filter_condition
 
 PARTIES = ["insurer", "hospital", "bureau"]
@@ -58,6 +70,31 @@ class FailingRunner:
     def run(self, plan, *, timeout=None, progress=None):
         self.timeouts.append(timeout)
         raise self.error
+
+
+class SlowRunner:
+    """Reports party phases as the client does until released; a raising callback fails
+    the run as the client's does (ConsortiumError); returns a one-cell table."""
+
+    def __init__(self, phases=("policy check", "connect", "shuffle", "tags")) -> None:
+        self.phases = list(phases)
+        self.release = threading.Event()
+        self.reported = threading.Event()
+
+    def run(self, plan, *, timeout=None, progress=None):
+        try:
+            for phase in self.phases:
+                for party in PARTIES:
+                    progress(party, phase, 0.5)
+            self.reported.set()
+            while not self.release.wait(0.01):
+                progress("insurer", "tags", 1.0)
+        except PPAError as exc:
+            raise ConsortiumError([exc]) from None
+        table = pd.DataFrame({"n": [30]})
+        table.attrs.update(plan=plan, statistics={"n": "size"},
+                           suppressed=pd.DataFrame({"n": [False]}))
+        return table
 
 
 def with_uses(catalog: dict, uses: list[str] = ALL_USES) -> dict:
@@ -171,6 +208,7 @@ def test_spec_from_dict_refuses_bad_values(data, message):
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_spec_files_round_trip(tmp_path, suffix):
     spec = SPECS[3]
+    (tmp_path / "sub").mkdir()
     path = save_spec(spec, tmp_path / "sub" / f"query{suffix}")
     assert path.is_absolute() and path.exists()
     assert load_spec(path) == spec
@@ -193,6 +231,9 @@ def test_spec_files_errors(tmp_path):
         load_spec(tmp_path / "typo.yaml")
     (tmp_path / "empty.yml").write_text("")
     assert load_spec(tmp_path / "empty.yml") == QuerySpec()
+    with pytest.raises(ExportError, match=r"folder .*missing does not exist"):
+        save_spec(QuerySpec(), tmp_path / "missing" / "query.yaml")
+    assert not (tmp_path / "missing").exists()  # never created silently
 
 
 # --------------------------------------------------------------------------- choices
@@ -268,23 +309,106 @@ def status_text(builder: QueryBuilder) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", builder.status.value))
 
 
+def code_shown(builder: QueryBuilder) -> str:
+    (pre,) = re.findall(r"<pre[^>]*>(.*?)</pre>", builder.code.value, flags=re.S)
+    return html.unescape(pre)
+
+
 def test_panel_labels_and_css_classes(fake):
     builder = QueryBuilder(fake)
     found = controls(builder)
     descriptions = {getattr(w, "description", "") for w in found}
-    assert {"Parties", "Filter on", "Group by", "Outcome", "Statistic", "Run", "Show code",
-            "Export", "Export to", "Min cell size", "or expression", "Add filter",
+    assert {"Parties", "Filter on", "Group by", "Outcome", "Statistic", "Run", "Cancel",
+            "Show code", "Export", "Export to", "Min cell size", "or expression", "Add filter",
             "Clear filters"} <= descriptions
     classes = {c for w in found for c in w._dom_classes}
     assert {"ppa-query-builder", "ppa-parties", "ppa-filter-on", "ppa-group-by", "ppa-outcome",
-            "ppa-statistic", "ppa-run", "ppa-show-code", "ppa-export", "ppa-export-path",
-            "ppa-status", "ppa-result", "ppa-code"} <= classes
+            "ppa-statistic", "ppa-run", "ppa-cancel", "ppa-show-code", "ppa-export",
+            "ppa-export-path", "ppa-status", "ppa-result", "ppa-code", "ppa-help",
+            "ppa-group-order"} <= classes
     builder.filter_on.value = "region"  # a categorical filter shows its values
     assert found and builder.filter_values.description == "Values"
     for widget in found:  # every input control has a visible label
         if isinstance(widget, widgets.ValueWidget) and not isinstance(widget, widgets.HTML):
             assert widget.description, widget
-    assert builder.min_cell_size.value == 10 and builder.export_path.value == "query.yaml"
+    assert builder.min_cell_size.value == 10 and builder.export_path.value == DEFAULT_EXPORT
+
+
+def test_panel_hints_are_visible_and_no_tooltip_is_null(fake):
+    builder = QueryBuilder(fake)
+    found = [*controls(builder), builder.filter_values, builder.filter_from,
+             builder.filter_to]
+    hints = [w.value for w in found if "ppa-help" in w._dom_classes]
+    text = html.unescape(re.sub(r"<[^>]+>", "", " ".join(hints)))
+    for words in ("Whose records are linked", "then Add filter", "the order you pick",
+                  "rows counts the rows", "are suppressed", "in the background", "papermill"):
+        assert words in text
+    # ipywidgets renders a None tooltip as title="null" on the label
+    assert [w for w in found if "tooltip" in w.traits() and w.tooltip is None] == []
+
+
+def test_panel_empty_cohort_and_outcome_read_everyone_and_rows(fake):
+    builder = QueryBuilder(fake)
+    assert "everyone" in builder.filters.value
+    assert (builder.outcome.label, builder.outcome.value) == ("rows", "")
+    assert builder.statistic.disabled
+    assert builder.spec().outcome == "" and builder.spec().cohort == ""
+    builder.parties.value = ("insurer",)
+    assert (builder.outcome.label, builder.outcome.value) == ("rows", "")
+    builder.filter_on.value = "region"
+    builder.filter_values.value = ("North",)
+    builder.add_filter.click()
+    builder.clear_filters.click()
+    assert "everyone" in builder.filters.value and "everyone" in status_text(builder)
+
+
+def test_panel_group_by_follows_the_pick_order(fake):
+    builder = QueryBuilder(fake)
+    assert list(builder.group_by.options) == ["region", "app_user", "income_band", "filter"]
+    builder.group_by.value = ("income_band",)  # the front-end reports the options' order:
+    builder.group_by.value = ("region", "income_band")  # then region is Ctrl-clicked
+    assert builder.spec().group_by == ["income_band", "region"]
+    assert "groupby(['income_band', 'region'])" in builder.show_code()
+    groups = spec_query(builder.spec(), fake).plan()["groupby"]
+    assert [g["name"] for g in groups] == ["income_band", "region"]
+    order = html.unescape(re.sub(r"<[^>]+>", "", builder.group_order.value))
+    assert "income_band → region" in order
+    builder.group_by.value = ("region",)  # income_band unpicked, then picked again: last
+    builder.group_by.value = ("region", "app_user", "income_band")
+    assert builder.spec().group_by == ["region", "app_user", "income_band"]
+    builder.set_spec(QuerySpec(group_by=["filter", "region"]))
+    assert builder.spec().group_by == ["filter", "region"]
+
+
+def test_panel_removing_a_party_removes_what_it_provided(fake):
+    builder = QueryBuilder(fake)
+    for name, values, low in (("hospital.age", (), 40.0), ("insurer.age", (), 30.0),
+                              ("region", ("North",), None)):
+        builder.filter_on.value = name
+        if values:
+            builder.filter_values.value = values
+        else:
+            builder.filter_from.value = low
+        builder.add_filter.click()
+    builder.group_by.value = ("region", "app_user")
+    builder.outcome.value = "visits"
+    builder.parties.value = ("insurer", "bureau")
+    spec = builder.spec()
+    assert spec.cohort == "age >= 30 and age <= 90 and region == 'North'"  # renamed, kept
+    assert spec.group_by == ["region"] and spec.outcome == ""
+    assert builder.outcome.label == "rows"
+    note = status_text(builder)
+    for removed in ("filter hospital.age >= 40 and hospital.age <= 99", "group by app_user",
+                    "outcome visits"):
+        assert removed in note
+    spec_query(spec, fake)  # a plan, not a failing run
+    builder.parties.value = ("insurer", "hospital")  # age is ambiguous again
+    assert builder.spec().cohort.startswith("insurer.age >= 30 and insurer.age <= 90")
+    builder.set_spec(QuerySpec(cohort="visits > 2", outcome="visits * 2"))
+    builder.parties.value = ("insurer",)
+    assert builder.spec().cohort == "" and builder.spec().outcome == ""
+    assert "filter visits > 2" in status_text(builder)
+    assert "outcome expression visits * 2" in status_text(builder)
 
 
 def test_panel_controls_make_the_spec(fake):
@@ -335,16 +459,49 @@ def test_panel_set_spec_round_trip(fake):
         builder.set_spec(QuerySpec(parties=["nobody"]))
 
 
-def test_panel_show_code_and_export(fake, tmp_path):
+def test_panel_show_code_copy_and_insert(fake, monkeypatch):
     builder = QueryBuilder(fake)
     builder.set_spec(SPECS[3])
     builder.code_button.click()
-    shown = html.unescape(re.sub(r"<[^>]+>", "", builder.code.value))
-    assert shown == spec_to_code(builder.spec())
-    builder.export_path.value = str(tmp_path / "study" / "query.yaml")
+    assert code_shown(builder) == spec_to_code(builder.spec())
+    assert 'class="jupyter-button ppa-copy-code"' in builder.code.value
+    assert "navigator.clipboard.writeText" in html.unescape(builder.code.value)
+    layout = builder.widget.children
+    assert layout.index(builder.code) < layout.index(builder.result_html) < \
+        layout.index(builder.figure)  # the code shows above the table and plot
+    inserted = []
+
+    class Shell:
+        def set_next_input(self, text, replace=True):
+            inserted.append((text, replace))
+
+    monkeypatch.setattr("IPython.get_ipython", lambda: Shell())
+    assert builder.insert_code() == spec_to_code(builder.spec())
+    assert inserted == [(spec_to_code(builder.spec()), False)]
+    monkeypatch.setattr("IPython.get_ipython", lambda: None)
+    with pytest.raises(PPAError, match="notebook kernel only"):
+        builder.insert_code()
+
+
+def test_panel_export_never_creates_folders_silently(fake, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are in the kernel's working folder
+    builder = QueryBuilder(fake)
+    builder.set_spec(SPECS[3])
+    assert builder.export_path.value == "ppa-exports/query.yaml"  # not beside the notebooks
+    assert builder.create_button.layout.display == "none"
     builder.export_button.click()
-    assert load_spec(tmp_path / "study" / "query.yaml") == builder.spec()
+    assert f"folder {tmp_path / 'ppa-exports'} does not exist" in status_text(builder)
+    assert not (tmp_path / "ppa-exports").exists()
+    assert builder.create_button.layout.display == ""  # offered, not done
+    builder.create_button.click()
+    assert load_spec(tmp_path / "ppa-exports" / "query.yaml") == builder.spec()
     assert "Exported to" in status_text(builder) and "-f" in status_text(builder)
+    assert builder.create_button.layout.display == "none"
+    builder.export_path.value = str(tmp_path / "a" / "b" / "q.json")
+    with pytest.raises(ExportError, match="does not exist"):
+        builder.export()
+    assert not (tmp_path / "a").exists()
+    assert builder.export(create_folder=True) == (tmp_path / "a" / "b" / "q.json").resolve()
     assert builder.export(tmp_path / "q.json") == (tmp_path / "q.json").resolve()
 
 
@@ -353,13 +510,14 @@ def test_panel_shows_errors_not_tracebacks(tmp_path):
     runner = FailingRunner(refusal)
     builder = QueryBuilder(FakeConsortium(with_uses(CATALOG), runner), timeout=42)
     builder.run_button.click()  # a click never raises
+    builder.wait(10)
     assert "[bureau] cost_2021 may not be grouped" in status_text(builder)
     assert runner.timeouts == [42]  # runs never wait forever
     assert not builder.run_button.disabled and builder.result is None
     builder.outcome_expression.value = "cost_2021 - __import__('os')"
     for button in (builder.run_button, builder.code_button, builder.export_button):
         builder.status.value = ""
-        button.click()
+        button.click()  # a bad spec is refused at once, before any thread
         assert "not allowed in expressions: function calls" in status_text(builder)
         assert "Traceback" not in builder.status.value
     builder.outcome_expression.value = ""
@@ -381,6 +539,52 @@ def test_panel_unexpected_errors_are_shown_briefly(monkeypatch, fake):
     assert "unexpected error (KeyError" in status_text(builder)
 
 
+def test_panel_runs_in_the_background_with_shared_stage_names():
+    runner = SlowRunner()
+    builder = QueryBuilder(FakeConsortium(with_uses(CATALOG), runner))
+    started = time.monotonic()
+    builder.run_button.click()
+    assert time.monotonic() - started < 1.0  # the click returns: the kernel is free
+    assert runner.reported.wait(10) and builder.running
+    assert builder.run_button.disabled and not builder.cancel_button.disabled
+    line = status_text(builder)
+    assert "Running under MPC" in line and "insurer linkage" in line
+    assert "shuffle" not in line and "tags" not in line  # the party's phases, mapped
+    builder.run_button.click()  # Run is disabled in the page; a second start is refused
+    assert builder.last_job.thread.is_alive()
+    runner.release.set()
+    builder.wait(10)
+    assert builder.result is not None and "Released 1 of 1 cells" in status_text(builder)
+    assert not builder.run_button.disabled and builder.cancel_button.disabled
+
+
+def test_panel_cancel_discards_the_run():
+    runner = SlowRunner()
+    builder = QueryBuilder(FakeConsortium(with_uses(CATALOG), runner))
+    job = builder.start()
+    assert runner.reported.wait(10)
+    builder.cancel_button.click()
+    assert not builder.running and not builder.run_button.disabled
+    assert "Run cancelled" in status_text(builder)
+    builder.wait(10)  # the next progress report raised: the client stops the run
+    assert isinstance(job.error, ConsortiumError) and job.result is None
+    assert isinstance(job.error.errors[0], RunCancelled)
+    assert builder.result is None and builder.result_html.value == ""
+    assert "the parties stopped it" in status_text(builder)
+    assert not builder.cancel()  # nothing runs any more
+
+
+def test_query_builder_without_ipywidgets_names_the_extra(monkeypatch, fake):
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "ppa_kernel.widgets.panel")
+    with pytest.raises(PPAError) as caught:
+        ppa_kernel.query_builder(fake)
+    assert "needs ipywidgets" in str(caught.value)
+    assert caught.value.hint.endswith("pip install 'ppa-workbench[notebook]'")
+    with pytest.raises(PPAError, match="notebook extra"):
+        ppa_kernel.widgets.QueryBuilder  # noqa: B018
+
+
 # ------------------------------------------------------------------- real MPC runs
 LINKED = ["insurer", "hospital", "bureau"]
 
@@ -398,8 +602,34 @@ def panel_run(consortium):
     builder.group_by.value = ("income_band",)
     builder.outcome_expression.value = "cost_2021 - cost_2020"
     builder.statistic.value = "mean"
+    builder.statuses = []
+    builder.status.observe(lambda change: builder.statuses.append(change["new"]), names="value")
     builder.run_button.click()
+    builder.wait(150)
     return builder
+
+
+def test_panel_run_reports_progress_by_the_shared_stage_names(panel_run):
+    lines = [html.unescape(re.sub(r"<[^>]+>", "", s)) for s in panel_run.statuses]
+    running = [line for line in lines if line.startswith("Running under MPC (")]
+    assert running, lines
+    for line in running:
+        stages = re.findall(r"(?:insurer|hospital|bureau) ([a-z ]+?)(?:,| \.\.\.|;)", line)
+        assert stages and set(stages) <= set(STAGES), line
+
+
+def test_panel_cancel_stops_the_run_at_the_parties(consortium):
+    builder = QueryBuilder(consortium, timeout=120)
+    builder.group_by.value = ("income_band",)
+    job = builder.start()
+    assert builder.cancel()
+    builder.wait(60)
+    assert job.result is None and isinstance(job.error, ConsortiumError)
+    assert any(isinstance(e, RunCancelled) for e in job.error.errors)
+    assert "the parties stopped it" in status_text(builder)
+    builder.outcome.value = "cost_2021"  # the parties run the next query as usual
+    table = builder.run()
+    assert table.index.name == "income_band" and builder.result is table
 
 
 def test_panel_run_matches_pandas(panel_run, consortium, demo_data):

@@ -28,7 +28,7 @@ from ppa_kernel.analyst.expressions import (
     plain_column,
 )
 from ppa_kernel.analyst.frame import Query, SecureFrame
-from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.errors import ExportError, PlanError
 from ppa_kernel.contract.plan import AGGREGATES
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,10 @@ def _read_json(path: Path, text: str) -> Any:
 
 
 def save_spec(spec: QuerySpec, path: str | Path) -> Path:
-    """Write the spec as YAML or JSON (by suffix); return the absolute path written."""
+    """Write the spec as YAML or JSON (by suffix); return the absolute path written.
+
+    The folder must exist: a typo in a path should not silently create folders.
+    """
     path = Path(path).expanduser()
     data = check_spec(spec).to_dict()
     if path.suffix.lower() in YAML_SUFFIXES:
@@ -165,7 +168,9 @@ def save_spec(spec: QuerySpec, path: str | Path) -> Path:
     else:
         raise PlanError(f"cannot write a query spec to {path.name}",
                         hint="use a .yaml, .yml or .json file")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise ExportError(f"folder {path.parent.absolute()} does not exist",
+                          hint="create it first, or export to an existing folder")
     path.write_text(text, encoding="utf-8")
     logger.info("query spec written to %s", path)
     return path.resolve()
@@ -284,6 +289,16 @@ def catalog_choices(catalog: Mapping[str, Mapping[str, Mapping]],
     "group": {name: levels}, "measure": [names]}``; a name is ``party.column`` only
     where the bare column name is at more than one of the chosen parties (empty: all).
     """
+    choices: dict[str, Any] = {"filter": {}, "group": {}, "measure": []}
+    for name, (party, column) in column_names(catalog, parties).items():
+        _add_choice(choices, name, column, catalog[party][column])
+    return choices
+
+
+def column_names(catalog: Mapping[str, Mapping[str, Mapping]],
+                 parties: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
+    """Each column of the chosen parties (empty: all) by the name a frame resolves:
+    ``{name: (party, column)}``, the name ``party.column`` where the bare one is ambiguous."""
     chosen = list(parties) or list(catalog)
     unknown = [p for p in chosen if p not in catalog]
     if unknown:
@@ -293,12 +308,8 @@ def catalog_choices(catalog: Mapping[str, Mapping[str, Mapping]],
     for party in chosen:
         for column in catalog[party]:
             counts[column] = counts.get(column, 0) + 1
-    choices: dict[str, Any] = {"filter": {}, "group": {}, "measure": []}
-    for party in chosen:
-        for column, meta in catalog[party].items():
-            name = column if counts[column] == 1 else f"{party}.{column}"
-            _add_choice(choices, name, column, meta)
-    return choices
+    return {(column if counts[column] == 1 else f"{party}.{column}"): (party, column)
+            for party in chosen for column in catalog[party]}
 
 
 def _add_choice(choices: dict[str, Any], name: str, column: str, meta: Mapping) -> None:
