@@ -548,7 +548,7 @@ def test_panel_runs_in_the_background_with_shared_stage_names():
     assert runner.reported.wait(10) and builder.running
     assert builder.run_button.disabled and not builder.cancel_button.disabled
     line = status_text(builder)
-    assert "Running under MPC" in line and "insurer linkage" in line
+    assert "Running under MPC" in line and "insurer input" in line  # after tags: input
     assert "shuffle" not in line and "tags" not in line  # the party's phases, mapped
     builder.run_button.click()  # Run is disabled in the page; a second start is refused
     assert builder.last_job.thread.is_alive()
