@@ -30,3 +30,17 @@ def consortium(demo_data, tmp_path_factory):
     with Consortium.local(demo_data, link="pseudonym", workdir=folder, record_openings=True,
                           policies={p: NO_DIFFERENCING for p in demo_data}) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def shell(consortium):
+    """An IPython shell with the extension loaded, connected to the shared consortium."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ppa_kernel")
+    folder = consortium.local_parties.folder
+    ip.run_line_magic("ppa", f"connect {folder / 'consortium.toml'} "
+                             f"--identity {folder / 'keys' / 'analyst'}")
+    yield ip
+    ip.run_line_magic("unload_ext", "ppa_kernel")

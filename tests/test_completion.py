@@ -24,18 +24,6 @@ PARTIES = ["insurer", "hospital", "bureau"]
 LINKED = "%%secure\nt = link(insurer, bureau)\n"
 
 
-@pytest.fixture(scope="module")
-def shell(consortium):
-    """An IPython shell with the extension loaded, connected to the test consortium."""
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "ppa_kernel")
-    folder = consortium.local_parties.folder
-    ip.run_line_magic("ppa", f"connect {folder / 'consortium.toml'} "
-                             f"--identity {folder / 'keys' / 'analyst'}")
-    yield ip
-    ip.run_line_magic("unload_ext", "ppa_kernel")
-
-
 def complete(shell, text: str, cursor: int | None = None) -> list[tuple[str, str, str]]:
     """(text, type, replaced text) of each completion at ``cursor`` (default: the end)."""
     cursor = len(text) if cursor is None else cursor

@@ -24,18 +24,6 @@ t.groupby(["income_band", "app_user"]).agg(n=("cost_change", "count"),
 """
 
 
-@pytest.fixture(scope="module")
-def shell(consortium):
-    """An IPython shell with the extension loaded, connected to the test consortium."""
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "ppa_kernel")
-    folder = consortium.local_parties.folder
-    ip.run_line_magic("ppa", f"connect {folder / 'consortium.toml'} "
-                             f"--identity {folder / 'keys' / 'analyst'}")
-    yield ip
-    ip.run_line_magic("unload_ext", "ppa_kernel")
-
-
 def run(shell, text: str):
     return shell.run_cell(text)
 
