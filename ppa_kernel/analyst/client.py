@@ -463,7 +463,10 @@ class Consortium:
                     fail(error)
                     return
         except TimeoutError:
-            fail(RunTimeout("no answer before the deadline", party=party.name))
+            # after another party's error the wait is cut to a short grace: running out of
+            # it is no fault of this party's, and blaming it would hide the cause
+            if not failed.is_set():
+                fail(RunTimeout("no answer before the deadline", party=party.name))
         except (OSError, ConnectionError) as exc:
             fail(PartyFailed(f"connection lost: {exc}", party=party.name))
         except PPAError as exc:  # a reply that failed the protocol's checks

@@ -1,0 +1,59 @@
+"""The client's wait for one party: which timeouts are that party's fault (no kernels)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ppa_kernel.analyst.client import Consortium, RunOutcome
+from ppa_kernel.contract.config import PartyAddress
+from ppa_kernel.contract.errors import PartyFailed, RunTimeout
+
+
+class SilentChannel:
+    """A connection that never answers: every receive times out."""
+
+    def send(self, message: dict) -> None:
+        pass
+
+    def receive(self, timeout: float) -> dict:
+        time.sleep(timeout)
+        raise TimeoutError
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def client(monkeypatch) -> Consortium:
+    c = Consortium.__new__(Consortium)
+    c.stall_timeout = 30.0
+    monkeypatch.setattr(c, "_connect", lambda party: SilentChannel(), raising=False)
+    monkeypatch.setattr(c, "_signed", lambda op, party, fields: {}, raising=False)
+    return c
+
+
+def follow(client: Consortium, another_party_failed: bool) -> RunOutcome:
+    outcome = RunOutcome("r" * 16, {})
+    outcome.deadline = time.monotonic() + 0.2
+    failed = threading.Event()
+    if another_party_failed:
+        outcome.fail("bureau", PartyFailed("the MPC worker of hospital has sent nothing",
+                                           party="bureau"))
+        failed.set()
+    party = PartyAddress("hospital", "127.0.0.1", 1, 2, pin=None)  # never dialled
+    client._follow_run(party, {}, outcome, failed, None)
+    return outcome
+
+
+def test_a_silent_party_past_the_run_deadline_is_a_timeout(client) -> None:
+    outcome = follow(client, another_party_failed=False)
+    assert isinstance(outcome.errors.get("hospital"), RunTimeout), outcome.errors
+
+
+def test_the_grace_after_another_partys_error_blames_nobody_else(client) -> None:
+    outcome = follow(client, another_party_failed=True)
+    assert "hospital" not in outcome.errors, outcome.errors
+    assert set(outcome.errors) == {"bureau"}
