@@ -1,9 +1,13 @@
-"""Browser fixtures shared by every browser test file: one JupyterLab and one Chromium per run.
+"""Browser fixtures shared by every browser test file: one JupyterLab per run, one Chromium
+per test file.
 
-Starting JupyterLab and Chromium costs seconds; the browser tests of all files share them
-(session scope). ``notebook`` opens a notebook page and, afterwards, closes it and shuts
-the kernels (and the demo parties they started) down. Skipped when Chromium or Playwright
-is missing, unless ``PPA_REQUIRE_BROWSER=1`` (CI).
+Starting JupyterLab costs seconds; the browser tests of all files share it (session scope).
+Chromium is driven by Playwright's sync API, which keeps an asyncio loop running in the main
+thread while it is open: a session-wide browser would break every later test that calls
+``asyncio.run``, so each browser test file gets its own (module scope, about a second).
+``notebook`` opens a notebook page and, afterwards, closes it and shuts the kernels (and
+the demo parties they started) down. Skipped when Chromium or Playwright is missing, unless
+``PPA_REQUIRE_BROWSER=1`` (CI).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(lab: LabServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
         yield context
