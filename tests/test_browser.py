@@ -86,9 +86,13 @@ def test_query_builder_runs_a_query_from_clicks(lab: LabServer,
     band = options.nth(names.index("income_band"))
     band.click()
     assert band.evaluate("o => o.selected"), "clicking income_band did not select it"
+    from playwright.sync_api import expect
+
+    order = builder.locator(".ppa-group-order")
+    # the kernel answers each pick asynchronously: wait for it before the next pick
+    expect(order).to_contain_text("income_band", timeout=10_000)
     options.nth(names.index("region")).click(modifiers=["Control"])
-    order = builder.locator(".ppa-group-order").inner_text()
-    assert re.search(r"income_band\s*→\s*region", order), order
+    expect(order).to_have_text(re.compile(r".*income_band\s*→\s*region"), timeout=10_000)
     measures = [o for o in outcome.locator("option").all_inner_texts() if "cost" in o]
     assert measures, "no cost measure offered as Outcome"
     outcome.select_option(label="cost_2021" if "cost_2021" in measures else measures[0])
