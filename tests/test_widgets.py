@@ -267,6 +267,17 @@ def test_catalog_choices_follow_the_policies():
     assert choices["measure"] == ["insurer.age", "cost"]
 
 
+def test_integer_codes_are_offered_as_groups_and_still_as_measures():
+    catalog = copy.deepcopy(POLICY_CATALOG)
+    catalog["hospital"]["daycare"] = {"kind": "numeric", "min": 0.0, "max": 1.0,
+                                      "levels": [0, 1], "uses": ["group", "measure", "filter"]}
+    choices = catalog_choices(catalog, ["hospital"])
+    assert choices["group"]["daycare"] == [0, 1]
+    assert "daycare" in choices["measure"]
+    assert choices["filter"]["daycare"] == {"kind": "numeric", "min": 0.0, "max": 1.0}
+    assert "age" not in choices["group"]  # numeric without published levels: not a group
+
+
 def test_catalog_choices_qualify_only_ambiguous_names():
     insurer = catalog_choices(POLICY_CATALOG, ["insurer"])
     assert "age" in insurer["filter"] and insurer["measure"] == ["age", "cost"]

@@ -316,7 +316,8 @@ def _add_choice(choices: dict[str, Any], name: str, column: str, meta: Mapping) 
     uses = set(meta.get("uses") or ())  # no published uses: approved for nothing
     kind = meta.get("kind")
     levels = [False, True] if kind == "bool" and not meta.get("levels") else meta.get("levels")
-    if "group" in uses and kind in ("categorical", "bool") and levels is not None:
+    # a numeric column with published levels is an integer code (``[policy] integer_levels``)
+    if "group" in uses and kind in ("categorical", "bool", "numeric") and levels is not None:
         choices["group"][name] = list(levels)
     if not _expressible(column):
         return
