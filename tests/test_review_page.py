@@ -11,14 +11,13 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import os
-import shutil
 import ssl
 import threading
 import time
 from urllib.parse import urlsplit
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, REPO, screenshot_dir
+from browser_support import CHROMIUM, CHROMIUM_ARGS, screenshot_dir
 from oracle import join
 
 from ppa_kernel import Consortium
@@ -133,8 +132,6 @@ def test_sign_in_list_show_and_approve_with_a_click(consortium, data, hospital, 
         assert text in main.inner_text()
     shot = screenshot_dir() / "review-page.png"
     page.screenshot(path=str(shot), full_page=True)
-    if os.environ.get("PPA_REFRESH_DOCS") == "1":
-        shutil.copy(shot, REPO / "docs" / "img" / "review-page.png")
     page.get_by_role("button", name="Approve").click()
     assert "Plan approved." in page.get_by_role("status").inner_text()
     thread.join(60)
