@@ -424,7 +424,10 @@ class Consortium:
             outcome.fail(party.name, error)
             failed.set()
             if report and not outcome.closed:
-                report(party.name, error_stage(error), 0.0, None)
+                try:
+                    report(party.name, error_stage(error), 0.0, None)
+                except PPAError:  # a callback stopping a run that is failing already
+                    pass
 
         try:
             channel = self._connect(party)

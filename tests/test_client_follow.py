@@ -1,4 +1,5 @@
-"""The client's wait for one party: which timeouts are that party's fault (no kernels)."""
+"""The client's wait for one party, without kernels: whose fault a timeout is, and a progress
+callback that stops the run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from ppa_kernel.analyst.client import Consortium, RunOutcome
 from ppa_kernel.contract.config import PartyAddress
-from ppa_kernel.contract.errors import PartyFailed, RunTimeout
+from ppa_kernel.contract.errors import PartyFailed, PPAError, RunTimeout
 
 
 class SilentChannel:
@@ -35,7 +36,18 @@ def client(monkeypatch) -> Consortium:
     return c
 
 
-def follow(client: Consortium, another_party_failed: bool) -> RunOutcome:
+class TalkingChannel(SilentChannel):
+    """A connection that reports progress once, then nothing."""
+
+    def __init__(self) -> None:
+        self.events = [{"event": "progress", "phase": "input", "elapsed": 1.0}]
+
+    def receive(self, timeout: float) -> dict:
+        return self.events.pop() if self.events else super().receive(timeout)
+
+
+def follow(client: Consortium, another_party_failed: bool = False,
+           report=None) -> RunOutcome:
     outcome = RunOutcome("r" * 16, {})
     outcome.deadline = time.monotonic() + 0.2
     failed = threading.Event()
@@ -44,7 +56,7 @@ def follow(client: Consortium, another_party_failed: bool) -> RunOutcome:
                                            party="bureau"))
         failed.set()
     party = PartyAddress("hospital", "127.0.0.1", 1, 2, pin=None)  # never dialled
-    client._follow_run(party, {}, outcome, failed, None)
+    client._follow_run(party, {}, outcome, failed, report)
     return outcome
 
 
@@ -57,3 +69,15 @@ def test_the_grace_after_another_partys_error_blames_nobody_else(client) -> None
     outcome = follow(client, another_party_failed=True)
     assert "hospital" not in outcome.errors, outcome.errors
     assert set(outcome.errors) == {"bureau"}
+
+
+def test_a_callback_that_stops_the_run_ends_the_wait_cleanly(client, monkeypatch) -> None:
+    class Stop(PPAError):
+        pass
+
+    def report(*event) -> None:
+        raise Stop("the analyst cancelled the run")
+
+    monkeypatch.setattr(client, "_connect", lambda party: TalkingChannel(), raising=False)
+    outcome = follow(client, report=report)  # raising from the thread fails this test
+    assert isinstance(outcome.errors.get("hospital"), Stop), outcome.errors
