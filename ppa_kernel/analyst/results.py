@@ -2,7 +2,10 @@
 
 Parties return integer sufficient statistics per cell (counts, sums, sums of squares at
 a known fixed-point scale). Means and variances are computed here exactly from them.
-Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``; why each
+Counts (``count``, ``size``, histogram and crosstab cells) are pandas nullable ``Int64``
+columns, so they print as integers; means, sums and the rest are floats. Suppressed cells
+are missing (``<NA>`` in counts, NaN elsewhere) in the table and True in
+``df.attrs["suppressed"]``; why each
 was suppressed (minimum size, dominance, p-ratio, differencing) is in
 ``df.attrs["reasons"]`` (None where released).
 
@@ -25,11 +28,13 @@ import pandas as pd
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import model_kind
+from ppa_kernel.contract.models.base import UNGROUPED
 from ppa_kernel.contract.models.chi2 import crosstab_table
 from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 SUPPRESSED = "suppressed"
+COUNT_STATS = ("count", "size")
 RELEASE_KEY = "release"
 MOCK_KEY = "mock"
 """``df.attrs["mock"] is True`` on every result of a mock consortium (and its parts)."""
@@ -42,7 +47,7 @@ def _cell_value(stat: str, count: int | None, total: int | None, sumsq: int | No
                scale: int) -> float:
     if count is None:
         return float("nan")
-    if stat in ("count", "size"):
+    if stat in COUNT_STATS:
         return float(count)
     unit = Fraction(1, 1 << (SCALE_BITS * scale))
     if stat == "sum":
@@ -81,7 +86,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         if len(names) == 1:
             index = index.get_level_values(0)
     else:
-        index = pd.RangeIndex(1)
+        index = ungrouped_index()
     frame = pd.DataFrame(data, index=index)
     frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
     frame.attrs["reasons"] = pd.DataFrame(reasons, index=index, dtype=object)
@@ -94,6 +99,24 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
                             if k not in ("suppressed", "reasons")},
                            statistics={})
         return table
+    return integer_counts(frame)
+
+
+def ungrouped_index() -> pd.Index:
+    """The index of an ungrouped result: one row labelled :data:`UNGROUPED`."""
+    return pd.Index([UNGROUPED])
+
+
+def integer_counts(frame: pd.DataFrame, columns: list | None = None) -> pd.DataFrame:
+    """``frame`` with its count columns (by ``attrs["statistics"]``, or ``columns``) as
+    nullable ``Int64``: released counts print as integers, suppressed ones as ``<NA>``."""
+    if columns is None:
+        columns = [name for name, stat in frame.attrs.get("statistics", {}).items()
+                   if stat in COUNT_STATS and name in frame.columns]
+    for name in columns:
+        values = frame[name]
+        if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+            frame[name] = values.astype("Int64")
     return frame
 
 
@@ -126,6 +149,8 @@ def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.D
         return frame
     table = crosstab_table(plan, frame)
     table.attrs = {**frame.attrs, "suppressed": table.attrs["suppressed"]}
+    if plan["aggregates"][0]["stat"] in COUNT_STATS:
+        integer_counts(table, list(table.columns))
     return table
 
 
@@ -215,7 +240,7 @@ def _shown(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
     """Values as displayed: rounded, counts as integers."""
     shown = frame.round(digits).astype(object)
     for name, stat in frame.attrs.get("statistics", {}).items():
-        if stat in ("count", "size") and name in shown:
+        if stat in COUNT_STATS and name in shown:
             shown[name] = pd.Series([v if pd.isna(v) else int(v) for v in frame[name]],
                                     index=frame.index, dtype=object)
     return shown
