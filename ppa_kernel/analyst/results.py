@@ -7,7 +7,9 @@ columns, so they print as integers; means, sums and the rest are floats. Suppres
 are missing (``<NA>`` in counts, NaN elsewhere) in the table and True in
 ``df.attrs["suppressed"]``; why each
 was suppressed (minimum size, dominance, p-ratio, differencing) is in
-``df.attrs["reasons"]`` (None where released).
+``df.attrs["reasons"]`` (None where released). When every cell is suppressed,
+``df.attrs["notice"]`` says so (an empty cohort, or one below the minimum size k) and the
+notebook display shows it above the table.
 
 A table a run released carries a stamp (``df.attrs["release"]``: run, plan hash, values
 digest). A result of a mock consortium (design mode, :mod:`.mock`) never does: it has
@@ -39,6 +41,8 @@ RELEASE_KEY = "release"
 MOCK_KEY = "mock"
 """``df.attrs["mock"] is True`` on every result of a mock consortium (and its parts)."""
 MOCK_RELEASE_KEY = "mock_release"
+NOTICE_KEY = "notice"
+"""``df.attrs["notice"]``: a sentence shown above the table (every cell suppressed)."""
 MOCK_CAPTION = "MOCK \u2014 synthetic data, not a release"
 _MOCK_DOMAIN = "ppa-mock-result\n"
 
@@ -137,7 +141,25 @@ def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table
     consortium's run: as a mock result, :func:`stamp_mock`)."""
     frame = layout_table(to_frame(plan, stats), plan, layout)
     frame.attrs.update(attrs or {})
+    notice = empty_notice(frame)
+    if notice:
+        frame.attrs[NOTICE_KEY] = notice
     return stamp_mock(frame, run_id) if mock else stamp_release(frame, run_id)
+
+
+def empty_notice(frame: pd.DataFrame) -> str | None:
+    """A sentence when every cell of a result is suppressed (None otherwise): the cohort
+    is empty or smaller than the minimum cell size k of the plan."""
+    mask = _suppressed_mask(frame)
+    if not mask.size or not mask.to_numpy().all():
+        return None
+    k = (frame.attrs.get("plan") or {}).get("min_cell_size")
+    reasons = suppression_reasons(frame) - {"minimum size"}
+    if reasons:
+        return f"Every cell is suppressed ({', '.join(sorted(reasons))})."
+    size = f"has fewer than k={k} rows (the minimum cell size)" if k else \
+        "is below the minimum cell size"
+    return f"Every cell is suppressed: this cohort is empty or {size}."
 
 
 def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.DataFrame:
@@ -275,6 +297,8 @@ def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
     """Text rendering with suppressed cells marked (with their reason beyond size); a
     mock result's first line is :data:`MOCK_CAPTION`."""
     text = _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
+    if frame.attrs.get(NOTICE_KEY):
+        text = f"{frame.attrs[NOTICE_KEY]}\n{text}"
     return f"{MOCK_CAPTION}\n{text}" if is_mock(frame) else text
 
 
@@ -312,6 +336,9 @@ def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
     if _suppressed_mask(frame).to_numpy().any():
         caption.append(f"{SUPPRESSED}: {why}")
     banner = mock_banner_html() if mock else ""
+    if frame.attrs.get(NOTICE_KEY):
+        banner += (f'<div class="ppa-notice" style="font-weight:bold">'
+                   f"{html.escape(frame.attrs[NOTICE_KEY])}</div>")
     return f'{banner}{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
 
 
