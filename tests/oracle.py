@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ppa_kernel.contract.limits import SCALE_BITS
+from ppa_kernel.contract.models.base import UNGROUPED
 
 LINK = "pseudonym"
 
@@ -69,7 +70,7 @@ def expected(frame: pd.DataFrame, by: list[str], levels: list[list],
         if len(by) == 1:
             index = index.get_level_values(0)
     else:
-        index = pd.RangeIndex(1)
+        index = pd.Index([UNGROUPED])
     return pd.DataFrame(values, index=index), pd.DataFrame(mask, index=index)
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ppa_kernel.analyst.frame import SecureFrame
-from ppa_kernel.analyst.plotting import SUPPRESSED_GID, plot
+from ppa_kernel.analyst.plotting import SUPPRESSED_GID, SUPPRESSED_LABEL_GID, plot
 from ppa_kernel.analyst.results import released_table
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
@@ -103,7 +103,20 @@ def value_bars(ax) -> dict[str, list]:
 
 
 def gaps(ax) -> list:
+    """The markers of suppressed cells (one per cell)."""
     return [a for a in [*ax.patches, *ax.lines] if a.get_gid() == SUPPRESSED_GID]
+
+
+def gap_xs(ax) -> list[float]:
+    return sorted(float(x) for m in gaps(ax) for x in m.get_xdata())
+
+
+def gap_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts if t.get_gid() == SUPPRESSED_LABEL_GID]
+
+
+def all_bar_heights(ax) -> list[float]:
+    return [p.get_height() for c in ax.containers for p in c.patches]
 
 
 def legend_texts(ax) -> list[str]:
@@ -132,15 +145,28 @@ def test_grouped_bar_heights_are_the_released_means(grouped):
                                                            "app_user": user})))
 
 
-def test_suppressed_cells_are_marked_gaps_with_a_legend_entry(grouped):
+def test_suppressed_cells_are_zero_line_markers_with_a_label_and_a_legend_entry(grouped):
     ax = plot(grouped)
     marks = gaps(ax)
     mask = grouped.attrs["suppressed"]["mean"]
     assert mask.sum() == 2 and len(marks) == 2
-    centers = sorted(p.get_x() + p.get_width() / 2 for p in marks)
-    assert centers == pytest.approx([1 - 0.2, 3 + 0.2])  # Q2 non-users, Q4 users
-    assert all(p.get_hatch() and not p.get_fill() and p.get_height() > 0 for p in marks)
+    assert gap_xs(ax) == pytest.approx([1 - 0.2, 3 + 0.2])  # Q2 non-users, Q4 users
+    assert all(m.get_marker() == "x" and list(m.get_ydata()) == [0.0] for m in marks)
+    assert not [p for p in ax.patches if p.get_gid() == SUPPRESSED_GID]  # no outline bars
+    bars = value_bars(ax)
+    for user, x in ((False, 1), (True, 3)):  # the suppressed bins' own bars: height 0
+        assert bars[str(user)][x].get_height() == 0
+    assert gap_labels(ax) == [f"suppressed (<{K})"] * 2
     assert f"suppressed (fewer than {K} rows)" in legend_texts(ax)
+
+
+def test_the_legend_is_outside_the_axes(grouped):
+    ax = plot(grouped)
+    ax.figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    frame = ax.get_window_extent()
+    assert legend.x0 >= frame.x1  # right of the axes: covers no bar
+    assert not legend.overlaps(frame)
 
 
 def test_labels_title_and_group_sizes_come_from_the_plan(grouped):
@@ -163,8 +189,8 @@ def test_one_group_variable_and_choice_of_column():
     ax = plot(result, "n", title="Rows per band")
     heights = [p.get_height() for p in value_bars(ax)["_released"]]
     assert heights == [4, 0, 10, 13]  # Q2 (2 rows) suppressed
-    assert result["n"].tolist()[::2] == [4, 10] and np.isnan(result["n"].iloc[1])
-    assert [p.get_x() + p.get_width() / 2 for p in gaps(ax)] == pytest.approx([1.0])
+    assert result["n"].tolist()[::2] == [4, 10] and pd.isna(result["n"].iloc[1])
+    assert gap_xs(ax) == pytest.approx([1.0]) and gap_labels(ax) == [f"suppressed (<{K})"]
     assert ax.get_ylabel() == "rows" and ax.get_title() == "Rows per band"
     assert not [t for t in ax.texts if t.get_text().startswith("n=")]
     default = plot(result)
@@ -212,8 +238,10 @@ def test_histogram_bars_sit_on_the_bin_edges():
     assert [p.get_x() for p in bars] == edges[:-1]
     assert [p.get_width() for p in bars] == pytest.approx(np.diff(edges))
     assert [p.get_height() for p in bars] == [5, 0, 12]
-    (gap,) = gaps(ax)
-    assert (gap.get_x(), gap.get_width()) == (30.0, 15.0)
+    (gap,) = gaps(ax)  # the [30, 45) bin: an x at its middle on the zero line, no bar
+    assert (list(gap.get_xdata()), list(gap.get_ydata())) == ([37.5], [0.0])
+    assert gap.get_marker() == "x" and gap_labels(ax) == [f"suppressed (<{K})"]
+    assert max(all_bar_heights(ax)) == 12 and sorted(all_bar_heights(ax))[0] == 0
     assert ax.get_xlabel() == "age" and ax.get_ylabel() == "rows"
     assert any("suppressed" in text for text in legend_texts(ax))
 
@@ -227,7 +255,7 @@ def test_line_plot_leaves_gaps_with_markers(grouped):
     assert non_users[[0, 2, 3]] == pytest.approx(
         [grouped.loc[(b, False), "mean"] for b in ("Q1", "Q3", "Q4")])
     marks = gaps(ax)
-    assert sorted(float(x) for m in marks for x in m.get_xdata()) == [1.0, 3.0]
+    assert gap_xs(ax) == [1.0, 3.0] and len(gap_labels(ax)) == 2
     assert all(m.get_marker() == "x" for m in marks)
     assert f"suppressed (fewer than {K} rows)" in legend_texts(ax)
 

@@ -32,6 +32,8 @@ from ppa_kernel.contract.models import MODELS
 from ppa_kernel.contract.plan import AGGREGATES, PLAN_VERSION, validate_plan
 from ppa_kernel.contract.plan import plan_hash as _plan_hash
 
+from .cohort import check_cohort
+
 logger = logging.getLogger(__name__)
 
 Catalog = dict[str, dict[str, dict]]
@@ -727,6 +729,7 @@ class Query:
         if runner is None:
             raise PlanError("this frame has no runner to run plans",
                             hint="make frames with Consortium.link(...), or inspect plan()")
+        check_cohort(self._plan)  # an empty cohort says why, before any run
         logger.debug("running %s plan %s", self.kind, self.plan_hash()[:12])
         if self.kind == "crosstab":  # rows = index levels, columns = column levels
             options["layout"] = "crosstab"

@@ -1,8 +1,9 @@
 """Figures of released results: bars, grouped bars, histograms and lines with matplotlib.
 
 Only tables a secure run released can be plotted (:func:`~ppa_kernel.analyst.results.released_plan`
-refuses raw or edited tables). Labels come from the plan; suppressed cells are drawn as
-marked gaps (hatched outlines, or ``x`` markers in line plots), never as zeros. A mock
+refuses raw or edited tables). Labels come from the plan; a suppressed cell is drawn as
+an ``x`` on the zero line (at the foot of line plots) labelled ``suppressed (<k)``, never
+as a bar whose height could be read as a value. The legend sits outside the axes. A mock
 result (design mode) is drawn with a ``MOCK`` watermark and title suffix::
 
     result.ppa.plot()                 # the same, through the accessor (.accessor)
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 KINDS = ("auto", "bar", "grouped", "hist", "line")
 COUNT_STATS = ("count", "size")
 SUPPRESSED_GID = "ppa-suppressed"
-"""gid of the artists that mark suppressed cells."""
+"""gid of the ``x`` markers of suppressed cells (one per cell)."""
+SUPPRESSED_LABEL_GID = "ppa-suppressed-label"
+"""gid of the ``suppressed (<k)`` texts beside them."""
 MOCK_GID = "ppa-mock"
 """gid of the watermark on a mock result's figure."""
 MOCK_TITLE = " [MOCK: synthetic data]"
@@ -56,6 +59,7 @@ class _Grid:
     edges: list[float] | None = None
     ticks: list[str] | None = None  # tick texts, when not the levels themselves
     reasons: set[str] = field(default_factory=set)  # why cells were suppressed
+    k: int | None = None  # the minimum cell size
 
 
 # ------------------------------------------------------------------------------ public API
@@ -74,6 +78,7 @@ def plot(result: pd.DataFrame, y: str | None = None, *, kind: str = "auto",
     column = _choose_column(result, plan, y, crosstab=crosstab)
     grid = _grid(result, plan, column, crosstab=crosstab, every_column=y is None)
     grid.reasons = suppression_reasons(result)
+    grid.k = plan.get("min_cell_size")
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -191,17 +196,18 @@ def _count_column(plan: dict, column: str) -> str | None:
 
 def _column(series: pd.Series, entry: dict, fill: Any = np.nan) -> np.ndarray:
     index = pd.Index(entry["levels"], dtype=object)
-    values = pd.Series(series.to_numpy(), index=pd.Index(series.index, dtype=object))
+    values = pd.Series(series.to_numpy(float), index=pd.Index(series.index, dtype=object))
     return values.reindex(index).fillna(fill).to_numpy(float).reshape(-1, 1)
 
 
 def _unstack(series: pd.Series, rows: dict, cols: dict, fill: Any = np.nan) -> np.ndarray:
-    lookup = dict(zip(series.index, series.to_numpy(), strict=True))
+    lookup = dict(zip(series.index, series.to_numpy(float), strict=True))
     return np.array([[lookup.get((r, c), fill) for c in cols["levels"]]
                      for r in rows["levels"]], dtype=float)
 
 
 def _table(frame: pd.DataFrame, rows: dict, cols: dict, fill: Any = np.nan) -> np.ndarray:
+    frame = frame.astype(float)  # counts are Int64 with <NA> where suppressed
     stacked = {(r, c): frame.iat[i, j] for i, r in enumerate(frame.index)
                for j, c in enumerate(frame.columns)}
     return np.array([[stacked.get((r, c), fill) for c in cols["levels"]]
@@ -216,17 +222,10 @@ def _colors(n: int) -> list:
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
-def _gap_height(grid: _Grid) -> float:
-    """Height of a suppressed cell's outline: a small share of the tallest bar."""
-    finite = np.abs(grid.values[np.isfinite(grid.values)])
-    return 0.08 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-
-
 def _draw_bars(ax: Axes, grid: _Grid) -> None:
     n_series = len(grid.series)
     width = 0.8 / n_series
     base = np.arange(len(grid.x), dtype=float)
-    gap = _gap_height(grid)
     many = grid.values.size > 12
     for j, (level, color) in enumerate(zip(grid.series, _colors(n_series), strict=True)):
         xs = base + (j - (n_series - 1) / 2) * width
@@ -234,7 +233,7 @@ def _draw_bars(ax: Axes, grid: _Grid) -> None:
         label = str(level) if level is not None else "_released"
         bars = ax.bar(xs, heights, width * 0.95, color=color, label=label)
         gone = grid.suppressed[:, j]
-        _mark_bars(ax, xs[gone], width * 0.95, gap, color)
+        _mark_suppressed(ax, xs[gone], color, grid)
         if grid.counts is not None and grid.values.size <= MAX_LABELLED_BARS:
             texts = [_count_text(n, s) for n, s in zip(grid.counts[:, j], gone, strict=True)]
             ax.bar_label(bars, labels=texts, fontsize=7, padding=2, color="0.3",
@@ -249,15 +248,26 @@ def _count_text(count: float, gone: bool) -> str:
     return "" if gone or not np.isfinite(count) else f"n={int(count)}"
 
 
-def _mark_bars(ax: Axes, xs: np.ndarray, width: float, height: float, color: Any,
-               align: str = "center") -> None:
-    """Hatched, unfilled outlines where cells were suppressed."""
-    if not len(xs):
-        return
-    bars = ax.bar(xs, height, width, fill=False, hatch="///", edgecolor=color,
-                  linewidth=0.8, linestyle="--", align=align, label="_suppressed")
-    for patch in bars:
-        patch.set_gid(SUPPRESSED_GID)
+def _suppressed_text(grid: _Grid) -> str:
+    """The label at a suppressed cell: ``suppressed (<k)`` for the minimum size."""
+    if grid.k and grid.reasons <= {"minimum size"}:
+        return f"suppressed (<{grid.k})"
+    return "suppressed"
+
+
+def _mark_suppressed(ax: Axes, xs: np.ndarray, color: Any, grid: _Grid, *,
+                     on_zero: bool = True) -> None:
+    """An ``x`` on the zero line (``on_zero``; else at the foot of the axes) and a label
+    per suppressed cell: no bar, so nothing reads as a value."""
+    transform = ax.transData if on_zero else ax.get_xaxis_transform()
+    y = 0.0 if on_zero else 0.03
+    for x in xs:
+        ax.plot([x], [y], linestyle="none", marker="x", markersize=8, markeredgewidth=1.5,
+                color=color, transform=transform, clip_on=False, zorder=3,
+                label="_suppressed", gid=SUPPRESSED_GID)
+        ax.annotate(_suppressed_text(grid), (x, y), xycoords=transform, xytext=(0, 7),
+                    textcoords="offset points", rotation=90, ha="center", va="bottom",
+                    fontsize=7, color="0.35", gid=SUPPRESSED_LABEL_GID)
 
 
 def _draw_hist(ax: Axes, grid: _Grid) -> None:
@@ -268,7 +278,7 @@ def _draw_hist(ax: Axes, grid: _Grid) -> None:
     heights = np.where(gone, 0.0, np.nan_to_num(values))
     ax.bar(edges[:-1], heights, widths, align="edge", color=color, edgecolor="white",
            linewidth=0.8, label="_released")
-    _mark_bars(ax, edges[:-1][gone], widths[gone], _gap_height(grid), color, align="edge")
+    _mark_suppressed(ax, edges[:-1][gone] + widths[gone] / 2, color, grid)
     if len(edges) <= 13:
         ax.set_xticks(edges, [f"{e:g}" for e in edges])
     ax.set_xlim(edges[0], edges[-1])
@@ -282,12 +292,7 @@ def _draw_lines(ax: Axes, grid: _Grid) -> None:
         ys = np.where(grid.suppressed[:, j], np.nan, grid.values[:, j])
         label = str(level) if level is not None else "_released"
         ax.plot(xs, ys, marker="o", markersize=4, color=color, label=label)
-        gone = grid.suppressed[:, j]
-        if gone.any():
-            ax.plot(xs[gone], np.full(int(gone.sum()), 0.03), linestyle="none", marker="x",
-                    markersize=8, markeredgewidth=1.5, color=color,
-                    transform=ax.get_xaxis_transform(), label="_suppressed",
-                    gid=SUPPRESSED_GID)
+        _mark_suppressed(ax, xs[grid.suppressed[:, j]], color, grid, on_zero=False)
     ax.set_xticks(xs, [_level_text(v) for v in grid.x])
     _rotate_ticks(ax, grid.x)
 
@@ -332,19 +337,16 @@ def _label(ax: Axes, plan: dict, grid: _Grid, column: str, title: str | None, *,
 
 def _legend(ax: Axes, grid: _Grid, k: int | None) -> None:
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     handles, labels = ax.get_legend_handles_labels()
     if grid.suppressed.any():
         shown = [reason_text(r, k) for r in sorted(grid.reasons)]
         why = f"suppressed ({', '.join(shown)})" if shown else "suppressed"
-        lines = any(isinstance(a, Line2D) and a.get_gid() == SUPPRESSED_GID
-                    for a in ax.get_lines())
-        proxy = (Line2D([], [], linestyle="none", marker="x", color="0.3") if lines else
-                 Patch(fill=False, hatch="///", edgecolor="0.3", linestyle="--"))
+        proxy = Line2D([], [], linestyle="none", marker="x", markeredgewidth=1.5, color="0.3")
         handles, labels = [*handles, proxy], [*labels, why]
-    if handles:
-        ax.legend(handles, labels, title=grid.series_name, fontsize=8, title_fontsize=8)
+    if handles:  # outside the axes, so it never covers a bar
+        ax.legend(handles, labels, title=grid.series_name, fontsize=8, title_fontsize=8,
+                  bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0)
 
 
 def _measure(agg: dict, plan: dict) -> str:
@@ -375,4 +377,4 @@ def _describe(expr: dict, columns: dict) -> str:
     return f" {_SYMBOLS[op]} ".join(parts)
 
 
-__all__ = ["KINDS", "MOCK_GID", "SUPPRESSED_GID", "plot"]
+__all__ = ["KINDS", "MOCK_GID", "SUPPRESSED_GID", "SUPPRESSED_LABEL_GID", "plot"]

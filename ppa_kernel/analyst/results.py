@@ -2,9 +2,14 @@
 
 Parties return integer sufficient statistics per cell (counts, sums, sums of squares at
 a known fixed-point scale). Means and variances are computed here exactly from them.
-Suppressed cells are NaN in the table and True in ``df.attrs["suppressed"]``; why each
+Counts (``count``, ``size``, histogram and crosstab cells) are pandas nullable ``Int64``
+columns, so they print as integers; means, sums and the rest are floats. Suppressed cells
+are missing (``<NA>`` in counts, NaN elsewhere) in the table and True in
+``df.attrs["suppressed"]``; why each
 was suppressed (minimum size, dominance, p-ratio, differencing) is in
-``df.attrs["reasons"]`` (None where released).
+``df.attrs["reasons"]`` (None where released). When every cell is suppressed,
+``df.attrs["notice"]`` says so (an empty cohort, or one below the minimum size k) and the
+notebook display shows it above the table.
 
 A table a run released carries a stamp (``df.attrs["release"]``: run, plan hash, values
 digest). A result of a mock consortium (design mode, :mod:`.mock`) never does: it has
@@ -25,15 +30,19 @@ import pandas as pd
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import model_kind
+from ppa_kernel.contract.models.base import UNGROUPED
 from ppa_kernel.contract.models.chi2 import crosstab_table
 from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels
 
 SUPPRESSED = "suppressed"
+COUNT_STATS = ("count", "size")
 RELEASE_KEY = "release"
 MOCK_KEY = "mock"
 """``df.attrs["mock"] is True`` on every result of a mock consortium (and its parts)."""
 MOCK_RELEASE_KEY = "mock_release"
+NOTICE_KEY = "notice"
+"""``df.attrs["notice"]``: a sentence shown above the table (every cell suppressed)."""
 MOCK_CAPTION = "MOCK \u2014 synthetic data, not a release"
 _MOCK_DOMAIN = "ppa-mock-result\n"
 
@@ -42,7 +51,7 @@ def _cell_value(stat: str, count: int | None, total: int | None, sumsq: int | No
                scale: int) -> float:
     if count is None:
         return float("nan")
-    if stat in ("count", "size"):
+    if stat in COUNT_STATS:
         return float(count)
     unit = Fraction(1, 1 << (SCALE_BITS * scale))
     if stat == "sum":
@@ -81,7 +90,7 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
         if len(names) == 1:
             index = index.get_level_values(0)
     else:
-        index = pd.RangeIndex(1)
+        index = ungrouped_index()
     frame = pd.DataFrame(data, index=index)
     frame.attrs["suppressed"] = pd.DataFrame(mask, index=index)
     frame.attrs["reasons"] = pd.DataFrame(reasons, index=index, dtype=object)
@@ -94,6 +103,24 @@ def to_frame(plan: dict, stats: dict) -> pd.DataFrame:
                             if k not in ("suppressed", "reasons")},
                            statistics={})
         return table
+    return integer_counts(frame)
+
+
+def ungrouped_index() -> pd.Index:
+    """The index of an ungrouped result: one row labelled :data:`UNGROUPED`."""
+    return pd.Index([UNGROUPED])
+
+
+def integer_counts(frame: pd.DataFrame, columns: list | None = None) -> pd.DataFrame:
+    """``frame`` with its count columns (by ``attrs["statistics"]``, or ``columns``) as
+    nullable ``Int64``: released counts print as integers, suppressed ones as ``<NA>``."""
+    if columns is None:
+        columns = [name for name, stat in frame.attrs.get("statistics", {}).items()
+                   if stat in COUNT_STATS and name in frame.columns]
+    for name in columns:
+        values = frame[name]
+        if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+            frame[name] = values.astype("Int64")
     return frame
 
 
@@ -114,7 +141,25 @@ def released_table(plan: dict, stats: dict, run_id: str, *, layout: str = "table
     consortium's run: as a mock result, :func:`stamp_mock`)."""
     frame = layout_table(to_frame(plan, stats), plan, layout)
     frame.attrs.update(attrs or {})
+    notice = empty_notice(frame)
+    if notice:
+        frame.attrs[NOTICE_KEY] = notice
     return stamp_mock(frame, run_id) if mock else stamp_release(frame, run_id)
+
+
+def empty_notice(frame: pd.DataFrame) -> str | None:
+    """A sentence when every cell of a result is suppressed (None otherwise): the cohort
+    is empty or smaller than the minimum cell size k of the plan."""
+    mask = _suppressed_mask(frame)
+    if not mask.size or not mask.to_numpy().all():
+        return None
+    k = (frame.attrs.get("plan") or {}).get("min_cell_size")
+    reasons = suppression_reasons(frame) - {"minimum size"}
+    if reasons:
+        return f"Every cell is suppressed ({', '.join(sorted(reasons))})."
+    size = f"has fewer than k={k} rows (the minimum cell size)" if k else \
+        "is below the minimum cell size"
+    return f"Every cell is suppressed: this cohort is empty or {size}."
 
 
 def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.DataFrame:
@@ -126,6 +171,8 @@ def layout_table(frame: pd.DataFrame, plan: dict, layout: str = "table") -> pd.D
         return frame
     table = crosstab_table(plan, frame)
     table.attrs = {**frame.attrs, "suppressed": table.attrs["suppressed"]}
+    if plan["aggregates"][0]["stat"] in COUNT_STATS:
+        integer_counts(table, list(table.columns))
     return table
 
 
@@ -215,7 +262,7 @@ def _shown(frame: pd.DataFrame, digits: int) -> pd.DataFrame:
     """Values as displayed: rounded, counts as integers."""
     shown = frame.round(digits).astype(object)
     for name, stat in frame.attrs.get("statistics", {}).items():
-        if stat in ("count", "size") and name in shown:
+        if stat in COUNT_STATS and name in shown:
             shown[name] = pd.Series([v if pd.isna(v) else int(v) for v in frame[name]],
                                     index=frame.index, dtype=object)
     return shown
@@ -250,6 +297,8 @@ def format_table(frame: pd.DataFrame, digits: int = 2) -> str:
     """Text rendering with suppressed cells marked (with their reason beyond size); a
     mock result's first line is :data:`MOCK_CAPTION`."""
     text = _shown(frame, digits).mask(_suppressed_mask(frame), _markers(frame)).to_string()
+    if frame.attrs.get(NOTICE_KEY):
+        text = f"{frame.attrs[NOTICE_KEY]}\n{text}"
     return f"{MOCK_CAPTION}\n{text}" if is_mock(frame) else text
 
 
@@ -287,6 +336,9 @@ def format_html(frame: pd.DataFrame, digits: int = 2) -> str:
     if _suppressed_mask(frame).to_numpy().any():
         caption.append(f"{SUPPRESSED}: {why}")
     banner = mock_banner_html() if mock else ""
+    if frame.attrs.get(NOTICE_KEY):
+        banner += (f'<div class="ppa-notice" style="font-weight:bold">'
+                   f"{html.escape(frame.attrs[NOTICE_KEY])}</div>")
     return f'{banner}{body}<div class="ppa-caption"><small>{"; ".join(caption)}</small></div>'
 
 

@@ -123,10 +123,21 @@ class Program:
         return names
 
     def statistics(self) -> set[str]:
-        """The statistics the plan computes, by their policy names (``size`` counts)."""
-        names = {"count" if a["stat"] == "size" else a["stat"] for a in self.plan["aggregates"]}
+        """The statistics the plan computes, by their policy names (``size`` counts).
+
+        Row counts by bins of a numeric column are also a ``histogram``; row counts (only)
+        by exactly two group variables also a ``crosstab`` -- whether ``t.histogram`` /
+        ``t.crosstab`` or an equal groupby built the plan, as the same release."""
+        aggregates = self.plan["aggregates"]
+        names = {"count" if a["stat"] == "size" else a["stat"] for a in aggregates}
+        groups = self.plan["groupby"]
         if self.plan.get("model") is not None:
             names.add(self.plan["model"]["kind"])
+        elif any(a["stat"] == "size" for a in aggregates):
+            if any(e.get("bins") is not None for e in groups):
+                names.add("histogram")
+            elif len(groups) == 2 and all(a["stat"] == "size" for a in aggregates):
+                names.add("crosstab")
         return names
 
     def column_uses(self, party: str) -> dict[str, set[str]]:

@@ -22,8 +22,9 @@ Keys (all optional; any other key is an error, so typos are caught):
     this. An analyst may ask for a *higher* threshold, never a lower one.
 ``statistics``
     The statistics analysts may compute, from ``count sum mean var std histogram
-    crosstab`` and the models ``ttest chi2 corr ols logit km quantile`` (default: all
-    but histogram and crosstab).
+    crosstab`` and the models ``ttest chi2 corr ols logit km quantile`` (default: all).
+    A histogram (row counts by bins) and a crosstab (row counts by two group variables)
+    also need ``count``; a list without them refuses them.
 ``min_residual_df``
     Whole number, at least 1 (default 10). A regression is refused when its residual
     degrees of freedom (rows minus coefficients) fall below this.
@@ -132,7 +133,8 @@ logger = logging.getLogger(__name__)
 USES = ("group", "filter", "measure", "link")
 STATISTICS = (*(s for s in AGGREGATES if s != "size"), "histogram", "crosstab",
               *MODEL_KINDS)
-"""What a policy may allow: the plain aggregates, histograms, crosstabs and every model."""
+"""What a policy may allow: the plain aggregates, histograms, crosstabs and every model --
+the one list the plan check (:meth:`Program.statistics` names) and the status display use."""
 APPROVALS = ("auto", "manual", "pinned")
 _APPROVAL_ALIASES = {"automatic": "auto"}
 APPROVAL_TIMES = {"approval_wait": (86400.0, 30 * 86400.0),
@@ -146,7 +148,7 @@ DISCLOSURE_KEYS = {rule: (DISCLOSURE_POLICY_KEYS[rule], *limits) for rule, limit
     "dominance_n": (2, 1, 10), "dominance_k": (90, 1, 100), "p_ratio": (10, 0, 100),
     "history_limit": (1000, 1, 100_000), "differencing": (True, False, True)}.items()}
 """Plan ``disclosure`` key -> (policy key, default, lowest, highest)."""
-_DEFAULT_STATISTICS = frozenset(STATISTICS) - {"histogram", "crosstab"}
+_DEFAULT_STATISTICS = frozenset(STATISTICS)
 
 
 class PolicyError(PPAError):
@@ -364,7 +366,7 @@ class Policy:
         allowed = ", ".join(sorted(self.statistics)) or "none"
         for stat in sorted(set(statistics) - self.statistics):
             reasons.append(f"statistic {stat!r} is not allowed by {self.party} "
-                           f"(allowed: {allowed})")
+                           f"(policy.statistics allows: {allowed})")
         if min_cell_size is not None and min_cell_size < self.min_cell_size:
             reasons.append(f"min_cell_size {min_cell_size} is below {self.party}'s minimum "
                            f"of {self.min_cell_size}")

@@ -12,6 +12,8 @@ from ..errors import PlanError
 MASKED_TRUNCATION = "protocol.truncation_masked"
 """Openings inside MPyC's fixed-point truncation: a + r with r 30 bits longer than a,
 statistically hiding a (like the comparison protocol's masked openings)."""
+UNGROUPED = "all"
+"""The index label of the one row of an ungrouped result (an aggregate or a model)."""
 
 
 class ModelKind:

@@ -95,7 +95,7 @@ from .. import bounds
 from ..errors import PlanError
 from ..expr import check_expr, expr_columns
 from ..limits import DEFAULT_QUANTILE_RESOLUTION, SCALE_BITS
-from .base import Frame, FrameColumn, FrameQuery, ModelKind, output_name, require_keys
+from .base import UNGROUPED, Frame, FrameColumn, FrameQuery, ModelKind, output_name, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _index(plan: dict) -> pd.Index:
     """The groups in plan order, as :func:`ppa_kernel.analyst.results.to_frame` indexes them."""
     groups = plan["groupby"]
     if not groups:
-        return pd.RangeIndex(1)
+        return pd.Index([UNGROUPED])
     combos = list(itertools.product(*(e["levels"] for e in groups)))
     index = pd.MultiIndex.from_tuples(combos, names=[e["name"] for e in groups])
     return index.get_level_values(0) if len(groups) == 1 else index
