@@ -500,3 +500,13 @@ def screenshot(page: Page, name: str, scroll_to: Locator | None = None,
     finally:
         page.set_viewport_size(size)
     return path
+
+
+def write_notebook(path: Path, sources: list[str]) -> None:
+    """Write a notebook of code cells (``sources``, unexecuted) for a browser test."""
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}",
+              "metadata": {}, "outputs": [], "source": source}
+             for i, source in enumerate(sources)]
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}))

@@ -7,13 +7,12 @@ what the kernel's matcher offers (the whole cell goes to the kernel's completer)
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from browser_support import NOTEBOOK, LabServer, run_all_cells
+from browser_support import NOTEBOOK, LabServer, run_all_cells, write_notebook
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -27,15 +26,6 @@ CELLS = [
     "%%secure\nt = link(insurer, bureau)\n",
 ]
 
-
-def write_notebook(lab: LabServer) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}",
-              "metadata": {}, "outputs": [], "source": source}
-             for i, source in enumerate(CELLS)]
-    notebook = {"cells": cells, "metadata": {"kernelspec": {
-        "display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4, "nbformat_minor": 5}
-    (lab.root_dir / NAME).write_text(json.dumps(notebook))
 
 
 def code_cell(page: Page, index: int) -> Locator:
@@ -56,7 +46,7 @@ def completions_after(page: Page, typed: str) -> list[str]:
 
 def test_secure_cell_completes_and_a_typo_is_one_line(lab: LabServer,
                                                       notebook: Callable[[str], Page]) -> None:
-    write_notebook(lab)
+    write_notebook(lab.root_dir / NAME, CELLS)
     page = notebook(NAME)
     cells = run_all_cells(page, timeout=90)
     assert re.search(r"\d", cells[0]["prompt"]), "the demo cell did not run"

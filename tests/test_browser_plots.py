@@ -9,7 +9,6 @@ Chromium or Playwright (see ``browser_fixtures.py``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from browser_support import (
     collapse_left_sidebar,
     run_all_cells,
     screenshot,
+    write_notebook,
 )
 
 if TYPE_CHECKING:
@@ -53,18 +53,10 @@ CELLS = [
 LABELS = re.compile(r"labels: \[('suppressed \(<\d+\)'(, )?)+\]")
 
 
-def write_notebook(path) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"bars-{i}",
-              "metadata": {}, "outputs": [], "source": source}
-             for i, source in enumerate(CELLS)]
-    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {
-        "name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}))
-
 
 def test_a_suppressed_bin_renders_as_a_labelled_marker(lab: LabServer,
                                                        notebook: Callable[[str], Page]) -> None:
-    write_notebook(lab.root_dir / NAME)
+    write_notebook(lab.root_dir / NAME, CELLS)
     page = notebook(NAME)
     cells = run_all_cells(page, timeout=150)
     assert_no_errors(page, lab, NAME, cells)

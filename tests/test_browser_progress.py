@@ -9,14 +9,13 @@ reads the record. Skipped without Chromium or Playwright (see ``browser_fixtures
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from browser_support import NOTEBOOK, LabServer, assert_no_errors, run_all_cells
+from browser_support import NOTEBOOK, LabServer, assert_no_errors, run_all_cells, write_notebook
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -51,14 +50,6 @@ WALL = re.compile(r"\((\d+\.\d) s\)")
 FRACTION = re.compile(r"^(linkage|input) \d{1,2}%$")
 
 
-def write_notebook(path) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"progress-{i}",
-              "metadata": {}, "outputs": [], "source": source}
-             for i, source in enumerate(CELLS)]
-    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {
-        "name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}))
-
 
 def ticks(record: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
     """Consecutive shown states in which no party's stage changed but the clocks moved."""
@@ -79,7 +70,7 @@ def ticks(record: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
 
 def test_the_progress_widget_ticks_and_shows_fractions(lab: LabServer,
                                                        notebook: Callable[[str], Page]) -> None:
-    write_notebook(lab.root_dir / NAME)
+    write_notebook(lab.root_dir / NAME, CELLS)
     page = notebook(NAME)
     page.evaluate(RECORD, NOTEBOOK)
     started = time.monotonic()
