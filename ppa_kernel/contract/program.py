@@ -125,19 +125,21 @@ class Program:
     def statistics(self) -> set[str]:
         """The statistics the plan computes, by their policy names (``size`` counts).
 
-        Row counts by bins of a numeric column are also a ``histogram``; row counts (only)
-        by exactly two group variables also a ``crosstab`` -- whether ``t.histogram`` /
-        ``t.crosstab`` or an equal groupby built the plan, as the same release."""
-        aggregates = self.plan["aggregates"]
-        names = {"count" if a["stat"] == "size" else a["stat"] for a in aggregates}
+        A rule about the plan's shape, so that no rewording escapes it: every grouped
+        plan releases per-cell counts, so a plan grouped by bins of a numeric column is
+        also a ``histogram`` and one grouped by two or more variables also a
+        ``crosstab`` (a chi-square test is one by definition), whatever the aggregates
+        or model and whether ``t.histogram`` / ``t.crosstab`` or a groupby built it."""
+        names = {"count" if a["stat"] == "size" else a["stat"]
+                 for a in self.plan["aggregates"]}
         groups = self.plan["groupby"]
-        if self.plan.get("model") is not None:
-            names.add(self.plan["model"]["kind"])
-        elif any(a["stat"] == "size" for a in aggregates):
-            if any(e.get("bins") is not None for e in groups):
-                names.add("histogram")
-            elif len(groups) == 2 and all(a["stat"] == "size" for a in aggregates):
-                names.add("crosstab")
+        model = self.plan.get("model")
+        if model is not None:
+            names.add(model["kind"])
+        if any(e.get("bins") is not None for e in groups):
+            names.add("histogram")
+        if len(groups) >= 2 or (model is not None and model["kind"] == "chi2"):
+            names.add("crosstab")
         return names
 
     def column_uses(self, party: str) -> dict[str, set[str]]:
