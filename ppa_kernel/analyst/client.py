@@ -45,6 +45,7 @@ from ppa_kernel.contract.protocol import Channel, ask, connect, request
 from ppa_kernel.contract.receipts import append_receipt, receipt, released_digest
 
 from . import accessor  # noqa: F401  (registers the result.ppa accessor)
+from .cohort import check_cohort
 from .local import STARTUP_TIMEOUT, launch_local
 from .progress import Display, ProgressCallback, error_stage, make_display
 from .results import check_layout, released_table
@@ -296,6 +297,7 @@ class Consortium:
                             for info in self.parties.values())
             plan["min_residual_df"] = max(plan.get("min_residual_df") or 0, strictest)
         compile_plan(plan)  # the parties' own checks, here first: errors before anything is sent
+        check_cohort(plan, self.catalog)  # and an empty cohort says why
         return plan
 
     def run(self, plan: dict, *, timeout: float | None = None,

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import numbers
+from collections.abc import Mapping
 
 from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.limits import SCALE_BITS
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +28,22 @@ class EmptyCohort(PlanError):
     """A filter no published value can meet: the cohort is empty."""
 
 
-def check_cohort(plan: dict) -> None:
+def check_cohort(plan: dict, catalog: Mapping[str, Mapping[str, dict]] | None = None) -> None:
     """Raise :class:`EmptyCohort` if a required comparison of the plan's filter lies
-    outside its column's published range."""
-    reason = empty_reason(plan)
+    outside its column's published range, or reads a column that the ``catalog`` (party
+    -> column -> entry) shows has no values at all."""
+    reason = empty_reason(plan, catalog)
     if reason is not None:
         logger.debug("empty cohort: %s", reason)
         raise EmptyCohort(reason, hint="widen the filter; the catalog shows each range")
 
 
-def empty_reason(plan: dict) -> str | None:
+def empty_reason(plan: dict, catalog: Mapping[str, Mapping[str, dict]] | None = None
+                 ) -> str | None:
     """Why the plan's filter selects no row (one line), or None if it may select some."""
     columns = plan.get("columns") or {}
     for term in _conjuncts(plan.get("filter")):
-        reason = _outside(term, columns)
+        reason = _outside(term, columns, catalog or {})
         if reason is not None:
             return reason
     return None
@@ -53,7 +57,8 @@ def _conjuncts(expr: dict | None) -> list[dict]:
     return [expr]
 
 
-def _outside(term: dict, columns: dict) -> str | None:
+def _outside(term: dict, columns: dict, catalog: Mapping[str, Mapping[str, dict]]
+             ) -> str | None:
     op, args = term.get("op"), term.get("args") or []
     if op not in _SYMBOLS or len(args) != 2:
         return None
@@ -66,14 +71,25 @@ def _outside(term: dict, columns: dict) -> str | None:
     bounds = meta.get("range")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not bounds:
         return None
-    low, high = bounds
-    empty = {"gt": value >= high, "ge": value > high, "lt": value <= low,
-             "le": value < low, "eq": not low <= value <= high}[op]
+    name = meta.get("column") or left["col"].split(".", 1)[-1]
+    entry = (catalog.get(meta.get("party")) or {}).get(meta.get("column")) or {}
+    if entry and (entry.get("min") is None or entry.get("max") is None):
+        return f"{name} has no values (all missing): this cohort is empty"
+    low, high = float(bounds[0]), float(bounds[1])
+    # Inside MPC a constant is compared in fixed point: one just beyond a bound may
+    # encode as the bound itself, so only strict comparisons may touch the bound.
+    below, above = low - _margin(low), high + _margin(high)
+    empty = {"gt": value >= high, "ge": value > above, "lt": value <= low,
+             "le": value < below, "eq": not below <= value <= above}[op]
     if not empty:
         return None
-    name = meta.get("column") or left["col"]
     return (f"{name} {_SYMBOLS[op]} {value:g} is outside the published range "
-            f"{low:g}-{high:g}: this cohort is empty")
+            f"{low:g} .. {high:g}: this cohort is empty")
+
+
+def _margin(bound: float) -> float:
+    """How far beyond a published bound a constant may still compare as the bound."""
+    return max(2.0 ** -SCALE_BITS, 1e-9 * abs(bound))
 
 
 __all__ = ["EmptyCohort", "check_cohort", "empty_reason"]

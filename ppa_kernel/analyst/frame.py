@@ -729,7 +729,7 @@ class Query:
         if runner is None:
             raise PlanError("this frame has no runner to run plans",
                             hint="make frames with Consortium.link(...), or inspect plan()")
-        check_cohort(self._plan)  # an empty cohort says why, before any run
+        check_cohort(self._plan, self._frame._catalog)  # an empty cohort says why, before any run
         logger.debug("running %s plan %s", self.kind, self.plan_hash()[:12])
         if self.kind == "crosstab":  # rows = index levels, columns = column levels
             options["layout"] = "crosstab"

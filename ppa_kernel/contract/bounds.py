@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from . import limits
 from .errors import PlanError
@@ -21,11 +22,18 @@ from .expr import COMPARISONS, LOGICAL, canonical_json, expr_parties
 
 def coarse(value: float | None, up: bool) -> float | None:
     """Round a bound outward to two significant digits, as a party publishes its columns'
-    ranges (exact extremes are disclosive)."""
-    if value is None or value == 0:
+    ranges (exact extremes are disclosive).
+
+    Rounded in decimal from the float's shortest repr, so the result never lands inside
+    the value by a float step (``coarse(0.83, up=False)`` is 0.83, not 0.8300000000000001):
+    float conversion is monotone, so a decimal at or below ``repr(value)`` converts to a
+    float at or below ``value``."""
+    if value is None or value == 0 or not math.isfinite(value):
         return value
-    step = 10 ** (math.floor(math.log10(abs(value))) - 1)
-    return float((math.ceil if up else math.floor)(value / step) * step)
+    exact = Decimal(repr(float(value)))
+    step = Decimal(1).scaleb(exact.adjusted() - 1)
+    rounding = ROUND_CEILING if up else ROUND_FLOOR
+    return float((exact / step).to_integral_value(rounding=rounding) * step)
 
 
 def column_range(meta: dict) -> tuple[float, float]:
