@@ -2,6 +2,7 @@
 
     python benchmarks/bench_study.py                    # demo scale and 100,000 rows per party
     python benchmarks/bench_study.py --scales demo      # demo scale only
+    python benchmarks/bench_study.py --scales 20k --profile /tmp/prof  # where time goes
 
 For each scale it starts three party kernels, runs the headline study twice (the first
 run links the parties, the second reuses the linkage) and prints wall time per phase,
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,8 @@ from ppa_kernel.analyst.synthetic import generate
 
 SCALES = {
     "demo": {"n_core": 4200},
+    "20k": {"n_core": 12_000, "insurer_extra": 0.67, "bureau_extra": 0.67,
+            "hospital_extra": 0.67},
     "100k": {"n_core": 60_000, "insurer_extra": 0.67, "bureau_extra": 0.67,
              "hospital_extra": 0.67},
 }
@@ -55,6 +60,7 @@ def run_scale(name: str, params: dict) -> dict:
                 t0 = time.perf_counter()
                 table = headline_study(c, timeout=3600)
                 runs.append({"seconds": time.perf_counter() - t0,
+                             "run_id": table.attrs["run_id"],
                              "phases": table.attrs["phases"],
                              "peak_rss_mb": table.attrs["peak_rss_mb"]})
             mpc_mean = table["mean"].to_numpy()
@@ -85,12 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="profile every MPC worker (cProfile files in DIR) and print "
+                             "the insurer's hottest functions per run")
+    parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
     args = parser.parse_args(argv)
+    if args.profile:  # read by the party kernels' workers, which inherit the environment
+        os.environ["PPA_PROFILE_DIR"] = str(args.profile.resolve())
     results = []
     for name in args.scales:
         result = run_scale(name, SCALES[name])
         print(report(result), flush=True)
         results.append(result)
+        if args.profile:
+            for run in result["runs"]:
+                path = args.profile / f"insurer-{run['run_id']}.prof"
+                print(f"--- insurer, run {run['run_id']}: top {args.top} by own time")
+                pstats.Stats(str(path)).sort_stats("tottime").print_stats(args.top)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -213,6 +213,26 @@ async def _run(job: Job) -> dict:
             "openings": LEDGER.entries}
 
 
+PROFILE_ENV = "PPA_PROFILE_DIR"
+"""Set in a party kernel's own environment (never by a request): each of its workers
+writes a cProfile of its run to ``$PPA_PROFILE_DIR/<party>-<run_id>.prof``."""
+
+
+def _profiled(job: Job, run):
+    """``run()``, under cProfile when the operator asked for profiles."""
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        return run()
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(run)
+    finally:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(Path(folder) / f"{job.party}-{job.run_id}.prof"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one job, write its result file, return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from .secure.runtime import LOST_PEERS, ORPHANED, STALLED_PEERS, lost_peers_failed, mpc
 
     try:
-        result = mpc.run(_run(job))
+        result = _profiled(job, lambda: mpc.run(_run(job)))
         status = 0
     except PPAError as exc:
         result, status = {"error": exc.to_dict()}, 1
