@@ -81,3 +81,39 @@ def test_a_callback_that_stops_the_run_ends_the_wait_cleanly(client, monkeypatch
     monkeypatch.setattr(client, "_connect", lambda party: TalkingChannel(), raising=False)
     outcome = follow(client, report=report)  # raising from the thread fails this test
     assert isinstance(outcome.errors.get("hospital"), Stop), outcome.errors
+
+
+class ApprovingChannel(SilentChannel):
+    """A connection that approves the run once, then says nothing."""
+
+    def __init__(self) -> None:
+        self.events = [{"event": "approved", "approvers": ["auto"]}]
+
+    def receive(self, timeout: float) -> dict:
+        return self.events.pop() if self.events else super().receive(timeout)
+
+
+def test_a_refused_go_fails_the_run_at_once(client, monkeypatch) -> None:
+    """When every party approved but the first refuses ``go``, the run has failed: the
+    wait ends at once (not at the deadline), and the error names the first party."""
+    party = PartyAddress("hospital", "127.0.0.1", 1, 2, pin=None)  # never dialled
+    client.config = type("Config", (), {"parties": [party]})()
+    client.connect_timeout = 1.0
+    client.stall_timeout = 0.5
+
+    def request(party, op, fields, expect, **kwargs):
+        raise PartyFailed("the kernel restarted and forgot the run")
+
+    monkeypatch.setattr(client, "_connect", lambda party: ApprovingChannel(), raising=False)
+    monkeypatch.setattr(client, "_request", request, raising=False)
+    outcome = RunOutcome("r" * 16, {})
+    outcome.deadline = time.monotonic() + 60
+    failed = threading.Event()
+    worker = threading.Thread(target=client._follow_run,
+                              args=(party, {"hold": True, "timeout": 5}, outcome, failed, None))
+    worker.start()
+    assert failed.wait(5), "a refused go must mark the run failed"
+    assert outcome.errors["hospital"].party == "hospital"
+    assert "forgot the run" in str(outcome.errors["hospital"])
+    outcome.closed = True
+    worker.join(timeout=35)

@@ -52,10 +52,13 @@ def test_chi2_matches_scipy_when_every_cell_is_released(chi2_runs, plain):
     assert not counts.attrs["suppressed"].to_numpy().any()
     expected = table.reindex(index=counts.index, columns=counts.columns).fillna(0)
     np.testing.assert_array_equal(counts.to_numpy(), expected.to_numpy())
-    np.testing.assert_allclose(got.loc[0, "chi2"], want.statistic, rtol=1e-9)
-    assert got.loc[0, "df"] == want.dof
-    np.testing.assert_allclose(got.loc[0, "p"], want.pvalue, rtol=1e-7)
-    assert got.loc[0, "n"] == len(plain)
+    np.testing.assert_allclose(got.loc["all", "chi2"], want.statistic, rtol=1e-9)
+    assert got.loc["all", "df"] == want.dof
+    np.testing.assert_allclose(got.loc["all", "p"], want.pvalue, rtol=1e-7)
+    assert got.loc["all", "n"] == len(plain)
+    assert list(got.index) == ["all"]
+    assert {str(counts[c].dtype) for c in counts.columns} == {"Int64"}
+    assert str(got["n"].dtype) == "Int64" and str(got["df"].dtype) == "Int64"
 
 
 @pytest.mark.parametrize("case", ["small_cells", "empty_row"])
@@ -63,7 +66,7 @@ def test_chi2_is_refused_when_a_cell_is_suppressed(chi2_runs, plain, case):
     got, opened = chi2_runs[case]
     counts = got.attrs["table"]
     assert counts.attrs["suppressed"].to_numpy().any()
-    assert np.isnan(got.loc[0, "chi2"]) and "suppressed" in got.attrs["refused"]
+    assert np.isnan(got.loc["all", "chi2"]) and "suppressed" in got.attrs["refused"]
     assert "model.chi2.chi2" not in opened
     if case == "small_cells":  # the released cells are still the oracle's
         cohort = plain[(plain.age >= 40) | plain.app_user.astype(bool)]
@@ -85,16 +88,16 @@ def test_chi2_opens_only_the_table_and_the_statistic(chi2_runs):
             assert "model.chi2.chi2" not in opened
         else:
             count, values = opened["model.chi2.chi2"]
-            assert count == 1 and float(values[0][0]) == pytest.approx(got.loc[0, "chi2"])
+            assert count == 1 and float(values[0][0]) == pytest.approx(got.loc["all", "chi2"])
 
 
 def test_chi2_refuses_a_table_below_the_minimum_cell_size(chi2_runs, plain):
     got, opened = chi2_runs["tiny"]
     assert 0 < (plain.age >= 75).sum() < 10
     assert opened["disclosure.pass"][1][-1] == [0]
-    assert np.isnan(got.loc[0, "chi2"]) and np.isnan(got.loc[0, "p"])
-    assert got.attrs["suppressed"].loc[0, "chi2"] and "refused" in got.attrs["refused"]
-    assert got.loc[0, "df"] == 1
+    assert np.isnan(got.loc["all", "chi2"]) and np.isnan(got.loc["all", "p"])
+    assert got.attrs["suppressed"].loc["all", "chi2"] and "refused" in got.attrs["refused"]
+    assert got.loc["all", "df"] == 1
 
 
 MEASURES = ["cost_2021", "age", "app_user", "outpatient_visits", "intensity_load"]
@@ -129,6 +132,7 @@ def test_corr_matches_pandas_and_pearsonr(corr_runs, plain):
         frame.app_use_intensity).mul(encoded(frame.admissions_2021)).loc[complete.index])
     np.testing.assert_allclose(matrix, inputs.corr(), rtol=1e-12, atol=1e-14)
     assert len(got) == len(MEASURES) * (len(MEASURES) - 1) // 2
+    assert str(got["n"].dtype) == "Int64"
     for row in got.itertuples():
         ref = stats.pearsonr(complete[row.x], complete[row.y])
         assert row.n == len(complete)

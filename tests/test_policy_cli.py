@@ -244,3 +244,16 @@ def test_every_option_of_the_new_commands_has_help():
         for action in sub._actions:
             assert action.help, (sub.prog, action.dest)
     assert policy.choices["check"].description
+
+
+def test_a_statistics_list_without_the_shapes_is_warned_about(folder, capsys):
+    text = (folder / "insurer.toml").read_text()
+    written = re.search(r"^statistics = \[[^\]]*\]", text, re.M).group(0)
+    path = variant(folder, "old_list", written, 'statistics = ["count", "sum", "mean"]')
+    assert cli.main(["policy", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: statistics allows count but not histogram or crosstab" in out
+    assert "add 'histogram', 'crosstab'" in out
+    # the full list (as `ppa init` writes it) draws no such warning
+    assert cli.main(["policy", "check", str(folder / "insurer.toml")]) == 0
+    assert "allows count but not" not in capsys.readouterr().out

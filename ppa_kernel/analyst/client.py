@@ -376,8 +376,9 @@ class Consortium:
         return {info["policy"].get("approval", "auto") for info in self.parties.values()}
 
     def _approved(self, party: str, approvers: list[str], outcome: RunOutcome,
-                  request: dict) -> None:
-        """A party approved the run; once all have, a held run may start (``go``)."""
+                  request: dict, failed: threading.Event) -> None:
+        """A party approved the run; once all have, a held run may start (``go``; if the
+        first party refuses it, the run has ``failed``: nobody waits for its deadline)."""
         with outcome.lock:
             outcome.approvers[party] = approvers
             everyone = len(outcome.approvers) == len(self.names)
@@ -389,7 +390,9 @@ class Consortium:
             try:
                 self._request(first, "go", {"run_id": outcome.run_id}, "go")
             except PPAError as exc:
+                exc.party = exc.party or first.name
                 outcome.fail(first.name, exc)
+                failed.set()
 
     def _keep_receipt(self, outcome: RunOutcome) -> None:
         """Write the run's receipt (every party's audit chain head after it)."""
@@ -456,7 +459,8 @@ class Consortium:
                         report(party.name, "approved", 0.0, None)
                     approvers = reply.get("approvers")
                     self._approved(party.name, [str(a) for a in approvers][:16]
-                                   if isinstance(approvers, list) else [], outcome, request)
+                                   if isinstance(approvers, list) else [], outcome, request,
+                                   failed)
                 elif event == "result":
                     outcome.results[party.name] = reply["result"]
                     if isinstance(reply.get("receipt"), dict):

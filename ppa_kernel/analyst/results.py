@@ -30,7 +30,7 @@ import pandas as pd
 from ppa_kernel.contract.errors import PlanError
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.models import model_kind
-from ppa_kernel.contract.models.base import UNGROUPED
+from ppa_kernel.contract.models.base import UNGROUPED, as_counts
 from ppa_kernel.contract.models.chi2 import crosstab_table
 from ppa_kernel.contract.plan import plan_hash
 from ppa_kernel.contract.program import SCALE_BITS, cell_levels
@@ -118,9 +118,8 @@ def integer_counts(frame: pd.DataFrame, columns: list | None = None) -> pd.DataF
         columns = [name for name, stat in frame.attrs.get("statistics", {}).items()
                    if stat in COUNT_STATS and name in frame.columns]
     for name in columns:
-        values = frame[name]
-        if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
-            frame[name] = values.astype("Int64")
+        if pd.api.types.is_float_dtype(frame[name]):
+            frame[name] = as_counts(frame[name])
     return frame
 
 

@@ -84,6 +84,8 @@ def check_policy_file(path: str | Path, *, read_data: bool = True) -> PolicyChec
         result.policy = Policy.from_dict(result.party, result.table)
     except PolicyError as exc:
         result.problems += exc.reasons
+    else:
+        _check_shapes(result)
     config = result.config
     if config is None:
         return result
@@ -93,6 +95,21 @@ def check_policy_file(path: str | Path, *, read_data: bool = True) -> PolicyChec
         result.warnings.append("the data was not read (--no-data): column names not checked")
     _check_people(result, config)
     return result
+
+
+def _check_shapes(result: PolicyCheck) -> None:
+    """Warn when an explicit statistics list allows counts but not the shapes built on
+    them: binned and two-way groupings (and every chi2) are checked as ``histogram`` and
+    ``crosstab``, so a list written before they were named now refuses those plans."""
+    table = result.table or {}
+    if "statistics" not in table or result.policy is None:
+        return
+    missing = [s for s in ("histogram", "crosstab") if s not in result.policy.statistics]
+    if missing and "count" in result.policy.statistics:
+        result.warnings.append(
+            f"statistics allows count but not {' or '.join(missing)}: histograms (binned "
+            "groupings), two-way groupings and chi2 are refused; add "
+            f"{', '.join(repr(m) for m in missing)} to the list to allow them")
 
 
 def _raw_policy(path: Path, result: PolicyCheck) -> dict[str, Any] | None:

@@ -16,6 +16,16 @@ UNGROUPED = "all"
 """The index label of the one row of an ungrouped result (an aggregate or a model)."""
 
 
+def as_counts(values: Any) -> pd.Series:
+    """``values`` as nullable ``Int64`` when every present value is a whole number (counts
+    print as 548, suppressed ones as ``<NA>``); as floats otherwise."""
+    series = pd.Series(values, dtype=float) if not isinstance(values, pd.Series) else values
+    series = series.astype(float)
+    if (series.dropna() % 1 == 0).all():
+        return series.astype("Int64")
+    return series
+
+
 class ModelKind:
     """One kind of model: plan checks, inputs, openings, and the released result table."""
 

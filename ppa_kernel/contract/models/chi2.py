@@ -50,10 +50,12 @@ import pandas as pd
 from ..errors import PlanError
 from .base import (
     MASKED_TRUNCATION,
+    UNGROUPED,
     Frame,
     FrameColumn,
     FrameQuery,
     ModelKind,
+    as_counts,
     output_name,
     require_keys,
 )
@@ -87,16 +89,20 @@ class Chi2(ModelKind):
         from scipy import stats as sps
 
         counts = crosstab_table(plan, released)
+        counts = counts.apply(as_counts).__finalize__(counts)
         rows, cols = plan["groupby"]
         df = (len(rows["levels"]) - 1) * (len(cols["levels"]) - 1)
         chi2 = stats["model"].get("chi2")
         complete = not counts.attrs["suppressed"].to_numpy().any()
-        n = float(counts.to_numpy().sum()) if complete else np.nan
+        n = float(counts.to_numpy(dtype=float, na_value=np.nan).sum()) if complete else np.nan
         p = float(sps.chi2.sf(chi2, df)) if chi2 is not None else np.nan
+        index = pd.Index([UNGROUPED])
         summary = pd.DataFrame({"chi2": [np.nan if chi2 is None else float(chi2)],
-                                "df": [float(df)], "p": [p], "n": [n]})
+                                "df": as_counts([df]).array, "p": [p],
+                                "n": as_counts([n]).array}, index=index)
         summary.attrs["suppressed"] = pd.DataFrame(
-            {"chi2": [chi2 is None], "df": [False], "p": [chi2 is None], "n": [not complete]})
+            {"chi2": [chi2 is None], "df": [False], "p": [chi2 is None], "n": [not complete]},
+            index=index)
         summary.attrs["table"] = counts
         if chi2 is None and stats["model"].get("refused") == "suppressed cell":
             summary.attrs["refused"] = ("chi2 refused: a cell of the table is suppressed, "

@@ -54,6 +54,7 @@ from .base import (
     FrameColumn,
     FrameQuery,
     ModelKind,
+    as_counts,
     output_name,
     require_keys,
 )
@@ -109,6 +110,7 @@ class Corr(ModelKind):
             rows.append({"x": names[i], "y": names[j], "r": r,
                          "n": np.nan if n is None else float(n), "p": _p_value(r, n)})
         frame = pd.DataFrame(rows, columns=["x", "y", "r", "n", "p"])
+        frame["n"] = as_counts(frame["n"])
         mask = pd.DataFrame(False, index=frame.index, columns=frame.columns)
         mask[["r", "n", "p"]] = n is None
         frame.attrs["suppressed"] = mask

@@ -26,10 +26,12 @@ from ..errors import PlanError
 from ..expr import canonical_json
 from .base import (
     MASKED_TRUNCATION,
+    UNGROUPED,
     Frame,
     FrameColumn,
     FrameQuery,
     ModelKind,
+    as_counts,
     output_name,
     require_keys,
 )
@@ -87,10 +89,14 @@ class TTest(ModelKind):
                          "p": p})
             index.append(combo)
         frame = pd.DataFrame(rows)
+        for name in (f"n[{first}]", f"n[{second}]"):
+            frame[name] = as_counts(frame[name])
         if strata:
             frame.index = pd.MultiIndex.from_tuples(index, names=[e["name"] for e in strata])
             if len(strata) == 1:
                 frame.index = frame.index.get_level_values(0)
+        else:
+            frame.index = pd.Index([UNGROUPED])
         frame.attrs["suppressed"] = frame.isna()
         return frame
 
