@@ -243,6 +243,10 @@ def _duration(text: str | None) -> float | None:
 def _worker(args: argparse.Namespace) -> int:
     from ppa_kernel.party.worker import main as worker_main
 
+    if args.spare is not None:
+        return worker_main(["--spare", args.spare, args.mpyc_argv or "null"])
+    if args.job is None:
+        raise PPAError("worker: give a job file, or --spare JOBS")
     return worker_main([args.job])
 
 
@@ -409,7 +413,12 @@ def parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_identity_show)
 
     worker = sub.add_parser("worker", help="(internal) run one MPC job for a party kernel")
-    worker.add_argument("job", help="job file written by the party kernel")
+    worker.add_argument("job", nargs="?", help="job file written by the party kernel")
+    worker.add_argument("--spare", metavar="JOBS",
+                        help="start ahead: import, then read one job file's path (in the "
+                             "folder JOBS) from stdin")
+    worker.add_argument("--mpyc-argv", metavar="JSON",
+                        help="with --spare: MPyC's command line, to import it ahead")
     worker.set_defaults(func=_worker)
 
     synth = sub.add_parser("synth", help="write synthetic three-party demo data")

@@ -24,7 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 from oracle import join
-from waiting import BackgroundRun, wait_for
+from waiting import BackgroundRun, is_busy_worker, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError
 from ppa_kernel.analyst.local import KEYS, LocalParties, write_local_config
@@ -84,16 +84,17 @@ def worker_of(c: Consortium, party: str) -> psutil.Process | None:
         children = psutil.Process(kernel_pid(c, party)).children(recursive=True)
     except psutil.NoSuchProcess:
         return None
-    return next((w for w in children if " worker " in " ".join(w.cmdline())), None)
+    return next((w for w in children if is_busy_worker(w)), None)
 
 
-def workers_under(root: Path) -> list[psutil.Process]:
-    """Every live MPC worker on this machine whose job lies under ``root`` (ours only:
-    other test sessions may run workers of their own at the same time)."""
+def workers_under(root: Path, *, spares: bool = False) -> list[psutil.Process]:
+    """Every live MPC worker on this machine serving a run of a kernel under ``root``
+    (ours only: other test sessions may run workers of their own at the same time);
+    with ``spares``, the kernels' idle spare workers too."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         line = " ".join(proc.info["cmdline"] or [])
-        if " worker " in line and str(root) in line:
+        if " worker " in line and str(root) in line and (spares or is_busy_worker(proc)):
             try:
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
@@ -155,7 +156,8 @@ def root(tmp_path_factory):
     """The module's folder; once every test is done, no kernel or worker of ours is left."""
     folder = tmp_path_factory.mktemp("cross-org")
     yield folder
-    wait_for(lambda: not workers_under(folder) and not kernels_under(folder), timeout=15)
+    wait_for(lambda: not workers_under(folder, spares=True) and not kernels_under(folder),
+             timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +222,9 @@ def test_a_killed_kernel_is_named_and_its_restart_serves_the_next_run(data, root
             c.local_parties.procs[VICTIM].wait(10)
             wait_for(lambda: gone(worker.pid), timeout=10)  # orphaned: it stops itself
             wait_for(lambda: not workers_under(folder), timeout=10)
+            # and so does its idle spare: the dead kernel's end of its stdin closed
+            wait_for(lambda: not workers_under(folder / "state" / VICTIM, spares=True),
+                     timeout=10)
             with pytest.raises(ConsortiumError, match=rf"\[{VICTIM}\] cannot reach"):
                 c.run(plan_of(c), progress=False)
             restarted = LocalParties(folder, [VICTIM])
@@ -228,7 +233,7 @@ def test_a_killed_kernel_is_named_and_its_restart_serves_the_next_run(data, root
         finally:
             if restarted is not None:
                 restarted.stop()
-    assert not workers_under(folder)
+    assert not workers_under(folder, spares=True)
 
 
 # --------------------------------------------------------------------------- 2-4: crashes, stalls

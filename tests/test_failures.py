@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from waiting import BackgroundRun, wait_for
+from waiting import BackgroundRun, is_busy_worker, wait_for
 
 from ppa_kernel import Consortium, ConsortiumError, PlanError
 from ppa_kernel.analyst.synthetic import generate
@@ -22,7 +22,7 @@ def workers_of(consortium) -> list[psutil.Process]:
             children = psutil.Process(proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             continue
-        found += [c for c in children if " worker " in " ".join(c.cmdline())]
+        found += [c for c in children if is_busy_worker(c)]
     return found
 
 

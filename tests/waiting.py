@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from ppa_kernel import ConsortiumError
+
+
+def is_busy_worker(proc) -> bool:
+    """Whether a ``ppa_kernel.cli worker`` process (a psutil.Process) serves a run: a
+    busy worker works in its run's folder ``jobs/<run_id>``; a kernel's idle spare waits
+    in ``jobs`` itself (see ``ppa_kernel.party.runs``)."""
+    import psutil
+
+    try:
+        return " worker " in " ".join(proc.cmdline()) and \
+            Path(proc.cwd()).parent.name == "jobs"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):

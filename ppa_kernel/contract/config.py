@@ -25,6 +25,7 @@ A party file holds one party's own settings, read only by its kernel::
     certificate = "keys/insurer.crt" # this party's identity (`ppa identity new`)
     key = "keys/insurer.key"         # 0600, never leaves this machine
     stall_timeout = 30               # seconds of silence after which a peer has stalled
+    spare_worker = true              # start each run's MPC worker ahead (one idle process)
     # listen_host = "10.20.0.5"      # bind address, if not the consortium file's host (NAT)
     # listen_port = 7101             # bind ports, if peers reach us through a port forward
     # listen_mpc_port = 7201
@@ -138,6 +139,7 @@ class PartyConfig:
     worker_log_level: str = "WARNING"
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     max_queue: int = DEFAULT_MAX_QUEUE
+    spare_worker: bool = True  # keep one MPC worker started ahead of the next run
     listen_host: str | None = None  # bind address; default: the consortium file's host
     listen_port: int | None = None  # bind ports, if others reach this party through a
     listen_mpc_port: int | None = None  # port forward or proxy; default: the file's
@@ -298,6 +300,9 @@ def load_party(path: str | Path) -> PartyConfig:
     if not isinstance(max_queue, int) or isinstance(max_queue, bool) or \
             not 1 <= max_queue <= 10_000:
         raise ConfigError(f"{where}: max_queue must be a whole number from 1 to 10000")
+    spare = head.get("spare_worker", True)
+    if not isinstance(spare, bool):
+        raise ConfigError(f"{where}: spare_worker must be true or false")
     listen = head.get("listen_host")
     ports = [None if head.get(key) is None else _port(head[key], f"{where} {key}")
              for key in ("listen_port", "listen_mpc_port", "review_port")]
@@ -305,4 +310,4 @@ def load_party(path: str | Path) -> PartyConfig:
                        str(head.get("worker_log_level", "WARNING")),
                        _seconds(head.get("stall_timeout"), f"{where} stall_timeout",
                                 DEFAULT_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
-                       max_queue, str(listen) if listen else None, *ports, file=path)
+                       max_queue, spare, str(listen) if listen else None, *ports, file=path)

@@ -58,3 +58,11 @@ class Job:
         if set(data) != names:
             raise ValueError(f"job file fields differ: {sorted(set(data) ^ names)}")
         return cls(**data)
+
+
+def mpyc_argv(index: int, addresses: list[str]) -> list[str]:
+    """The command line MPyC reads at import: this party's id and every party's address."""
+    argv = ["ppa-worker", "-I", str(index), "--no-log"]
+    for address in addresses:
+        argv += ["-P", address]
+    return argv

@@ -84,7 +84,7 @@ class PartyKernel:
         # workers start a new one when any party's data changed. Remove an old layout's.
         shutil.rmtree(state / "linkage", ignore_errors=True)
         self.snapshot = state / "snapshot.parquet"
-        self.workers = Workers(config, self.snapshot)
+        self.workers = Workers(config, self.snapshot, spare=config.spare_worker)
         self.workers.clear_leftovers()
         fd = os.open(self.snapshot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode on open
@@ -126,6 +126,7 @@ class PartyKernel:
             self._connection, host, config.bind_port, limit=MAX_REQUEST, ssl=self.tls,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         await self.mpc.start()
+        self.workers.start_spare()
         if self.web is not None:
             self.web.start()
         print(f"{READY_MARKER} {self.name} {host}:{config.bind_port}", flush=True)

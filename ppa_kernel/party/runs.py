@@ -1,6 +1,13 @@
 """The MPyC worker processes of a party kernel: one per run, in its own job folder,
 followed for progress, killed when the run ends early.
 
+A worker process serves one run and exits. To keep its start-up (Python, pandas, the
+party's modules: about 0.7 s) out of every run, the kernel keeps one *spare*: a worker
+started ahead, its modules imported, waiting on its stdin for the path of a job file.
+A run takes the spare (or starts one when there is none) and a new spare is started
+once the run has ended. The spare is the party's own code, sees nothing before its job,
+and ends when the kernel's end of its stdin closes.
+
 Workers do not listen: the kernel's :class:`.mpc_listener.MPCListener` accepts the MPC
 connections and hands each one, by file descriptor, to the worker of the run it names,
 over that run's hand-off socket (:meth:`Workers.handoff`).
@@ -13,9 +20,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +28,8 @@ from pathlib import Path
 from ppa_kernel.contract.config import PartyConfig
 from ppa_kernel.contract.errors import PartyFailed, RunTimeout, error_from_dict
 
-from .job import RESULT_FILE, Job
+from .job import RESULT_FILE, Job, mpyc_argv
+from .worker_process import WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +46,15 @@ Progress = Callable[[dict], Awaitable[None]]
 class Workers:
     """Starts, follows and stops this party's workers (one per run id)."""
 
-    def __init__(self, config: PartyConfig, snapshot: Path) -> None:
+    def __init__(self, config: PartyConfig, snapshot: Path, *, spare: bool = True) -> None:
         self.config = config
         self.snapshot = snapshot
         self.jobs = config.state_dir / "jobs"  # one folder per run, holding its job file
-        self.running: dict[str, asyncio.subprocess.Process] = {}
+        self.running: dict[str, WorkerProcess] = {}
         self._handoffs: dict[str, socket.socket] = {}  # run id -> kernel's end
+        self.keep_spare = spare
+        self._spare: WorkerProcess | None = None
+        self._closed = False
 
     def handoff(self, run_id: str) -> socket.socket | None:
         """The kernel's end of a run's hand-off socket, while its worker runs."""
@@ -92,6 +101,30 @@ class Workers:
                    fingerprints=[p.pin.fingerprint for p in consortium.parties],
                    stall_timeout=self.config.stall_timeout, handoff_fd=handoff_fd)
 
+    def start_spare(self) -> None:
+        """Start the spare worker now, if the kernel keeps one and has none."""
+        if self.keep_spare and not self._closed and self._spare is None:
+            try:
+                self._spare = self._start()
+            except OSError as exc:  # the next run starts its own worker
+                logger.warning("party %s: no spare MPC worker: %s", self.config.name, exc)
+
+    def _start(self) -> WorkerProcess:
+        """A worker process that imports its modules, then waits for a job on stdin."""
+        consortium = self.config.consortium
+        argv = mpyc_argv(consortium.index(self.config.name),
+                         [f"{p.host}:{p.mpc_port}" for p in consortium.parties])
+        return WorkerProcess(self.jobs, self.config.worker_log_level, argv)
+
+    def _take(self) -> WorkerProcess:
+        """The spare, if it is alive; else a worker started now."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.returncode is None:
+            return spare
+        if spare is not None:
+            spare.close()
+        return self._start()
+
     async def run(self, run_id: str, plan: dict, timeout: float, progress: Progress) -> dict:
         """Run the plan in a worker whose job folder ``state_dir/jobs/<run_id>`` (0700)
         lives only as long as the run; the worker is killed if the run ends early."""
@@ -99,21 +132,15 @@ class Workers:
         self.jobs.mkdir(mode=0o700, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)  # never read a stale result
         folder.mkdir(mode=0o700)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setblocking(False)
+        worker = self._take()
         try:
-            job = self.job(run_id, plan, folder, timeout, theirs.fileno())
+            job = self.job(run_id, plan, folder, timeout, worker.fd)
             job_path = job.write(folder)
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ppa_kernel.cli", "--log-level",
-                self.config.worker_log_level, "worker", str(job_path),
-                stdout=asyncio.subprocess.PIPE, start_new_session=True,
-                pass_fds=(theirs.fileno(),))
-            theirs.close()  # the worker holds its end now
-            self.running[run_id] = proc
-            self._handoffs[run_id] = ours
+            self.running[run_id] = worker
+            self._handoffs[run_id] = worker.handoff
             try:
-                await asyncio.wait_for(self._follow(proc, progress), timeout)
+                await worker.give(job_path)
+                await asyncio.wait_for(self._follow(worker, progress), timeout)
             except TimeoutError:
                 await self.kill(run_id)
                 raise RunTimeout(f"run did not finish within {timeout:g} s",
@@ -125,13 +152,14 @@ class Workers:
             finally:
                 self.running.pop(run_id, None)
                 self._handoffs.pop(run_id, None)
-            return self._result(proc, Path(job.result_path))
+            return self._result(worker, Path(job.result_path))
         finally:
-            ours.close()
-            theirs.close()
+            worker.kill()  # a worker given no job (the job file failed) waits on
+            worker.close()
             shutil.rmtree(folder, ignore_errors=True)
+            self.start_spare()  # the next run's worker, importing while this one replies
 
-    async def _follow(self, proc: asyncio.subprocess.Process, progress: Progress) -> None:
+    async def _follow(self, proc: WorkerProcess, progress: Progress) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             try:
@@ -141,7 +169,7 @@ class Workers:
             await progress(event)
         await proc.wait()
 
-    def _result(self, proc: asyncio.subprocess.Process, path: Path) -> dict:
+    def _result(self, proc: WorkerProcess, path: Path) -> dict:
         """The worker's result, or its error (a missing or unreadable result: PartyFailed)."""
         party = self.config.name
         if path.exists():
@@ -167,15 +195,18 @@ class Workers:
     async def kill(self, run_id: str) -> bool:
         """Kill a run's worker (and its process group); whether one was running."""
         proc = self.running.get(run_id)
-        if proc is None or proc.returncode is not None:
-            return False
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if proc is None or not proc.kill():
             return False
         await proc.wait()
         return True
 
     async def kill_all(self) -> None:
+        """Kill every run's worker and the spare; start no new spare."""
+        self._closed = True
         for run_id in list(self.running):
             await self.kill(run_id)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()
+            spare.close()
+            await spare.wait()

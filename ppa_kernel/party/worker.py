@@ -32,7 +32,7 @@ from ppa_kernel.contract.errors import (
     RunTimeout,
 )
 
-from .job import Job
+from .job import JOB_FILE, Job, mpyc_argv
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ class Phases:
     @staticmethod
     def _print(event: dict) -> None:
         print(json.dumps(event), flush=True)
-
-
-def _mpyc_argv(job: Job) -> list[str]:
-    argv = ["ppa-worker", "-I", str(job.index), "--no-log"]
-    for address in job.addresses:
-        argv += ["-P", address]
-    return argv
 
 
 async def _start(job: Job) -> None:
@@ -233,11 +226,50 @@ def _profiled(job: Job, run):
         profile.dump_stats(str(Path(folder) / f"{job.party}-{job.run_id}.prof"))
 
 
+def _preload(argv: list[str] | None) -> None:
+    """Import what every run needs, ahead of its job; MPyC with the command line it
+    reads at import (``argv``, this party's from :func:`.job.mpyc_argv`)."""
+    import pyarrow.parquet  # noqa: F401
+
+    from ppa_kernel.contract import program  # noqa: F401
+
+    from . import owner  # noqa: F401
+
+    if argv is not None:
+        sys.argv = argv
+        from .secure import linkage, query, truncation  # noqa: F401
+
+
+def _wait_for_job(jobs: Path, argv: list[str] | None) -> Path | None:
+    """As a spare: the job file the kernel names on stdin (None: the kernel closed it
+    first). Only a ``job.json`` in a run folder of this party's ``jobs`` is taken."""
+    _preload(argv)
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    path = Path(line).resolve()  # no ".." and no symbolic link leads out of jobs
+    if path.name != JOB_FILE or path.parent.parent != jobs.resolve():
+        raise SystemExit(f"worker: refusing job path {line!r} outside {jobs}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one job, write its result file, return the exit status."""
+    """Entry point: run one job, write its result file, return the exit status. With
+    ``--spare JOBS``, wait first for the job's path on stdin (see :mod:`.runs`)."""
     argv = sys.argv[1:] if argv is None else argv
-    job = Job.read(argv[0])
-    sys.argv = _mpyc_argv(job)
+    path: Path | None = Path(argv[0])
+    preloaded = None
+    if argv[0] == "--spare":
+        preloaded = json.loads(argv[2])
+        path = _wait_for_job(Path(argv[1]), preloaded)
+        if path is None:
+            return 0
+    job = Job.read(path)
+    os.chdir(path.parent)  # a busy worker's folder is its run's (an idle spare's: jobs)
+    wanted = mpyc_argv(job.index, job.addresses)
+    if preloaded not in (None, wanted):  # the kernel's addresses are fixed while it runs
+        raise SystemExit(f"worker: started for MPyC {preloaded}, the job needs {wanted}")
+    sys.argv = wanted
     from .secure.runtime import LOST_PEERS, ORPHANED, STALLED_PEERS, lost_peers_failed, mpc
 
     try:
