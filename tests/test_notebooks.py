@@ -7,16 +7,17 @@ spec the query builder notebook exported (passed with papermill's ``-f``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from oracle import assert_matches, expected, join
 
 papermill = pytest.importorskip("papermill")
@@ -32,24 +33,28 @@ TIMEOUT = 300
 
 def run_notebook(name: str, folder: Path, parameters: dict, *, spec: Path | None = None
                  ) -> Path:
-    """Execute a notebook with papermill's command line; fail with the cell's error."""
+    """Execute a notebook with papermill (in this process: no interpreter start and papermill
+    import per notebook; the kernel is still a process of its own); fail with the cell's
+    error. ``spec`` is a parameters file, as papermill's ``-f``; ``parameters`` override it."""
     out = folder / f"executed-{name}"
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / name), str(out),
-           "--cwd", str(folder), "--kernel", "python3", "--execution-timeout", str(TIMEOUT),
-           "--no-progress-bar"]
-    if spec is not None:
-        cmd += ["-f", str(spec)]
-    for key, value in parameters.items():
-        cmd += ["-p", key, str(value)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * TIMEOUT,
-                          env=_env())
-    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+    values = yaml.safe_load(spec.read_text()) if spec is not None else {}
+    values.update({k: str(v) if isinstance(v, Path) else v for k, v in parameters.items()})
+    with _without_forced_progress():
+        papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=values,
+                                   cwd=str(folder), kernel_name="python3",
+                                   execution_timeout=TIMEOUT, progress_bar=False)
     return out
 
 
-def _env() -> dict:
-    """This environment without a forced progress display (papermill must get text)."""
-    return {k: v for k, v in os.environ.items() if k != "PPA_PROGRESS"}
+@contextlib.contextmanager
+def _without_forced_progress() -> Iterator[None]:
+    """No forced progress display in the kernel's environment (papermill must get text)."""
+    forced = os.environ.pop("PPA_PROGRESS", None)
+    try:
+        yield
+    finally:
+        if forced is not None:
+            os.environ["PPA_PROGRESS"] = forced
 
 
 def read_released(path: Path, n_index: int) -> tuple[pd.DataFrame, pd.DataFrame]:
