@@ -1,8 +1,9 @@
 """The notebooks run top to bottom under papermill; their released tables match pandas.
 
 The quickstart starts its own demo consortium; the study and the query builder connect
-to the test consortium. The study runs with two parameter sets: its defaults, and the
-spec the query builder notebook exported (passed with papermill's ``-f``).
+to the test consortium. The study runs with two parameter sets: its defaults (every
+analysis), and the spec the query builder notebook exported (read as papermill's ``-f``
+reads it) with ``analyses: [ttest]``.
 """
 
 from __future__ import annotations
