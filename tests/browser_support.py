@@ -510,3 +510,25 @@ def write_notebook(path: Path, sources: list[str]) -> None:
     path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {
         "name": "python3", "display_name": "Python 3", "language": "python"}},
         "nbformat": 4, "nbformat_minor": 5}))
+
+
+def refreshing_readme_screenshots() -> bool:
+    """Whether screenshots go to ``docs/img`` (the README's: they show the full demo)."""
+    return screenshot_dir().resolve() == (REPO / "docs" / "img").resolve()
+
+
+def set_parameters(path: Path, **values: Any) -> None:
+    """Set papermill parameters in the notebook's ``parameters`` cell, as a user would edit
+    them: each ``name = ...`` line gets the new value and keeps its comment."""
+    notebook = json.loads(path.read_text())
+    (cell,) = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    lines = "".join(cell["source"]).splitlines(keepends=True)
+    for name, value in values.items():
+        pattern = re.compile(rf"({re.escape(name)}\s*=\s*)[^#\n]*?(\s*#.*)?(\n?)")
+        matches = [(i, m) for i, line in enumerate(lines) if (m := pattern.fullmatch(line))]
+        if len(matches) != 1:
+            raise BrowserTestError(f"{path.name}: no single parameter line {name} = ...")
+        (i, m), = matches
+        lines[i] = f"{m[1]}{value!r}{m[2] or ''}{m[3]}"
+    cell["source"] = lines
+    path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")

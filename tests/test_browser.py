@@ -2,7 +2,9 @@
 
 Skipped when Chromium or Playwright is missing, unless ``PPA_REQUIRE_BROWSER=1`` (CI);
 the JupyterLab and Chromium fixtures live in ``browser_fixtures.py``.
-Screenshots go to ``$PPA_SCREENSHOT_DIR`` or ``tests/output/browser/``.
+Screenshots go to ``$PPA_SCREENSHOT_DIR`` or ``tests/output/browser/``. The notebooks run
+their demo with ``demo_rows = 600`` (set in their parameters cell, as a user would), except
+when the README's screenshots in ``docs/img`` are refreshed: those show the full demo.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from browser_support import (
     assert_no_errors,
     collapse_left_sidebar,
     outputs,
+    refreshing_readme_screenshots,
     run_all_cells,
     screenshot,
+    set_parameters,
     widget,
 )
 
@@ -33,6 +37,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 QUICKSTART = "01-quickstart.ipynb"
 QUERY_BUILDER = "03-query-builder.ipynb"
 QUERY_TIMEOUT_MS = 150_000
+DEMO_ROWS = 600  # the notebooks' default, 4200, only for the README's screenshots
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_demo(lab: LabServer) -> None:
+    """The lab's copies of the notebooks start a demo of ``DEMO_ROWS`` people."""
+    if not refreshing_readme_screenshots():
+        for name in (QUICKSTART, QUERY_BUILDER):
+            set_parameters(lab.root_dir / name, demo_rows=DEMO_ROWS)
 
 
 def test_quickstart_runs_in_jupyterlab(lab: LabServer,

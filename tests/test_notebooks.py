@@ -1,22 +1,24 @@
 """The notebooks run top to bottom under papermill; their released tables match pandas.
 
 The quickstart starts its own demo consortium; the study and the query builder connect
-to the test consortium. The study runs with two parameter sets: its defaults, and the
-spec the query builder notebook exported (passed with papermill's ``-f``).
+to the test consortium. The study runs with two parameter sets: its defaults (every
+analysis), and the spec the query builder notebook exported (read as papermill's ``-f``
+reads it) with ``analyses: [ttest]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from oracle import assert_matches, expected, join
 
 papermill = pytest.importorskip("papermill")
@@ -32,24 +34,28 @@ TIMEOUT = 300
 
 def run_notebook(name: str, folder: Path, parameters: dict, *, spec: Path | None = None
                  ) -> Path:
-    """Execute a notebook with papermill's command line; fail with the cell's error."""
+    """Execute a notebook with papermill (in this process: no interpreter start and papermill
+    import per notebook; the kernel is still a process of its own); fail with the cell's
+    error. ``spec`` is a parameters file, as papermill's ``-f``; ``parameters`` override it."""
     out = folder / f"executed-{name}"
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / name), str(out),
-           "--cwd", str(folder), "--kernel", "python3", "--execution-timeout", str(TIMEOUT),
-           "--no-progress-bar"]
-    if spec is not None:
-        cmd += ["-f", str(spec)]
-    for key, value in parameters.items():
-        cmd += ["-p", key, str(value)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * TIMEOUT,
-                          env=_env())
-    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+    values = yaml.safe_load(spec.read_text()) if spec is not None else {}
+    values.update({k: str(v) if isinstance(v, Path) else v for k, v in parameters.items()})
+    with _without_forced_progress():
+        papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=values,
+                                   cwd=str(folder), kernel_name="python3",
+                                   execution_timeout=TIMEOUT, progress_bar=False)
     return out
 
 
-def _env() -> dict:
-    """This environment without a forced progress display (papermill must get text)."""
-    return {k: v for k, v in os.environ.items() if k != "PPA_PROGRESS"}
+@contextlib.contextmanager
+def _without_forced_progress() -> Iterator[None]:
+    """No forced progress display in the kernel's environment (papermill must get text)."""
+    forced = os.environ.pop("PPA_PROGRESS", None)
+    try:
+        yield
+    finally:
+        if forced is not None:
+            os.environ["PPA_PROGRESS"] = forced
 
 
 def read_released(path: Path, n_index: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -146,20 +152,21 @@ def test_query_builder_notebook_runs_and_exports(builder_run, demo_data):
 @pytest.mark.parametrize("parameter_set", ["defaults", "builder export"])
 def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, builder_run,
                                        tmp_path):
+    """The defaults run every analysis (each checked against pandas, scipy or statsmodels);
+    the builder export runs its own query and, of the inference, the t-test only (the other
+    analyses do not depend on the spec beyond what the defaults cover)."""
     config = consortium.local_parties.folder / "consortium.toml"
     out = tmp_path / "study"
     plain = join(demo_data, PARTIES)
+    parameters = {"consortium_file": config, "identity": identity_of(consortium),
+                  "output_dir": out}
     if parameter_set == "defaults":
-        run_notebook("02-app-effect-study.ipynb", tmp_path,
-                     {"consortium_file": config, "identity": identity_of(consortium),
-                  "output_dir": out})
+        run_notebook("02-app-effect-study.ipynb", tmp_path, parameters)
         by, aggs, rows = ["income_band", "app_user"], \
             {"n": (change, "count"), "mean": (change, "mean")}, plain
     else:
         run_notebook("02-app-effect-study.ipynb", tmp_path,
-                     {"consortium_file": config, "identity": identity_of(consortium),
-                  "output_dir": out},
-                     spec=builder_run / "query.yaml")
+                     {**parameters, "analyses": ["ttest"]}, spec=builder_run / "query.yaml")
         by, aggs, rows = ["income_band"], \
             {"n": ("cost_2021", "count"), "mean": ("cost_2021", "mean")}, \
             plain[plain.age >= 40]
@@ -176,6 +183,10 @@ def test_study_notebook_parameter_sets(parameter_set, consortium, demo_data, bui
         np.testing.assert_allclose(difference.iloc[:, 0].to_numpy(),
                                    (means[True] - means[False]).to_numpy())
         check_inference(out, plain)
+    else:
+        check_ttest(out, rows.assign(outcome=rows.cost_2021))
+        assert sorted(p.name for p in out.glob("*.csv")) == \
+            ["released_table.csv", "suppressed_cells.csv", "ttest.csv"], "only the t-test ran"
 
 
 def check_export(out: Path, plan_hash: str) -> None:
@@ -194,18 +205,9 @@ def check_export(out: Path, plan_hash: str) -> None:
 def check_inference(out: Path, plain: pd.DataFrame) -> None:
     """The study's t-tests and regressions equal scipy's and statsmodels' on the same rows."""
     import statsmodels.formula.api as smf
-    from scipy import stats
 
     plain = plain.assign(outcome=plain.cost_2021 - plain.cost_2020)
-    ttest = pd.read_csv(out / "ttest.csv", index_col=0)
-    for band, row in ttest.dropna(subset=["t"]).iterrows():
-        rows = plain[plain.income_band == band]
-        users = rows.app_user.astype(bool)
-        want = stats.ttest_ind(rows.outcome[~users].dropna(), rows.outcome[users].dropna(),
-                               equal_var=False)
-        np.testing.assert_allclose([row["t"], row["df"]], [want.statistic, want.df],
-                                   rtol=1e-6)
-    assert ttest["t"].notna().any()
+    check_ttest(out, plain)
     ols = pd.read_csv(out / "ols.csv", index_col=0)
     fit = smf.ols("outcome ~ app_user * income_band + age", data=plain).fit()
     np.testing.assert_allclose(ols.loc[fit.params.index, "coef"], fit.params,
@@ -219,3 +221,19 @@ def check_inference(out: Path, plain: pd.DataFrame) -> None:
     np.testing.assert_allclose(logit.loc[fit.params.index, "std err"], fit.bse, rtol=1e-5)
     for name in ("km", "corr", "chi2", "quantiles"):
         assert (out / f"{name}.csv").exists(), name
+
+
+def check_ttest(out: Path, plain: pd.DataFrame) -> None:
+    """The study's Welch t-tests (app users against non-users, per income band) equal
+    scipy's on the same rows' ``outcome``."""
+    from scipy import stats
+
+    ttest = pd.read_csv(out / "ttest.csv", index_col=0)
+    for band, row in ttest.dropna(subset=["t"]).iterrows():
+        rows = plain[plain.income_band == band]
+        users = rows.app_user.astype(bool)
+        want = stats.ttest_ind(rows.outcome[~users].dropna(), rows.outcome[users].dropna(),
+                               equal_var=False)
+        np.testing.assert_allclose([row["t"], row["df"]], [want.statistic, want.df],
+                                   rtol=1e-6)
+    assert ttest["t"].notna().any()
