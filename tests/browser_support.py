@@ -425,10 +425,17 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def save_notebook(page: Page, server: LabServer, name: str, timeout: float = 30.0) -> dict:
-    """File -> Save Notebook, then return the saved notebook read back through the API."""
+    """File -> Save Notebook, then return the saved notebook read back through the API.
+
+    Jupyter's "atomic" save copies the old file to ``.~name``, rewrites the file in place and
+    removes the copy: the save has ended once the file changed and the copy is gone (a read
+    in between sees half a notebook, and the server answers 400 Unreadable Notebook).
+    """
     before = server.api(f"api/contents/{quote(name)}?content=0")["last_modified"]
+    backup = (server.root_dir / name).with_name(f".~{Path(name).name}")
     menu(page, "File", "docmanager:save")
-    _poll(lambda: server.api(f"api/contents/{quote(name)}?content=0")["last_modified"] != before,
+    _poll(lambda: (server.api(f"api/contents/{quote(name)}?content=0")["last_modified"] != before
+                   and not backup.exists()),
           timeout, lambda: f"{name} was not saved")
     return server.notebook(name)
 
