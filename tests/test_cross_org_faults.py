@@ -24,7 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 from oracle import join
-from waiting import BackgroundRun, is_busy_worker, wait_for
+from waiting import BackgroundRun, is_busy_worker, wait_for, workers_under
 
 from ppa_kernel import Consortium, ConsortiumError
 from ppa_kernel.analyst.local import KEYS, LocalParties, write_local_config
@@ -85,22 +85,6 @@ def worker_of(c: Consortium, party: str) -> psutil.Process | None:
     except psutil.NoSuchProcess:
         return None
     return next((w for w in children if is_busy_worker(w)), None)
-
-
-def workers_under(root: Path, *, spares: bool = False) -> list[psutil.Process]:
-    """Every live MPC worker on this machine serving a run of a kernel under ``root``
-    (ours only: other test sessions may run workers of their own at the same time);
-    with ``spares``, the kernels' idle spare workers too."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if " worker " in line and str(root) in line and (spares or is_busy_worker(proc)):
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except psutil.NoSuchProcess:
-                pass
-    return found
 
 
 def gone(pid: int) -> bool:

@@ -4,6 +4,7 @@ a peer holding a pinned certificate and sending fresh signed requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -12,7 +13,9 @@ import threading
 import time
 from types import SimpleNamespace
 
+import psutil
 import pytest
+from waiting import wait_for, workers_under
 
 from ppa_kernel import Consortium
 from ppa_kernel.analyst.synthetic import generate
@@ -126,11 +129,16 @@ def test_client_checks_replies_like_the_kernel(monkeypatch, keys):
 
 # ---------------------------------------------------------------- a real kernel
 @pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
+def hostile_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile")
+
+
+@pytest.fixture(scope="module")
+def consortium(hostile_root):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PPA_IDLE_TIMEOUT", str(IDLE))
         with Consortium.local(generate(n_core=200, seed=3), link="pseudonym",
-                              workdir=tmp_path_factory.mktemp("hostile")) as c:
+                              workdir=hostile_root) as c:
             yield c
 
 
@@ -279,8 +287,29 @@ def test_kernel_closes_an_idle_partial_line(raw):
     assert IDLE * 0.8 < time.monotonic() - started < IDLE + 3
 
 
-def test_idle_timeout_never_cuts_a_streaming_run(consortium):
+def test_idle_timeout_never_cuts_a_streaming_run(consortium, hostile_root):
+    """A run whose workers all fall silent for longer than the idle timeout (paused with
+    SIGSTOP, so no progress reaches the analyst) is still followed to its answer."""
+    paused: list[float] = []
+
+    def pause_the_run() -> None:
+        workers = wait_for(lambda: workers_under(hostile_root), timeout=30, step=0.005)
+        try:
+            for worker in workers:
+                worker.suspend()
+            time.sleep(IDLE * 1.5)
+            paused.append(IDLE * 1.5)
+        finally:
+            for worker in workers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.resume()
+
+    pauser = threading.Thread(target=pause_the_run, daemon=True)
+    pauser.start()
     started = time.monotonic()
     frame = consortium.link().agg(n=("age", "count")).collect()
-    assert time.monotonic() - started > IDLE  # the run outlasted the idle timeout
-    assert int(frame["n"].iloc[0]) > 0
+    took = time.monotonic() - started
+    pauser.join(5)
+    assert paused, "no worker of the run was found to pause"
+    assert took > IDLE * 1.5  # silent for longer than the idle timeout, and not cut
+    assert int(frame["n"].iloc[0]) == 200  # n_core people are at all three parties

@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from ppa_kernel import ConsortiumError
 
 
@@ -13,13 +15,27 @@ def is_busy_worker(proc) -> bool:
     """Whether a ``ppa_kernel.cli worker`` process (a psutil.Process) serves a run: a
     busy worker works in its run's folder ``jobs/<run_id>``; a kernel's idle spare waits
     in ``jobs`` itself (see ``ppa_kernel.party.runs``)."""
-    import psutil
-
     try:
         return " worker " in " ".join(proc.cmdline()) and \
             Path(proc.cwd()).parent.name == "jobs"
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def workers_under(root: Path, *, spares: bool = False) -> list[psutil.Process]:
+    """Every live MPC worker on this machine serving a run of a kernel under ``root``
+    (ours only: other test sessions may run workers of their own at the same time);
+    with ``spares``, the kernels' idle spare workers too."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if " worker " in line and str(root) in line and (spares or is_busy_worker(proc)):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+    return found
 
 
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
