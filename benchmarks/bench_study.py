@@ -3,6 +3,7 @@
     python benchmarks/bench_study.py                    # demo scale and 100,000 rows per party
     python benchmarks/bench_study.py --scales demo      # demo scale only
     python benchmarks/bench_study.py --scales 20k --profile /tmp/prof  # where time goes
+    python benchmarks/bench_study.py --large            # also 1m and registry (an hour)
 
 For each scale it starts three party kernels, runs the headline study twice (the first
 run links the parties, the second reuses the linkage) and prints wall time per phase,
@@ -23,8 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from ppa_kernel import Consortium
-from ppa_kernel.analyst.demo import headline_study
+from ppa_kernel.analyst.demo import headline_query
 from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.contract.limits import link_tag_bits
 
 SCALES = {
     "demo": {"n_core": 4200},
@@ -32,7 +34,12 @@ SCALES = {
             "hospital_extra": 0.67},
     "100k": {"n_core": 60_000, "insurer_extra": 0.67, "bureau_extra": 0.67,
              "hospital_extra": 0.67},
+    "1m": {"n_core": 600_000, "insurer_extra": 0.67, "bureau_extra": 0.67,
+           "hospital_extra": 0.67},
+    "registry": {"n_core": 4_500, "hospital_extra": 500 / 4_500,
+                 "insurer_extra": 995_500 / 4_500, "bureau_extra": 2_995_500 / 4_500},
 }
+LARGE = ("1m", "registry")
 PHASES = ("connect", "input", "shuffle", "tags", "computation", "disclosure", "release")
 
 
@@ -56,19 +63,33 @@ def run_scale(name: str, params: dict) -> dict:
         with Consortium.local(data, link="pseudonym", workdir=folder) as c:
             ready = time.perf_counter()
             runs = []
+            query = headline_query(c)
             for _ in range(2):
                 t0 = time.perf_counter()
-                table = headline_study(c, timeout=3600)
+                table = query.collect(timeout=4 * 3600)
                 runs.append({"seconds": time.perf_counter() - t0,
                              "run_id": table.attrs["run_id"],
                              "phases": table.attrs["phases"],
                              "peak_rss_mb": table.attrs["peak_rss_mb"]})
+            columns = table.attrs["input_widths"]  # replayed columns per party
             mpc_mean = table["mean"].to_numpy()
     error = float(abs(mpc_mean - plain["mean"].to_numpy()).max())
     return {"scale": name, "rows": sizes, "linked": int(plain["count"].sum()),
             "start_kernels_s": ready - started, "runs": runs, "plaintext_s": plain_seconds,
-            "max_abs_error_mean": error,
+            "max_abs_error_mean": error, "columns": columns,
+            "per_element_us": per_element(sizes, columns, runs),
             "peak_worker_mb": runs[0]["peak_rss_mb"]}
+
+
+def per_element(sizes: dict[str, int], columns: dict[str, int], runs: list[dict]) -> dict:
+    """Microseconds per row and tag bit (first query's tags phase) and per row and
+    replayed column (repeat query's input phase), as the insurer's worker timed them."""
+    rows = sum(sizes.values())
+    cells = sum(sizes[p] * k for p, k in columns.items())
+    tags = runs[0]["phases"]["insurer"].get("tags", 0.0)
+    replay = runs[1]["phases"]["insurer"].get("input", 0.0)
+    return {"tag_us_per_row_bit": 1e6 * tags / (rows * link_tag_bits(rows)),
+            "input_us_per_row_column": 1e6 * replay / max(cells, 1)}
 
 
 def report(result: dict) -> str:
@@ -82,6 +103,11 @@ def report(result: dict) -> str:
     ratio = result["runs"][1]["seconds"] / max(result["plaintext_s"], 1e-9)
     lines.append(f"  plaintext pandas, same study: {result['plaintext_s'] * 1000:.1f} ms "
                  f"(repeat query / plaintext = {ratio:,.0f}x)")
+    cost = result["per_element_us"]
+    lines.append(f"  per element: tags {cost['tag_us_per_row_bit']:.2f} us per row and tag bit "
+                 f"({link_tag_bits(sum(result['rows'].values()))} bits), replayed input "
+                 f"{cost['input_us_per_row_column']:.2f} us per row and column "
+                 f"(replayed columns {result['columns']})")
     lines.append(f"  peak worker memory (MB): {result['peak_worker_mb']}")
     lines.append(f"  max |MPC mean - pandas mean|: {result['max_abs_error_mean']:.2e}")
     return "\n".join(lines)
@@ -89,7 +115,10 @@ def report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
+    parser.add_argument("--scales", nargs="+", choices=list(SCALES),
+                        default=[s for s in SCALES if s not in LARGE and s != "20k"])
+    parser.add_argument("--large", action="store_true",
+                        help="also run 1m and registry (each takes tens of minutes)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="profile every MPC worker (cProfile files in DIR) and print "
@@ -99,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:  # read by the party kernels' workers, which inherit the environment
         os.environ["PPA_PROFILE_DIR"] = str(args.profile.resolve())
     results = []
-    for name in args.scales:
+    for name in args.scales + [s for s in LARGE if args.large and s not in args.scales]:
         result = run_scale(name, SCALES[name])
         print(report(result), flush=True)
         results.append(result)

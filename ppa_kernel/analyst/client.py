@@ -315,7 +315,8 @@ class Consortium:
                                      "phases": {p: r["phases"]
                                                 for p, r in outcome.results.items()},
                                      "peak_rss_mb": {p: r.get("peak_rss_mb")
-                                                     for p, r in outcome.results.items()}},
+                                                     for p, r in outcome.results.items()},
+                                     "input_widths": first.get("input_widths")},
                               mock=self.is_mock)
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:

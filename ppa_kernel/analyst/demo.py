@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .client import Consortium
+from .frame import Query
 from .results import format_table
 from .synthetic import write_demo_data
 
@@ -17,14 +18,18 @@ logger = logging.getLogger(__name__)
 DEMO_PARTIES = ("insurer", "hospital", "bureau")
 
 
-def headline_study(c: Consortium, *, timeout: float | None = None) -> pd.DataFrame:
-    """Change in costs 2020 -> 2021 for app users vs non-users, by income band."""
+def headline_query(c: Consortium) -> Query:
+    """The headline study as a query, not yet run (``.plan()`` shows what it asks)."""
     t = c.link()
     t = t.assign(cost_change=t.cost_2021 - t.cost_2020)
     return (t.groupby(["income_band", "app_user"])
              .agg(n=("cost_change", "count"), mean=("cost_change", "mean"),
-                  sd=("cost_change", "std"))
-             .collect(timeout=timeout))
+                  sd=("cost_change", "std")))
+
+
+def headline_study(c: Consortium, *, timeout: float | None = None) -> pd.DataFrame:
+    """Change in costs 2020 -> 2021 for app users vs non-users, by income band."""
+    return headline_query(c).collect(timeout=timeout)
 
 
 def household_detail(c: Consortium, *, timeout: float | None = None) -> pd.DataFrame:

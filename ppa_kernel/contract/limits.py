@@ -71,3 +71,9 @@ DEFAULT_RUN_TIMEOUT = 600.0
 MAX_RUN_TIMEOUT = 86_400.0
 """Longest run (and queue wait) a kernel accepts: a day; a run asking more is refused."""
 """Seconds a run may take when the analyst gives no timeout (client and kernel alike)."""
+
+
+def link_tag_bits(rows: int) -> int:
+    """PRF tag bits the linkage opens per row for ``rows`` rows at all parties together:
+    about log2(rows) + 2, so that unequal keys rarely share a tag (at most 64)."""
+    return min(64, (max(rows, 2) - 1).bit_length() + 2)  # ceil(log2(rows)) + 2

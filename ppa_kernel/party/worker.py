@@ -202,6 +202,7 @@ async def _run(job: Job) -> dict:
     phases("release")
     return {"stats": asdict(stats), "multiplicity": linkage.multiplicity(),
             "sizes": linkage.sizes, "relinked": relinked, "phases": phases.seconds,
+            "input_widths": dict(zip(program.parties, widths, strict=True)),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "openings": LEDGER.entries}
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ppa_kernel.contract.errors import PartyFailed
+from ppa_kernel.contract.limits import link_tag_bits
 
 from .openings import reveal
 from .prf import CHUNK_ROWS as PRF_CHUNK_ROWS
@@ -146,7 +147,7 @@ async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
     """
     sizes = await exchange_sizes(len(hashed_keys))
     n = sum(sizes)
-    bits = min(64, int(np.ceil(np.log2(max(n, 2)))) + 2)
+    bits = link_tag_bits(n)
     batches = -(-n // PRF_CHUNK_ROWS)
     step = Steps(progress, "linkage", len(sizes) + _subset_count() + batches * bits + 1)
     stacked = None
