@@ -159,6 +159,19 @@ def test_repeat_query_reuses_the_linkage(consortium):
     assert first.results["insurer"]["multiplicity"] == second.results["insurer"]["multiplicity"]
 
 
+def test_workers_report_the_columns_they_replay(consortium):
+    """``input_widths`` (read by benchmarks/bench_study.py): a mean replays the measure's
+    value on top of what a count of the same column replays, at its owner only."""
+    t = consortium.link()
+    count = consortium.run_raw(t.agg(n=("age", "count")).plan()).results
+    mean = consortium.run_raw(t.agg(n=("age", "mean")).plan()).results
+    widths = [r["input_widths"] for r in count.values()]
+    assert all(w == widths[0] for w in widths), "parties disagree on the replayed columns"
+    assert set(widths[0]) == set(PARTIES)
+    more = {p: mean["insurer"]["input_widths"][p] - widths[0][p] for p in PARTIES}
+    assert more == {p: int(p == "insurer") for p in PARTIES}
+
+
 def test_multiplicity_pattern_matches_overlap(consortium, demo_data):
     t = consortium.link()
     outcome = consortium.run_raw(t.agg(n=("age", "count")).plan())
