@@ -14,6 +14,7 @@ same study on the same data in this process (the ratio is the price of privacy).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pstats
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from ppa_kernel import Consortium
 from ppa_kernel.analyst.demo import headline_query
@@ -52,6 +54,20 @@ def plaintext_study(data: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, float]
     table = joined.groupby(["income_band", "app_user"])["cost_change"].agg(
         ["count", "mean", "std"])
     return table, time.perf_counter() - started
+
+
+WORKER_BASE_MB, WORKER_KB_PER_ROW = 270, 2.6
+"""A worker's peak memory, measured: a base plus this much per stacked row (all parties')."""
+
+
+def memory_needed_mb(params: dict) -> float:
+    """Estimated peak memory of the three workers together at a scale (MB)."""
+    defaults = {k: v.default for k, v in inspect.signature(generate).parameters.items()}
+    params = {**defaults, **params}
+    core = params["n_core"]
+    rows = 3 * core + sum(round(core * params[f"{p}_extra"])
+                          for p in ("insurer", "bureau", "hospital"))
+    return 3 * (WORKER_BASE_MB + WORKER_KB_PER_ROW * rows / 1024)
 
 
 def run_scale(name: str, params: dict) -> dict:
@@ -119,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=[s for s in SCALES if s not in LARGE and s != "20k"])
     parser.add_argument("--large", action="store_true",
                         help="also run 1m and registry (each takes tens of minutes)")
+    parser.add_argument("--force", action="store_true",
+                        help="run a scale even if its workers may not fit in memory")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="profile every MPC worker (cProfile files in DIR) and print "
@@ -127,8 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:  # read by the party kernels' workers, which inherit the environment
         os.environ["PPA_PROFILE_DIR"] = str(args.profile.resolve())
+    names = args.scales + [s for s in LARGE if args.large and s not in args.scales]
+    available = psutil.virtual_memory().available / 2**20
+    too_big = [n for n in names if memory_needed_mb(SCALES[n]) > 0.9 * available]
+    if too_big and not args.force:
+        for n in too_big:
+            print(f"scale {n}: the three workers would need about "
+                  f"{memory_needed_mb(SCALES[n]) / 1024:.1f} GB, this machine has "
+                  f"{available / 1024:.1f} GB available (--force runs it anyway)")
+        return 2
     results = []
-    for name in args.scales + [s for s in LARGE if args.large and s not in args.scales]:
+    for name in names:
         result = run_scale(name, SCALES[name])
         print(report(result), flush=True)
         results.append(result)
