@@ -14,7 +14,6 @@ same study on the same data in this process (the ratio is the price of privacy).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import pstats
@@ -27,7 +26,7 @@ import psutil
 
 from ppa_kernel import Consortium
 from ppa_kernel.analyst.demo import headline_query
-from ppa_kernel.analyst.synthetic import generate
+from ppa_kernel.analyst.synthetic import generate, party_rows
 from ppa_kernel.contract.limits import link_tag_bits
 
 SCALES = {
@@ -41,7 +40,9 @@ SCALES = {
     "registry": {"n_core": 4_500, "hospital_extra": 500 / 4_500,
                  "insurer_extra": 995_500 / 4_500, "bureau_extra": 2_995_500 / 4_500},
 }
+DEFAULT_SCALES = ("demo", "100k")
 LARGE = ("1m", "registry")
+"""Scales run only with ``--large`` or when named: tens of minutes and many GB each."""
 PHASES = ("connect", "input", "shuffle", "tags", "computation", "disclosure", "release")
 
 
@@ -62,11 +63,7 @@ WORKER_BASE_MB, WORKER_KB_PER_ROW = 270, 2.6
 
 def memory_needed_mb(params: dict) -> float:
     """Estimated peak memory of the three workers together at a scale (MB)."""
-    defaults = {k: v.default for k, v in inspect.signature(generate).parameters.items()}
-    params = {**defaults, **params}
-    core = params["n_core"]
-    rows = 3 * core + sum(round(core * params[f"{p}_extra"])
-                          for p in ("insurer", "bureau", "hospital"))
+    rows = sum(party_rows(**params).values())
     return 3 * (WORKER_BASE_MB + WORKER_KB_PER_ROW * rows / 1024)
 
 
@@ -104,7 +101,8 @@ def per_element(sizes: dict[str, int], columns: dict[str, int], runs: list[dict]
     cells = sum(sizes[p] * k for p, k in columns.items())
     tags = runs[0]["phases"]["insurer"].get("tags", 0.0)
     replay = runs[1]["phases"]["insurer"].get("input", 0.0)
-    return {"tag_us_per_row_bit": 1e6 * tags / (rows * link_tag_bits(rows)),
+    bits = link_tag_bits(rows)
+    return {"tag_bits": bits, "tag_us_per_row_bit": 1e6 * tags / (rows * bits),
             "input_us_per_row_column": 1e6 * replay / max(cells, 1)}
 
 
@@ -121,7 +119,7 @@ def report(result: dict) -> str:
                  f"(repeat query / plaintext = {ratio:,.0f}x)")
     cost = result["per_element_us"]
     lines.append(f"  per element: tags {cost['tag_us_per_row_bit']:.2f} us per row and tag bit "
-                 f"({link_tag_bits(sum(result['rows'].values()))} bits), replayed input "
+                 f"({cost['tag_bits']} bits), replayed input "
                  f"{cost['input_us_per_row_column']:.2f} us per row and column "
                  f"(replayed columns {result['columns']})")
     lines.append(f"  peak worker memory (MB): {result['peak_worker_mb']}")
@@ -132,7 +130,7 @@ def report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", choices=list(SCALES),
-                        default=[s for s in SCALES if s not in LARGE and s != "20k"])
+                        default=list(DEFAULT_SCALES))
     parser.add_argument("--large", action="store_true",
                         help="also run 1m and registry (each takes tens of minutes)")
     parser.add_argument("--force", action="store_true",

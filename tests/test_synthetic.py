@@ -14,6 +14,7 @@ from ppa_kernel.analyst.synthetic import (
     PLANTED_EFFECT,
     REGIONS,
     generate,
+    party_rows,
     write_demo_data,
 )
 from ppa_kernel.party.datasource import describe_columns, load_table
@@ -197,3 +198,12 @@ def test_describe_synthetic_hospital(demo: dict[str, pd.DataFrame]) -> None:
     assert info["disease_activity"]["kind"] == "categorical"
     assert set(info["disease_activity"]["levels"]) <= set(range(11))
     assert info["disease_activity"]["missing"] > 0
+
+
+@pytest.mark.parametrize("params", [{}, {"n_core": 300, "insurer_extra": 0.67,
+                                         "bureau_extra": 0.67, "hospital_extra": 0.67},
+                                    {"n_core": 45, "hospital_extra": 5 / 45,
+                                     "insurer_extra": 955 / 45, "bureau_extra": 2955 / 45}])
+def test_party_rows_are_the_sizes_generate_makes(params):
+    made = generate(seed=5, **params)
+    assert party_rows(**params) == {name: len(frame) for name, frame in made.items()}

@@ -125,6 +125,15 @@ def write_demo_data(
 # --------------------------------------------------------------------------- population
 
 
+def party_rows(n_core: int = 4200, *, insurer_extra: float = 1.5, bureau_extra: float = 2.5,
+               hospital_extra: float = 0.15) -> dict[str, int]:
+    """Rows per party that :func:`generate` makes for these arguments, without making them."""
+    groups = _group_sizes(n_core, insurer_extra, bureau_extra, hospital_extra)
+    return {"insurer": n_core + groups["insurer_bureau"] + groups["insurer_only"],
+            "hospital": n_core + groups["hospital_only"],
+            "bureau": n_core + groups["insurer_bureau"] + groups["bureau_only"]}
+
+
 def _group_sizes(
     n_core: int, insurer_extra: float, bureau_extra: float, hospital_extra: float
 ) -> dict[str, int]:

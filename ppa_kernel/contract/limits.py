@@ -68,9 +68,10 @@ MAX_CATEGORICAL_INT_LEVELS = 12
 categorical``)."""
 
 DEFAULT_RUN_TIMEOUT = 600.0
+"""Seconds a run may take when the analyst gives no timeout (client and kernel alike)."""
+
 MAX_RUN_TIMEOUT = 86_400.0
 """Longest run (and queue wait) a kernel accepts: a day; a run asking more is refused."""
-"""Seconds a run may take when the analyst gives no timeout (client and kernel alike)."""
 
 
 def link_tag_bits(rows: int) -> int:
