@@ -20,6 +20,7 @@ import numpy as np
 
 from ppa_kernel.contract.errors import PartyFailed
 
+from . import limb_shares, limbs
 from .runtime import mpc
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,15 @@ class UnnamedOpening(PartyFailed):
     """An attempt to open a value the plan does not name; nothing was opened."""
 
 
-async def _recording_output(x, *args, **kwargs):
-    name = _current_name.get()
+def _refuse_unnamed(name: str | None) -> None:
     if LEDGER.allowed is not None and name not in LEDGER.allowed:
         logger.error("refused to open %r: the plan does not name it", name)  # never expected
         raise UnnamedOpening(f"refused to open {name!r}: the plan does not name it")
+
+
+async def _recording_output(x, *args, **kwargs):
+    name = _current_name.get()
+    _refuse_unnamed(name)
     values = await _original_output(x, *args, **kwargs)
     LEDGER.add(name, values)
     return values
@@ -132,6 +137,18 @@ async def reveal(name: str, x, *, threshold: int | None = None) -> Any:
         return await mpc.output(x, threshold=threshold)
     finally:
         _current_name.reset(token)
+
+
+async def reveal_limbs(name: str, x: np.ndarray, *, threshold: int) -> np.ndarray:
+    """Open the link-field limb shares ``x`` (:mod:`.limb_shares`, degree ``threshold``)
+    to every party and record the opening under ``name``, like :func:`reveal`."""
+    _refuse_unnamed(name)
+    values = await limb_shares.open_shares(x, threshold)
+    if LEDGER.record_values:
+        LEDGER.add(name, limbs.to_ints(values))
+    else:
+        LEDGER.entries.append({"name": name, "count": int(values.shape[1])})
+    return values
 
 
 def as_floats(opened: Any) -> list[float]:

@@ -17,16 +17,17 @@ import logging
 import secrets
 from collections.abc import Callable
 
-import gmpy2
 import numpy as np
 
-from .openings import reveal
-from .runtime import mpc, random_field_array, shares, zero_sharing
+from . import limb_shares, limbs
+from .openings import reveal_limbs
+from .runtime import mpc, shares
 
 logger = logging.getLogger(__name__)
 
-CHUNK_ROWS = 2048
-"""Rows per batch, bounding memory: each batch holds rows * TAG_BITS field elements."""
+CHUNK_ROWS = 16384
+"""Rows per batch, bounding memory: a batch holds rows * bits elements, about 200 bytes
+each at its peak (limb arrays and their products), so about 70 MB at 21 bits."""
 
 
 async def secret_keys(sectype, count: int):
@@ -45,25 +46,33 @@ async def legendre_tags(sectype, x_share: np.ndarray, bits: int, *, chunk: int =
     """``bits`` Legendre-PRF bits (fresh keys) of each secret key, given by this party's shares.
 
     Opens (x + k_j) * r_j^2 for every row and bit under the name ``linkage.prf_masked``.
+    The arithmetic runs on limb arrays (:mod:`.limbs`, :mod:`.limb_shares`).
     """
-    field = sectype.field
-    p = field.modulus
-    n = len(x_share)
+    if sectype.field.modulus != limbs.P:
+        raise ValueError("the Legendre tags need the link field GF(2^130 - 5)")
     k_share = await shares(await secret_keys(sectype, bits))
+    return await keyed_tags(x_share, k_share, chunk=chunk, progress=progress)
+
+
+async def keyed_tags(x_share: np.ndarray, k_share: np.ndarray, *, chunk: int = CHUNK_ROWS,
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Tag bit j of row i is 1 when x_i + k_j is a nonzero square (this party's shares of
+    the link-field values x and keys k). Opens ``linkage.prf_masked`` (module docstring)."""
+    t, n, bits = mpc.threshold, len(x_share), len(k_share)
+    keys = limbs.from_ints(k_share)
+    x = limbs.from_ints(x_share)
     weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
     tags = np.zeros(n, dtype=np.uint64)
-    legendre = np.frompyfunc(lambda v: gmpy2.legendre(v, p), 1, 1)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        rows = stop - start
-        shifted = (x_share[start:stop, None] + k_share[None, :]).reshape(-1)
-        r = random_field_array(sectype, rows * bits)
-        squares = await shares(r * r)
-        masked = (shifted * squares) % p
-        masked = field.array(masked + zero_sharing(field, rows * bits).value)
-        opened = await reveal("linkage.prf_masked", masked, threshold=2 * mpc.threshold)
-        symbols = legendre(opened.value.reshape(rows, bits)).astype(np.int64)
+        count = (stop - start) * bits
+        shifted = limbs.add(x[:, start:stop, None], keys[:, None, :]).reshape(limbs.LIMBS, count)
+        r = limb_shares.random_shares(count)
+        squares = await limb_shares.reshare(limbs.mul(r, r))
+        masked = limbs.add(limbs.mul(shifted, squares), limb_shares.zero_shares(count))
+        opened = await reveal_limbs("linkage.prf_masked", masked, threshold=2 * t)
+        symbols = limbs.legendre(opened).reshape(stop - start, bits)
         tags[start:stop] = ((symbols == 1).astype(np.uint64) * weights).sum(axis=1)
         if progress is not None:
-            progress(rows)
+            progress(stop - start)
     return tags

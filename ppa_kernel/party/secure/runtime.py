@@ -46,6 +46,7 @@ from mpyc import runtime as mpyc_runtime
 from mpyc.asyncoro import mpc_coro
 from mpyc.runtime import Runtime, mpc
 
+from .limbs import P, split_ints
 from .links import Link, LinkSettings, establish
 
 if TYPE_CHECKING:
@@ -53,14 +54,18 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSED_PEERS", "HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS",
            "LinkExchanger", "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
-           "link_type", "lost_peers_failed", "mpc", "mpc_coro", "np_random_split",
-           "prss_keys", "random_field_array", "recombination_coefficient", "reshare",
-           "shares", "use_truncation", "value_type", "wrap", "zero_sharing"]
+           "exchange", "link_type", "lost_peers_failed", "mpc", "mpc_coro",
+           "np_random_split", "prss_input", "prss_keys", "random_field_array",
+           "recombination_coefficient", "reshare", "shares", "use_truncation", "value_type",
+           "wrap", "zero_sharing"]
 
 logger = logging.getLogger(__name__)
 
 LINK_FIELD_BITS = 128
 """Field size for link keys and the Legendre PRF (at least 2^128, see shared/ARCHITECTURE.md)."""
+
+LINK_MODULUS = P
+"""The link field's prime, 2^130 - 5 (:data:`.limbs.P`)."""
 
 VALUE_FIELD_BITS = 256
 """Field size for analysis values: room for sums of products of squared fixed-point values."""
@@ -71,8 +76,10 @@ COMPARE_BITS = 64
 
 @functools.cache
 def link_type():
-    """Secure prime-field type for link keys and PRF tags."""
-    return mpc.SecFld(min_order=1 << LINK_FIELD_BITS)
+    """Secure prime-field type for link keys and PRF tags: GF(2^130 - 5), whose arithmetic
+    :mod:`.limbs` vectorises."""
+    assert LINK_MODULUS >= 1 << LINK_FIELD_BITS
+    return mpc.SecFld(modulus=LINK_MODULUS)
 
 
 @functools.cache
@@ -124,6 +131,24 @@ def zero_sharing(field: Any, n: int) -> FieldArray:
     m = len(mpc.parties)
     return thresha.np_pseudorandom_share_0(field, m, mpc.pid, mpc.prfs(field.order),
                                            mpc._prss_uci(), n)
+
+
+def prss_input() -> bytes:
+    """A fresh input, common to all parties, for pseudorandom sharings (it advances the
+    program counter, so every call differs). Wraps ``Runtime._prss_uci``."""
+    return mpc._prss_uci()
+
+
+@mpc_coro
+async def exchange(outgoing: Mapping[int, bytes], sources: list[int]):
+    """Send ``outgoing[pid]`` to each peer and receive one message from each of
+    ``sources``, all under one MPyC program counter; resolves to ``{pid: bytes}``.
+    Wraps ``Runtime._send_message`` and ``_receive_message``."""
+    await mpc.returnType(asyncio.Future)
+    for pid, data in outgoing.items():
+        mpc._send_message(pid, data)
+    received = await mpc.gather([mpc._receive_message(pid) for pid in sources])
+    return dict(zip(sources, received, strict=True))
 
 
 def prss_keys() -> Mapping[Any, bytes]:
@@ -181,21 +206,13 @@ class WireCodec:
         count = int(np.prod(shape)) if ndim else 1
         if len(data) != start + count * width:
             raise ValueError("truncated message from peer")
-        return np.array(_split_ints(data, start, count, width), dtype=object).reshape(shape)
-
-
-def _split_ints(data: bytes, start: int, count: int, width: int) -> list[int]:
-    """``count`` big-endian integers of ``width`` bytes each, from ``data[start:]``."""
-    view = memoryview(data)
-    stops = range(start + width, start + (count + 1) * width, width)
-    pieces = map(view.__getitem__, map(slice, range(start, start + count * width, width), stops))
-    return list(map(int.from_bytes, pieces, repeat("big")))
+        return np.array(split_ints(data, start, count, width), dtype=object).reshape(shape)
 
 
 def _bulk_randbelow(order: int, count: int) -> np.ndarray:
     """``count`` integers in range(order), statistically close to uniform."""
     width = (order.bit_length() + 64 + 7) // 8
-    values = np.array(_split_ints(os.urandom(width * count), 0, count, width), dtype=object)
+    values = np.array(split_ints(os.urandom(width * count), 0, count, width), dtype=object)
     return values % order
 
 

@@ -1,0 +1,110 @@
+"""Run under MPyC's local launcher (``python limb_protocol_check.py -M3 -B PORT``).
+
+Checks the limb-array protocols against MPyC's own object-array path on the same shares
+and against a plaintext oracle of the opened values; party 0 prints one JSON line.
+Not collected by pytest: tests/test_limb_protocols.py starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+import gmpy2
+import numpy as np
+
+from ppa_kernel.party.secure import limb_shares, limbs, prf
+from ppa_kernel.party.secure.openings import reveal_limbs
+from ppa_kernel.party.secure.runtime import (
+    allow_disconnects,
+    link_type,
+    mpc,
+    random_field_array,
+    shares,
+    zero_sharing,
+)
+
+ROWS, BITS, CHUNK = 150, 5, 64  # three batches, the last one partial
+
+
+async def object_path_tags(sectype, x_share, k_share, bits):
+    """The tags as the object-array path computed them before the limb arrays."""
+    field, p = sectype.field, sectype.field.modulus
+    shifted = (x_share[:, None] + k_share[None, :]).reshape(-1)
+    r = random_field_array(sectype, len(shifted))
+    squares = await shares(r * r)
+    masked = field.array((shifted * squares) % p + zero_sharing(field, len(shifted)).value)
+    opened = await mpc.output(masked, threshold=2 * mpc.threshold)
+    symbols = np.array([gmpy2.legendre(int(v), p) for v in opened.value]).reshape(-1, bits)
+    weights = 1 << np.arange(bits, dtype=np.uint64)
+    return ((symbols == 1).astype(np.uint64) * weights).sum(axis=1)
+
+
+async def open_objects(sectype, values_limbs, threshold):
+    """Open limb shares through MPyC's own output (its recombination, its wire)."""
+    field = sectype.field
+    arr = field.array(np.array(limbs.to_ints(values_limbs), dtype=object), check=False)
+    return [int(v) for v in (await mpc.output(arr, threshold=threshold)).value]
+
+
+async def hostile_opening() -> dict:
+    """The last party sends out-of-range limbs; the others must refuse them by name."""
+    last = len(mpc.parties) - 1
+    if mpc.pid == last:
+        limbs.to_bytes = lambda a: b"\xff" * (limbs.WIRE_BYTES * a.shape[1])
+    try:
+        await reveal_limbs("check.hostile", limb_shares.random_shares(8), threshold=2)
+    except limbs.MalformedShares as exc:
+        return {"refused": str(exc)}
+    return {"refused": None}
+
+
+async def main():
+    await mpc.start()
+    if os.environ.get("PPA_CHECK_HOSTILE"):
+        report = await hostile_opening()
+        allow_disconnects()
+        await mpc.shutdown()
+        if mpc.pid == 0:
+            print(json.dumps(report), flush=True)
+        return
+    sectype, t = link_type(), mpc.threshold
+    field, p = sectype.field, sectype.field.modulus
+    mine = [secrets.randbelow(1 << 120) for _ in range(ROWS)] if mpc.pid == 0 else [0] * ROWS
+    mine[:3] = [5, 5, p - 1] if mpc.pid == 0 else mine[:3]  # a repeated key and a -1
+    x_share = await shares(mpc.input(sectype.array(field.array(mine)), senders=0))
+    k_share = await shares(await prf.secret_keys(sectype, BITS))
+    x_plain = [int(v) for v in (await mpc.output(sectype.array(field.array(x_share))))]
+    k_plain = [int(v) for v in (await mpc.output(sectype.array(field.array(k_share))))]
+    oracle = [sum(1 << j for j, k in enumerate(k_plain) if gmpy2.legendre(x + k, p) == 1)
+              for x in x_plain]
+    new = await prf.keyed_tags(x_share, k_share, chunk=CHUNK)
+    old = await object_path_tags(sectype, x_share, k_share, BITS)
+
+    n = 40
+    r = limb_shares.random_shares(n)
+    r_plain = await open_objects(sectype, r, t)
+    r_again = limbs.to_ints(await reveal_limbs("check.random", r, threshold=t))
+    zero = await open_objects(sectype, limb_shares.zero_shares(n), 2 * t)
+    squares = await limb_shares.reshare(limbs.mul(r, r))
+    squares_plain = await open_objects(sectype, squares, t)
+    report = {
+        "parties": len(mpc.parties), "threshold": t,
+        "tags_match_oracle": [int(v) for v in new] == oracle,
+        "tags_match_object_path": [int(v) for v in new] == [int(v) for v in old],
+        "repeated_key_same_tag": int(new[0]) == int(new[1]),
+        "random_opens_alike": r_plain == r_again,
+        "random_distinct": len(set(r_plain)) == n,
+        "zero_sharing_opens_to_zero": zero == [0] * n,
+        "reshare_of_square": squares_plain == [v * v % p for v in r_plain],
+        "distinct_tags": len({int(v) for v in new}),
+    }
+    allow_disconnects()
+    await mpc.shutdown()
+    if mpc.pid == 0:
+        print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    mpc.run(main())
