@@ -23,88 +23,128 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppa_kernel.party.secure import limbs
+from ppa_kernel.party.secure.limbs import LINK, VALUE
 
-P = limbs.P
-elements = st.integers(min_value=0, max_value=P - 1)
-edge = st.sampled_from([0, 1, 2, 4, P - 1, P - 2, P - 5, (1 << 128), (1 << 104) - 1,
-                        (1 << 26) - 1, (1 << 26)])
-field = st.one_of(elements, edge)
+FIELDS = pytest.mark.parametrize("f", [LINK, VALUE], ids=repr)
+
+
+def values_of(f: limbs.LimbField):
+    p = f.modulus
+    edge = st.sampled_from([0, 1, 2, 4, p - 1, p - 2, p - f.c, 1 << (f.k - 2), (1 << 104) - 1,
+                            (1 << 26) - 1, 1 << 26, (1 << 234) % p])
+    return st.one_of(st.integers(min_value=0, max_value=p - 1), edge)
+
+
 PROGRAM = Path(__file__).parent / "mpc_programs" / "limb_protocol_check.py"
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(field, field), min_size=1, max_size=40))
-def test_arithmetic_matches_python_integers(pairs):
+@FIELDS
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_arithmetic_matches_python_integers(f, data):
+    p = f.modulus
+    pairs = data.draw(st.lists(st.tuples(values_of(f), values_of(f)), min_size=1, max_size=40))
     xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-    a, b = limbs.from_ints(xs), limbs.from_ints(ys)
-    assert limbs.to_ints(a) == xs
-    assert limbs.to_ints(limbs.add(a, b)) == [(x + y) % P for x, y in zip(xs, ys)]
-    product = limbs.mul(a, b)
-    assert limbs.to_ints(product) == [x * y % P for x, y in zip(xs, ys)]
-    again = limbs.mul(limbs.add(product, a), product)  # results feed further products
-    assert limbs.to_ints(again) == [(x * y + x) * x * y % P for x, y in zip(xs, ys)]
+    a, b = f.from_ints(xs), f.from_ints(ys)
+    assert f.to_ints(a) == xs
+    assert f.to_ints(f.add(a, b)) == [(x + y) % p for x, y in zip(xs, ys)]
+    product = f.mul(a, b)
+    assert f.to_ints(product) == [x * y % p for x, y in zip(xs, ys)]
+    again = f.mul(f.add(product, a), product)  # results feed further products
+    assert f.to_ints(again) == [(x * y + x) * x * y % p for x, y in zip(xs, ys)]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(field, field), min_size=1, max_size=20),
-       st.integers(-(1 << 30), 1 << 30), st.integers(min_value=0, max_value=P - 1))
-def test_linear_combinations_small_and_large_coefficients(pairs, small, large):
+@FIELDS
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), small=st.integers(-(1 << 30), 1 << 30))
+def test_linear_combinations_small_and_large_coefficients(f, data, small):
+    p = f.modulus
+    pairs = data.draw(st.lists(st.tuples(values_of(f), values_of(f)), min_size=1, max_size=20))
+    large = data.draw(values_of(f))
     xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-    a, b = limbs.from_ints(xs), limbs.from_ints(ys)
-    got = limbs.combine([(small, a), (large, b), (-3, a)], len(xs))
-    assert limbs.to_ints(got) == [(small * x + large * y - 3 * x) % P for x, y in zip(xs, ys)]
+    a, b = f.from_ints(xs), f.from_ints(ys)
+    got = f.combine([(small, a), (large, b), (-3, a)], len(xs))
+    assert f.to_ints(got) == [(small * x + large * y - 3 * x) % p for x, y in zip(xs, ys)]
 
 
+@FIELDS
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=(1 << 192) - 1), min_size=1, max_size=30))
-def test_192_bit_words_reduce_mod_p(values):
-    raw = b"".join(v.to_bytes(24, "little") for v in values)
-    words = np.frombuffer(raw, dtype="<u8").reshape(-1, 3)
-    reduced = limbs.from_words(words[:, 0], words[:, 1], words[:, 2])
-    assert limbs.to_ints(reduced) == [v % P for v in values]
+@given(data=st.data())
+def test_random_bytes_become_26_bit_limbs_reduced_mod_p(f, data):
+    n = data.draw(st.integers(1, 20))
+    raw = data.draw(st.binary(min_size=f.random_bytes(n), max_size=f.random_bytes(n)))
+    drawn = np.frombuffer(raw, dtype="<u4").reshape(-1, n)
+    expected = [sum((int(drawn[j, i]) & ((1 << 26) - 1)) << (26 * j) for j in range(len(drawn)))
+                % f.modulus for i in range(n)]
+    assert f.to_ints(f.from_random(raw, n)) == expected
 
 
+@FIELDS
 @settings(max_examples=100, deadline=None)
-@given(st.lists(field, min_size=0, max_size=30))
-def test_wire_form_round_trips(values):
-    a = limbs.from_ints(values) if values else limbs.zeros(0)
-    data = limbs.to_bytes(a)
-    assert len(data) == limbs.WIRE_BYTES * len(values)
-    assert limbs.to_ints(limbs.from_bytes(data, len(values))) == values
+@given(data=st.data())
+def test_words_reduce_mod_p(f, data):
+    top = (1 << (64 * f.words)) - 1
+    values = data.draw(st.lists(st.integers(0, top) | st.just(top), min_size=1, max_size=30))
+    raw = b"".join(v.to_bytes(8 * f.words, "little") for v in values)
+    reduced = f.from_words(np.frombuffer(raw, dtype="<u8").reshape(-1, f.words))
+    assert f.to_ints(reduced) == [v % f.modulus for v in values]
+
+
+@FIELDS
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_wire_form_round_trips(f, data):
+    values = data.draw(st.lists(values_of(f), max_size=30))
+    a = f.from_ints(values) if values else f.zeros(0)
+    wire = f.to_bytes(a)
+    assert len(wire) == f.wire_bytes * len(values)
+    assert f.to_ints(f.from_bytes(wire, len(values))) == values
 
 
 def test_legendre_symbols_match_gmpy2():
     import gmpy2
-    values = [0, 1, 4, P - 1] + [random.randrange(P) for _ in range(200)]
-    assert limbs.legendre(limbs.from_ints(values)).tolist() == [
-        gmpy2.legendre(v, P) for v in values]
+    p = LINK.modulus
+    values = [0, 1, 4, p - 1] + [random.randrange(p) for _ in range(200)]
+    assert LINK.legendre(LINK.from_ints(values)).tolist() == [
+        gmpy2.legendre(v, p) for v in values]
 
 
-def test_lagrange_coefficients_recombine_a_polynomial():
-    rng = random.Random(3)
+@FIELDS
+def test_lagrange_coefficients_recombine_a_polynomial(f):
+    rng, p = random.Random(3), f.modulus
     for points in ([1, 2, 3], [1, 2, 3, 4, 5], [2, 3], [1, 3, 5]):
-        poly = [rng.randrange(P) for _ in points]  # degree len(points) - 1
-        values = [sum(c * x**k for k, c in enumerate(poly)) % P for x in points]
-        weights = limbs.lagrange_at_zero(points)
-        assert sum(w * v for w, v in zip(weights, values)) % P == poly[0]
+        poly = [rng.randrange(p) for _ in points]  # degree len(points) - 1
+        values = [sum(c * x**k for k, c in enumerate(poly)) % p for x in points]
+        weights = f.lagrange_at_zero(points)
+        assert sum(w * v for w, v in zip(weights, values)) % p == poly[0]
 
 
-@pytest.mark.parametrize("data, count, reason", [
-    (b"\x00" * 19, 1, "expected 1 field elements"),  # one byte short
-    (b"\x00" * 21, 1, "expected 1 field elements"),  # one byte long
-    (b"\x00" * 40, 1, "expected 1 field elements"),  # two elements for one
-    (b"\xff" * 20, 1, "not in canonical form"),  # limbs of 32 bits
-    (((1 << 26) - 5).to_bytes(4, "little") + ((1 << 26) - 1).to_bytes(4, "little") * 4,
-     1, "not in canonical form"),  # p itself: limbs in range, value not below p
-])
-def test_hostile_wire_bytes_are_refused(data, count, reason):
+def _limb_bytes(f: limbs.LimbField, digits: list[int]) -> bytes:
+    return b"".join(d.to_bytes(4, "little") for d in digits)
+
+
+@FIELDS
+@pytest.mark.parametrize("case", ["short", "long", "two for one", "32-bit limbs", "p itself",
+                                  "above 2^k"])
+def test_hostile_wire_bytes_are_refused(f, case):
+    size, p = f.wire_bytes, f.modulus
+    digits_of = [(p >> (26 * i)) & ((1 << 26) - 1) for i in range(f.limbs)]
+    data, reason = {
+        "short": (b"\x00" * (size - 1), "expected 1 field elements"),
+        "long": (b"\x00" * (size + 1), "expected 1 field elements"),
+        "two for one": (b"\x00" * (2 * size), "expected 1 field elements"),
+        "32-bit limbs": (b"\xff" * size, "not in canonical form"),
+        "p itself": (_limb_bytes(f, digits_of), "not in canonical form"),
+        "above 2^k": (_limb_bytes(f, [(1 << 26) - 1] * f.limbs), "not in canonical form"),
+    }[case]
     with pytest.raises(limbs.MalformedShares, match=reason):
-        limbs.from_bytes(data, count)
+        f.from_bytes(data, 1)
 
 
-def test_p_minus_one_is_accepted_on_the_wire():
-    data = limbs.to_bytes(limbs.from_ints([P - 1]))
-    assert limbs.to_ints(limbs.from_bytes(data, 1)) == [P - 1]
+@FIELDS
+def test_p_minus_one_is_accepted_on_the_wire(f):
+    data = f.to_bytes(f.from_ints([f.modulus - 1]))
+    assert f.to_ints(f.from_bytes(data, 1)) == [f.modulus - 1]
 
 
 def _free_base_port(parties: int) -> int:

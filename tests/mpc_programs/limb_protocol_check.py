@@ -15,6 +15,8 @@ import gmpy2
 import numpy as np
 
 from ppa_kernel.party.secure import limb_shares, limbs, prf
+from ppa_kernel.party.secure.limbs import LINK
+from ppa_kernel.party.secure.linkage import hash_keys, link, linked_table
 from ppa_kernel.party.secure.openings import reveal_limbs
 from ppa_kernel.party.secure.runtime import (
     allow_disconnects,
@@ -22,6 +24,7 @@ from ppa_kernel.party.secure.runtime import (
     mpc,
     random_field_array,
     shares,
+    value_type,
     zero_sharing,
 )
 
@@ -44,7 +47,7 @@ async def object_path_tags(sectype, x_share, k_share, bits):
 async def open_objects(sectype, values_limbs, threshold):
     """Open limb shares through MPyC's own output (its recombination, its wire)."""
     field = sectype.field
-    arr = field.array(np.array(limbs.to_ints(values_limbs), dtype=object), check=False)
+    arr = field.array(np.array(LINK.to_ints(values_limbs), dtype=object), check=False)
     return [int(v) for v in (await mpc.output(arr, threshold=threshold)).value]
 
 
@@ -52,12 +55,47 @@ async def hostile_opening() -> dict:
     """The last party sends out-of-range limbs; the others must refuse them by name."""
     last = len(mpc.parties) - 1
     if mpc.pid == last:
-        limbs.to_bytes = lambda a: b"\xff" * (limbs.WIRE_BYTES * a.shape[1])
+        LINK.to_bytes = lambda a: b"\xff" * (LINK.wire_bytes * a.shape[1])
     try:
-        await reveal_limbs("check.hostile", limb_shares.random_shares(8), threshold=2)
+        await reveal_limbs("check.hostile", LINK, limb_shares.random_shares(LINK, 8), threshold=2)
     except limbs.MalformedShares as exc:
         return {"refused": str(exc)}
     return {"refused": None}
+
+
+def holdings(party: int) -> list[int]:
+    """The keys a party holds: each of 1..240 at a pseudorandom subset of parties."""
+    return [k for k in range(1, 241) if (k * 7 + party * 13) % 5 < 3]
+
+
+def column_values(party: int, key: int, width: int) -> list[int]:
+    return [(key * (party + 2 + j)) % 997 + party for j in range(width)]
+
+
+async def linkage_and_replay() -> dict:
+    """Link keyed rows and replay columns; compare with the plaintext join."""
+    m = len(mpc.parties)
+    widths = [2, 1] + [1] * (m - 2)
+    mine = holdings(mpc.pid)
+    linkage = await link(hash_keys(mine, "check"), 5, "check")
+    block = np.array([column_values(mpc.pid, k, widths[mpc.pid]) for k in mine], dtype=object)
+    table = await linked_table(linkage, block.reshape(len(mine), widths[mpc.pid]), widths,
+                               value_type())
+    opened = np.array(await mpc.output(table)).reshape(-1, sum(widths)).tolist()
+    everyone = sorted(set().union(*(holdings(q) for q in range(m))))
+    oracle = []
+    for key in everyone:
+        row = []
+        for q in range(m):
+            row += column_values(q, key, widths[q]) if key in holdings(q) else [0] * widths[q]
+        oracle.append(row)
+    counts = {}
+    for key in everyone:
+        k = sum(key in holdings(q) for q in range(m))
+        counts[k] = counts.get(k, 0) + 1
+    return {"linked_rows_match_plaintext_join": sorted(map(tuple, opened))
+            == sorted(map(tuple, oracle)),
+            "multiplicity_matches": linkage.multiplicity() == counts}
 
 
 async def main():
@@ -79,18 +117,18 @@ async def main():
     k_plain = [int(v) for v in (await mpc.output(sectype.array(field.array(k_share))))]
     oracle = [sum(1 << j for j, k in enumerate(k_plain) if gmpy2.legendre(x + k, p) == 1)
               for x in x_plain]
-    new = await prf.keyed_tags(x_share, k_share, chunk=CHUNK)
+    new = await prf.keyed_tags(LINK.from_ints(x_share), LINK.from_ints(k_share), chunk=CHUNK)
     old = await object_path_tags(sectype, x_share, k_share, BITS)
 
     n = 40
-    r = limb_shares.random_shares(n)
+    r = limb_shares.random_shares(LINK, n)
     r_plain = await open_objects(sectype, r, t)
-    r_again = limbs.to_ints(await reveal_limbs("check.random", r, threshold=t))
-    zero = await open_objects(sectype, limb_shares.zero_shares(n), 2 * t)
-    squares = await limb_shares.reshare(limbs.mul(r, r))
+    r_again = LINK.to_ints(await reveal_limbs("check.random", LINK, r, threshold=t))
+    zero = await open_objects(sectype, limb_shares.zero_shares(LINK, n), 2 * t)
+    squares = await limb_shares.reshare(LINK, LINK.mul(r, r))
     squares_plain = await open_objects(sectype, squares, t)
     report = {
-        "parties": len(mpc.parties), "threshold": t,
+        "parties": len(mpc.parties), "threshold": t, **(await linkage_and_replay()),
         "tags_match_oracle": [int(v) for v in new] == oracle,
         "tags_match_object_path": [int(v) for v in new] == [int(v) for v in old],
         "repeated_key_same_tag": int(new[0]) == int(new[1]),

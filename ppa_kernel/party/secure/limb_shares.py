@@ -1,19 +1,20 @@
-"""Shamir shares in the link field held as limb arrays (:mod:`.limbs`): the same sharings,
+"""Shamir shares held as limb arrays (:mod:`.limbs`): the same sharings,
 resharing and openings MPyC makes, without a Python integer per element.
 
 - :func:`random_shares` and :func:`zero_shares` are pseudorandom secret sharings (PRSS)
   from the subset keys MPyC's PRSS uses: for each subset S of m - t parties with key
-  k_S, the members evaluate u_S = SHAKE-128(k_S, input) and party i holds
+  k_S, the members evaluate u_S = PRF(k_S, input) (a ChaCha20 stream keyed by
+  SHA-256 of the key and the input) and party i holds
   ``sum_S u_S * prod_{j not in S} (x_j - x_i)`` (times ``x_i^k`` for zero sharings of
   degree 2t). That is MPyC's PRSS with each u_S scaled by a public nonzero constant, so
   the secret is uniform to any t parties; for three parties every coefficient is a small
-  integer. Each u_S is 192 PRF bits reduced mod p: within 2^-62 of uniform.
+  integer. Each u_S has 78 PRF bits more than p, reduced mod p: within 2^-78 of uniform.
 - :func:`reshare` is MPyC's degree reduction [GRR98]: 2t + 1 parties share their
-  degree-2t shares afresh (coefficients from ``os.urandom``, 192 bits each) and everyone
+  degree-2t shares afresh (coefficients: a ChaCha20 stream under an ``os.urandom`` key) and everyone
   recombines; :func:`open_shares` is MPyC's ``output``: each party sends its share to
   the ``threshold`` parties after it.
 
-Messages carry exactly the expected count of canonical elements (:func:`.limbs.from_bytes`
+Messages carry exactly the expected count of canonical elements (``LimbField.from_bytes``
 rejects anything else). Callers open values only through :func:`.openings.reveal_limbs`.
 """
 
@@ -24,8 +25,9 @@ import math
 import os
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from . import limbs
+from .limbs import LimbField, MalformedShares
 from .runtime import exchange, mpc, prss_input, prss_keys
 
 PRF_LABEL = b"ppa-limb-prss-v1"
@@ -35,84 +37,129 @@ def _points() -> list[int]:
     return [p + 1 for p in range(len(mpc.parties))]
 
 
-def _prf(key: bytes, uci: bytes, k: int, n: int) -> np.ndarray:
-    """n pseudorandom field elements from a subset's key and a common input."""
-    raw = hashlib.shake_128(PRF_LABEL + bytes(key) + uci + k.to_bytes(2, "big")).digest(24 * n)
-    words = np.frombuffer(raw, dtype="<u8").reshape(n, 3)
-    return limbs.from_words(words[:, 0], words[:, 1], words[:, 2])
+def _stream(key: bytes, size: int) -> bytes:
+    """``size`` bytes of the ChaCha20 key stream of a 32-byte key (nonce zero)."""
+    cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
+    return cipher.encryptor().update(bytes(size))
 
 
-def _subset_terms(powers: range, n: int) -> list[tuple[int, np.ndarray]]:
+def _prf(field: LimbField, key: bytes, uci: bytes, k: int, n: int) -> np.ndarray:
+    """n pseudorandom field elements from a subset's key and a common input: the ChaCha20
+    stream of SHA-256(label, key, input, k)."""
+    seed = hashlib.sha256(PRF_LABEL + bytes(key) + uci + k.to_bytes(2, "big")).digest()
+    return field.from_random(_stream(seed, field.random_bytes(n)), n)
+
+
+def _random_words(field: LimbField, n: int) -> np.ndarray:
+    """n field elements uniform up to 2^-78 (a ChaCha20 stream under a fresh system key)."""
+    return field.from_random(_stream(os.urandom(32), field.random_bytes(n)), n)
+
+
+def _subset_terms(field: LimbField, powers: range, n: int) -> list[tuple[int, np.ndarray]]:
     """(coefficient, u) pairs whose combination is this party's PRSS share (see module)."""
     points, me = _points(), mpc.pid
     uci = prss_input()
     terms = []
     for subset, key in prss_keys().items():
         outside = math.prod(x - points[me] for j, x in enumerate(points) if j not in subset)
-        terms += [(outside * points[me] ** k, _prf(key, uci, k, n)) for k in powers]
+        terms += [(outside * points[me] ** k, _prf(field, key, uci, k, n)) for k in powers]
     return terms
 
 
-def random_shares(n: int) -> np.ndarray:
+def random_shares(field: LimbField, n: int) -> np.ndarray:
     """This party's degree-t shares of n secret uniformly random field elements (PRSS)."""
-    return limbs.combine(_subset_terms(range(1), n), n)
+    return field.combine(_subset_terms(field, range(1), n), n)
 
 
-def zero_shares(n: int) -> np.ndarray:
+def zero_shares(field: LimbField, n: int) -> np.ndarray:
     """This party's degree-2t shares of n zeros (PRSS), to re-randomise an opening."""
-    return limbs.combine(_subset_terms(range(1, mpc.threshold + 1), n), n)
+    return field.combine(_subset_terms(field, range(1, mpc.threshold + 1), n), n)
 
 
-def _split(secrets_: np.ndarray, t: int, m: int) -> list[np.ndarray]:
+def split(field: LimbField, secrets_: np.ndarray, t: int, m: int) -> list[np.ndarray]:
     """Fresh degree-t Shamir shares at points 1..m of every secret (random coefficients)."""
     n = secrets_.shape[1]
-    coefficients = []
-    for _ in range(t):
-        words = np.frombuffer(os.urandom(24 * n), dtype="<u8").reshape(n, 3)
-        coefficients.append(limbs.from_words(words[:, 0], words[:, 1], words[:, 2]))
+    coefficients = [_random_words(field, n) for _ in range(t)]
+    if t == 1:  # s + c x at each point
+        return [field.combine([(x, coefficients[0]), (1, secrets_)], n) for x in range(1, m + 1)]
     out = []
     for x in range(1, m + 1):  # Horner: (((c_t x + c_(t-1)) x + ...) + c_1) x + s
-        value = limbs.zeros(n)
+        value = field.zeros(n)
         for c in reversed(coefficients):
-            value = limbs.combine([(x, value), (1, c)], n)
-        out.append(limbs.combine([(x, value), (1, secrets_)], n))
+            value = field.combine([(x, value), (1, c)], n)
+        out.append(field.combine([(x, value), (1, secrets_)], n))
     return out
 
 
-async def reshare(x: np.ndarray) -> np.ndarray:
+async def reshare(field: LimbField, x: np.ndarray) -> np.ndarray:
     """Degree-t shares of the values of which ``x`` holds degree-2t shares (one round)."""
     m, t, me, n = len(mpc.parties), mpc.threshold, mpc.pid, x.shape[1]
     senders = list(range(2 * t + 1))
     outgoing, own = {}, None
     if me in senders:
-        for pid, share in enumerate(_split(x, t, m)):
+        for pid, share in enumerate(split(field, x, t, m)):
             if pid == me:
                 own = share
             else:
-                outgoing[pid] = limbs.to_bytes(share)
+                outgoing[pid] = field.to_bytes(share)
     received = await exchange(outgoing, [s for s in senders if s != me])
-    pieces = {pid: _parse(data, n, pid) for pid, data in received.items()}
+    pieces = {pid: parse(field, data, n, pid) for pid, data in received.items()}
     if own is not None:
         pieces[me] = own
-    weights = limbs.lagrange_at_zero([s + 1 for s in senders])
-    return limbs.combine([(w, pieces[s]) for w, s in zip(weights, senders, strict=True)], n)
+    weights = field.lagrange_at_zero([s + 1 for s in senders])
+    return field.combine([(w, pieces[s]) for w, s in zip(weights, senders, strict=True)], n)
 
 
-async def open_shares(x: np.ndarray, threshold: int) -> np.ndarray:
+async def open_shares(field: LimbField, x: np.ndarray, threshold: int) -> np.ndarray:
     """The values of which ``x`` holds degree-``threshold`` shares, to every party."""
     m, me, n = len(mpc.parties), mpc.pid, x.shape[1]
-    mine = limbs.to_bytes(x)
+    mine = field.to_bytes(x)
     outgoing = {pid: mine for pid in range(m) if 0 < (pid - me) % m <= threshold}
     sources = [(me - threshold + j) % m for j in range(threshold)]
     received = await exchange(outgoing, sources)
-    pieces = [(s + 1, _parse(received[s], n, s)) for s in sources] + [(me + 1, x)]
-    weights = limbs.lagrange_at_zero([point for point, _ in pieces])
-    return limbs.freeze(limbs.combine(
+    pieces = [(s + 1, parse(field, received[s], n, s)) for s in sources] + [(me + 1, x)]
+    weights = field.lagrange_at_zero([point for point, _ in pieces])
+    return field.freeze(field.combine(
         [(w, share) for w, (_, share) in zip(weights, pieces, strict=True)], n))
 
 
-def _parse(data: bytes, n: int, pid: int) -> np.ndarray:
+async def input_from(field: LimbField, values: np.ndarray | None, owner: int,
+                     count: int) -> np.ndarray:
+    """This party's degree-t shares of ``count`` values that party ``owner`` holds
+    (``values``, limbs, at the owner; None elsewhere): the owner sends fresh shares."""
+    m, t, me = len(mpc.parties), mpc.threshold, mpc.pid
+    if me == owner:
+        if values is None or values.shape[1] != count:
+            raise ValueError("the owner must give exactly the announced count of values")
+        pieces = split(field, values, t, m)
+        outgoing = {pid: field.to_bytes(share) for pid, share in enumerate(pieces) if pid != me}
+        await exchange(outgoing, [])
+        return pieces[me]
+    received = await exchange({}, [owner])
+    return parse(field, received[owner], count, owner)
+
+
+async def inputs_from(field: LimbField, values: np.ndarray | None, senders: list[int],
+                      count: int) -> np.ndarray:
+    """The sum over ``senders`` of the ``count`` values each holds (``values`` at a
+    sender), as this party's degree-t shares; all senders share at once (one round)."""
+    m, t, me = len(mpc.parties), mpc.threshold, mpc.pid
+    outgoing, total = {}, field.zeros(count)
+    if me in senders:
+        if values is None or values.shape[1] != count:
+            raise ValueError("a sender must give exactly the announced count of values")
+        pieces = split(field, values, t, m)
+        outgoing = {pid: field.to_bytes(share) for pid, share in enumerate(pieces) if pid != me}
+        total = pieces[me]
+    received = await exchange(outgoing, [s for s in senders if s != me])
+    for pid, data in received.items():
+        total = field.add(total, parse(field, data, count, pid))
+    return total
+
+
+def parse(field: LimbField, data: bytes, n: int, pid: int) -> np.ndarray:
+    """Party ``pid``'s message of n canonical elements, or :class:`MalformedShares`."""
     try:
-        return limbs.from_bytes(data, n)
-    except limbs.MalformedShares as exc:
-        raise limbs.MalformedShares(f"party {pid} sent malformed shares: {exc}") from None
+        return field.from_bytes(data, n)
+    except MalformedShares as exc:
+        raise MalformedShares(f"party {pid} sent malformed shares: {exc}") from None

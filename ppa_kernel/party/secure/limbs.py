@@ -1,13 +1,15 @@
-"""Arithmetic modulo the link field's prime p = 2^130 - 5, on numpy arrays of 26-bit limbs.
+"""Arithmetic modulo primes p = 2^k - c on numpy arrays of 26-bit limbs.
 
-An array of n field elements is a ``(5, n)`` ``uint64`` array ``a`` with value
-``sum(a[i] << 26 * i)``; results keep every limb below 2^27 (only :func:`freeze` makes
-them canonical: limbs below 2^26 and value below p). Products of limbs stay below
-2^54 and a column of 25 of them below 2^59, so nothing overflows 64 bits; 2^130 = 5
-(mod p) folds the high half back, as Poly1305 does. This replaces one Python integer
-per element (MPyC's ``dtype=object`` field arrays) by a handful of vectorised words.
+An array of n field elements is an ``(L, n)`` ``uint64`` array ``a`` (L = ceil(k / 26))
+with value ``sum(a[i] << 26 * i)``; results keep every limb below 2^27 (only
+:meth:`LimbField.freeze` makes them canonical: limbs below 2^26, value below p).
+Products of limbs stay below 2^54 and a column of L of them below 2^58, so nothing
+overflows 64 bits; 2^(26 L) = c 2^(26 L - k) (mod p) folds the high half back, as
+Poly1305 does for 2^130 - 5. This replaces one Python integer per element (MPyC's
+``dtype=object`` field arrays) by a handful of vectorised words.
 
-Pure numpy and no MPyC: the protocols on these arrays are in :mod:`.limb_shares`.
+:data:`LINK` is the link field GF(2^130 - 5), :data:`VALUE` the value field
+GF(2^256 - 189). Pure numpy and no MPyC: the protocols are in :mod:`.limb_shares`.
 """
 
 from __future__ import annotations
@@ -19,142 +21,242 @@ from itertools import repeat
 import gmpy2
 import numpy as np
 
-P = (1 << 130) - 5
-"""The link field's modulus: prime, above 2^128, and 5 below a power of two."""
-
-LIMBS, BITS = 5, 26
+BITS = 26
 MASK = np.uint64((1 << BITS) - 1)
-_26, _12, _14, _24, _40, _52 = (np.uint64(k) for k in (26, 12, 14, 24, 40, 52))
-_FIVE = np.uint64(5)
-WIRE_BYTES = 4 * LIMBS
-"""Bytes per element on the wire: five little-endian 32-bit limbs, canonical."""
-
-
-def _carry(d: np.ndarray) -> np.ndarray:
-    """Propagate carries (in place): limbs below 2^26 but limb 1 (below 2^27)."""
-    for i in range(LIMBS - 1):
-        d[i + 1] += d[i] >> _26
-        d[i] &= MASK
-    d[0] += (d[LIMBS - 1] >> _26) * _FIVE
-    d[LIMBS - 1] &= MASK
-    d[1] += d[0] >> _26
-    d[0] &= MASK
-    return d
-
-
-def _offset() -> np.ndarray:
-    """32 p as limbs each in [2^28, 2^32): subtracting a limb below 2^28 never wraps."""
-    value = 32 * P
-    digits = [(value >> (BITS * i)) & ((1 << BITS) - 1) for i in range(LIMBS - 1)]
-    digits.append(value >> (BITS * (LIMBS - 1)))
-    for i in range(LIMBS - 1):  # borrow 4 from the limb above: + 2^28 here
-        digits[i] += 1 << 28
-        digits[i + 1] -= 4
-    if not all(1 << 28 <= d < 1 << 32 for d in digits):
-        raise AssertionError("limb offset out of range")
-    return np.array(digits, dtype=np.uint64).reshape(LIMBS, 1)
-
-
-_OFFSET = _offset()
+_26 = np.uint64(BITS)
 SMALL = 1 << 24
 """Coefficients below this (in absolute value) multiply limb by limb, without a product."""
 
 
-def combine(terms: Sequence[tuple[int, np.ndarray]], n: int) -> np.ndarray:
-    """``sum(c * a for c, a in terms)`` mod p, for integer coefficients and limb arrays.
-
-    A coefficient that is small up to sign (|c| < 2^24 after reducing mod p) scales the
-    limbs directly (a negative one scales ``32 p - a``), so this costs about one carry
-    pass; a large one costs a :func:`mul`."""
-    acc = np.zeros((LIMBS, n), dtype=np.uint64)
-    for c, a in terms:
-        c %= P
-        if c > P // 2:
-            c -= P
-        if abs(c) >= SMALL:
-            acc += mul(a, constant(c))
-        elif c >= 0:
-            acc += a * np.uint64(c)
-        else:
-            acc += (_OFFSET - a) * np.uint64(-c)
-    return _carry(acc)
+class MalformedShares(ValueError):
+    """Bytes from a peer that are not the expected count of canonical field elements."""
 
 
-def zeros(n: int) -> np.ndarray:
-    return np.zeros((LIMBS, n), dtype=np.uint64)
+class LimbField:
+    """GF(2^k - c) on limb arrays (see the module docstring); c below 2^12."""
 
+    def __init__(self, k: int, c: int) -> None:
+        self.k, self.c, self.modulus = k, c, (1 << k) - c
+        self.limbs = -(-k // BITS)
+        self.top_bits = k - BITS * (self.limbs - 1)  # bits of the top limb below 2^k
+        self.fold = np.uint64(c << (BITS * self.limbs - k))  # 2^(26 L) mod p
+        self.words = -(-k // 64)  # 64-bit words that hold a value below 2^k
+        self.wire_bytes = 4 * self.limbs
+        self._offset = self._make_offset()
 
-def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b (mod p); either may broadcast along elements."""
-    return _carry(np.add(a, b, dtype=np.uint64))
+    def __repr__(self) -> str:
+        return f"LimbField(2^{self.k} - {self.c})"
 
+    def _make_offset(self) -> np.ndarray:
+        """A multiple of p as limbs each in [2^28, 2^32): subtracting a limb below 2^28
+        from it never wraps."""
+        value = self.modulus << (BITS * (self.limbs - 1) + 30 - self.k)
+        digits = [(value >> (BITS * i)) & ((1 << BITS) - 1) for i in range(self.limbs - 1)]
+        digits.append(value >> (BITS * (self.limbs - 1)))
+        for i in range(self.limbs - 1):  # borrow 4 from the limb above: + 2^28 here
+            digits[i] += 1 << 28
+            digits[i + 1] -= 4
+        if not all(1 << 28 <= d < 1 << 32 for d in digits):
+            raise AssertionError("limb offset out of range")
+        return np.array(digits, dtype=np.uint64).reshape(self.limbs, 1)
 
-def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a * b (mod p); either may broadcast along elements (a ``(5, 1)`` constant)."""
-    a, b = np.broadcast_arrays(a, b)
-    wrapped = np.concatenate((b[1:] * _FIVE, b))  # wrapped[4 + j] = b_j, wrapped[j] = 5 b_(j+1)
-    d = a[0] * wrapped[4:9]
-    for i in range(1, LIMBS):
-        d += a[i] * wrapped[4 - i:9 - i]
-    return _carry(d)
+    # -- arithmetic --------------------------------------------------------------------
 
+    def _carry(self, d: np.ndarray) -> np.ndarray:
+        """Propagate carries (in place): limbs below 2^26 but limb 1 (below 2^27)."""
+        last = self.limbs - 1
+        for i in range(last):
+            d[i + 1] += d[i] >> _26
+            d[i] &= MASK
+        d[0] += (d[last] >> _26) * self.fold
+        d[last] &= MASK
+        d[1] += d[0] >> _26
+        d[0] &= MASK
+        return d
 
-def constant(value: int) -> np.ndarray:
-    """A field constant as a ``(5, 1)`` array, to multiply or add with broadcasting."""
-    return from_ints([value % P])
+    def zeros(self, n: int) -> np.ndarray:
+        return np.zeros((self.limbs, n), dtype=np.uint64)
 
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a + b (mod p); either may broadcast along elements."""
+        return self._carry(np.add(a, b, dtype=np.uint64))
 
-def freeze(a: np.ndarray) -> np.ndarray:
-    """The canonical form of ``a``: every limb below 2^26, value below p."""
-    d = a.astype(np.uint64, copy=True)
-    while (d >> _26).any():  # at most a few passes: each fold adds 5 per 2^130 carried
-        _carry(d)
-    g = d.copy()  # d - p = d + 5 - 2^130: the answer when d + 5 reaches 2^130
-    g[0] += _FIVE
-    for i in range(LIMBS - 1):
-        g[i + 1] += g[i] >> _26
-        g[i] &= MASK
-    over = (g[LIMBS - 1] >> _26).astype(bool)
-    g[LIMBS - 1] &= MASK
-    return np.where(over, g, d)
+    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a * b (mod p); either may broadcast along elements (a ``(L, 1)`` constant)."""
+        a, b = np.broadcast_arrays(a, b)
+        size = self.limbs
+        columns = np.zeros((2 * size, *a.shape[1:]), dtype=np.uint64)
+        for i in range(size):  # schoolbook: column i + j gathers a_i b_j
+            columns[i:i + size] += a[i] * b
+        for i in range(2 * size - 1):
+            columns[i + 1] += columns[i] >> _26
+            columns[i] &= MASK
+        low = columns[:size]
+        low += columns[size:] * self.fold  # each high limb is worth fold times a low one
+        return self._carry(low)
 
+    def constant(self, value: int) -> np.ndarray:
+        """A field constant as a ``(L, 1)`` array, to multiply or add with broadcasting."""
+        return self.from_ints([value % self.modulus])
 
-def from_words(w0: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
-    """The 192-bit integers ``w0 + w1 2^64 + w2 2^128`` (uint64 words) reduced mod p."""
-    d = np.empty((LIMBS, len(w0)), dtype=np.uint64)
-    d[0] = w0 & MASK
-    d[1] = (w0 >> _26) & MASK
-    d[2] = ((w0 >> _52) | (w1 << _12)) & MASK
-    d[3] = (w1 >> _14) & MASK
-    d[4] = ((w1 >> _40) | (w2 << _24)) & MASK
-    high = w2 >> np.uint64(2)  # bits 130..191, each 2^130 worth 5
-    d[0] += (high & MASK) * _FIVE
-    d[1] += ((high >> _26) & MASK) * _FIVE
-    d[2] += (high >> _52) * _FIVE
-    return _carry(d)
+    def combine(self, terms: Sequence[tuple[int, np.ndarray]], n: int) -> np.ndarray:
+        """``sum(c * a for c, a in terms)`` mod p, for integer coefficients and limb arrays.
 
+        A coefficient that is small up to sign (|c| < 2^24 after reducing mod p) scales
+        the limbs directly (a negative one scales ``K p - a``), so this costs about one
+        carry pass; a large one costs a :meth:`mul`."""
+        p = self.modulus
+        acc = None
+        for c, a in terms:
+            c %= p
+            if c > p // 2:
+                c -= p
+            if c == 1 and acc is not None and a.shape == acc.shape:
+                acc += a
+                continue
+            if abs(c) >= SMALL:
+                term = self.mul(a, self.constant(c))
+            elif c >= 0:
+                term = a * np.uint64(c)
+            else:
+                term = (self._offset - a) * np.uint64(-c)
+            if acc is None:  # the first term is a fresh array unless it broadcasts
+                acc = term if term.shape == (self.limbs, n) else np.broadcast_to(
+                    term, (self.limbs, n)).copy()
+            else:
+                acc += term
+        if acc is None:
+            return self.zeros(n)
+        return self._carry(acc)
 
-def _words(a: np.ndarray) -> np.ndarray:
-    """``(n, 3)`` little-endian 64-bit words of the canonical values of ``a``."""
-    d = freeze(a)
-    words = np.empty((d.shape[1], 3), dtype="<u8")
-    words[:, 0] = d[0] | (d[1] << _26) | (d[2] << _52)
-    words[:, 1] = (d[2] >> _12) | (d[3] << _14) | (d[4] << _40)
-    words[:, 2] = d[4] >> _24
-    return words
+    def _propagate(self, d: np.ndarray) -> None:
+        """Carry limb i's excess into limb i + 1 (in place), without folding the top."""
+        for i in range(self.limbs - 1):
+            d[i + 1] += d[i] >> _26
+            d[i] &= MASK
 
+    def freeze(self, a: np.ndarray) -> np.ndarray:
+        """The canonical form of ``a``: every limb below 2^26, value below p."""
+        d = a.astype(np.uint64, copy=True)
+        last, shift = self.limbs - 1, np.uint64(self.top_bits)
+        top_mask, c = np.uint64((1 << self.top_bits) - 1), np.uint64(self.c)
+        while True:  # two passes, unless a carry runs through every limb again
+            self._propagate(d)
+            high = d[last] >> shift
+            if not high.any():
+                break
+            d[last] &= top_mask
+            d[0] += high * c  # 2^k = c (mod p)
+        candidates = np.flatnonzero(d[last] == top_mask)  # value >= p needs a full top
+        if len(candidates):  # rare: subtract p = add c - 2^k where d + c reaches 2^k
+            g = d[:, candidates]
+            g[0] += c
+            self._propagate(g)
+            over = (g[last] >> shift).astype(bool)
+            g[last] &= top_mask
+            d[:, candidates[over]] = g[:, over]
+        return d
 
-def from_ints(values: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Non-negative Python integers below 2^192 (e.g. MPyC field values) as limbs mod p."""
-    flat = np.asarray(values, dtype=object).reshape(-1).tolist()
-    raw = b"".join(map(int.to_bytes, flat, repeat(24), repeat("little")))
-    words = np.frombuffer(raw, dtype="<u8").reshape(-1, 3)
-    return from_words(words[:, 0], words[:, 1], words[:, 2])
+    # -- conversions -------------------------------------------------------------------
 
+    RANDOM_EXTRA = 3
+    """Limbs beyond L drawn for a random element: 78 bits more than p has."""
 
-def to_ints(a: np.ndarray) -> list[int]:
-    """The canonical values of ``a`` as Python integers."""
-    return split_ints(_words(a)[:, ::-1].astype(">u8").tobytes(), 0, a.shape[1], 24)
+    def random_bytes(self, n: int) -> int:
+        """Bytes :meth:`from_random` needs for n elements."""
+        return 4 * (self.limbs + self.RANDOM_EXTRA) * n
+
+    def from_random(self, data: bytes, n: int) -> np.ndarray:
+        """n elements from uniformly random bytes: 26 random bits per limb, L + 3 limbs,
+        reduced mod p; within 2^-78 of uniform."""
+        drawn = np.frombuffer(data, dtype="<u4", count=(self.limbs + self.RANDOM_EXTRA) * n)
+        pieces = drawn.reshape(self.limbs + self.RANDOM_EXTRA, n) & np.uint32(MASK)
+        d = pieces[:self.limbs].astype(np.uint64)
+        d[:self.RANDOM_EXTRA] += pieces[self.limbs:] * self.fold  # 2^(26 L) = fold (mod p)
+        return self._carry(d)
+
+    def from_words(self, words: np.ndarray) -> np.ndarray:
+        """Integers given as ``(n, W)`` little-endian 64-bit words, reduced mod p."""
+        count = -(-64 * words.shape[1] // BITS)
+        w = np.concatenate((words.T.astype(np.uint64), np.zeros((1, len(words)), np.uint64)))
+        pieces = np.empty((count, len(words)), dtype=np.uint64)
+        for j in range(count):
+            q, r = divmod(BITS * j, 64)
+            piece = w[q] >> np.uint64(r)
+            if r > 64 - BITS:
+                piece |= w[q + 1] << np.uint64(64 - r)
+            pieces[j] = piece & MASK
+        d = pieces[:self.limbs].copy()
+        high = pieces[self.limbs:]
+        if len(high) > self.limbs:
+            raise ValueError("too many words to reduce")
+        d[:len(high)] += high * self.fold
+        return self._carry(d)
+
+    def from_ints(self, values: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Python integers in [0, 2^k) (e.g. MPyC field values) as limbs, reduced mod p."""
+        flat = np.asarray(values, dtype=object).reshape(-1).tolist()
+        width = 8 * self.words
+        raw = b"".join(map(int.to_bytes, flat, repeat(width), repeat("little")))
+        return self.from_words(np.frombuffer(raw, dtype="<u8").reshape(-1, self.words))
+
+    def _to_words(self, a: np.ndarray) -> np.ndarray:
+        """``(n, W)`` little-endian 64-bit words of the canonical values of ``a``."""
+        d = self.freeze(a)
+        count = -(-BITS * self.limbs // 64)
+        words = np.zeros((d.shape[1], count), dtype=np.uint64)
+        for j in range(self.limbs):
+            q, r = divmod(BITS * j, 64)
+            words[:, q] |= d[j] << np.uint64(r)
+            if r > 64 - BITS and q + 1 < count:
+                words[:, q + 1] |= d[j] >> np.uint64(64 - r)
+        return words
+
+    def to_ints(self, a: np.ndarray) -> list[int]:
+        """The canonical values of ``a`` as Python integers."""
+        words = self._to_words(a)
+        raw = words[:, ::-1].astype(">u8").tobytes()
+        return split_ints(raw, 0, a.shape[1], 8 * words.shape[1])
+
+    def legendre(self, a: np.ndarray) -> np.ndarray:
+        """Legendre symbol (-1, 0 or 1) of every element of ``a``, as int8."""
+        p = gmpy2.mpz(self.modulus)
+        return np.fromiter(map(gmpy2.legendre, self.to_ints(a), repeat(p)), dtype=np.int8,
+                           count=a.shape[1])
+
+    def to_bytes(self, a: np.ndarray) -> bytes:
+        """The wire form of ``a``: canonical limbs as little-endian 32-bit words, limb-major."""
+        return self.freeze(a).astype("<u4").tobytes()
+
+    def from_bytes(self, data: bytes, count: int) -> np.ndarray:
+        """Parse :meth:`to_bytes` output of exactly ``count`` elements, each canonical."""
+        if len(data) != self.wire_bytes * count:
+            raise MalformedShares(f"expected {count} field elements "
+                                  f"({self.wire_bytes * count} bytes), got {len(data)} bytes")
+        d = np.frombuffer(data, dtype="<u4").reshape(self.limbs, count).astype(np.uint64)
+        if count and not self._canonical(d):
+            raise MalformedShares("a field element is not in canonical form (limb or value "
+                                  "out of range)")
+        return d
+
+    def _canonical(self, d: np.ndarray) -> bool:
+        """Whether every element has limbs below 2^26 and value below p = 2^k - c."""
+        last = self.limbs - 1
+        if (d[:last] >> _26).any() or (d[last] >> np.uint64(self.top_bits)).any():
+            return False
+        at_top = d[last] == np.uint64((1 << self.top_bits) - 1)  # value >= p needs all
+        for i in range(last - 1, 0, -1):  # middle limbs full and the low one >= 2^26 - c
+            at_top &= d[i] == MASK
+        return not (at_top & (d[0] >= np.uint64((1 << BITS) - self.c))).any()
+
+    def lagrange_at_zero(self, points: Sequence[int]) -> list[int]:
+        """Coefficients that recombine shares at ``points`` into the secret (at 0), mod p."""
+        p, out = self.modulus, []
+        for j, xj in enumerate(points):
+            num = math.prod(xk for k, xk in enumerate(points) if k != j)
+            den = math.prod(xk - xj for k, xk in enumerate(points) if k != j)
+            out.append(num * pow(den % p, -1, p) % p)
+        return out
 
 
 def split_ints(data: bytes, start: int, count: int, width: int) -> list[int]:
@@ -165,39 +267,8 @@ def split_ints(data: bytes, start: int, count: int, width: int) -> list[int]:
     return list(map(int.from_bytes, pieces, repeat("big")))
 
 
-def legendre(a: np.ndarray) -> np.ndarray:
-    """Legendre symbol (-1, 0 or 1) of every element of ``a``, as int8."""
-    p = gmpy2.mpz(P)
-    return np.fromiter(map(gmpy2.legendre, to_ints(a), repeat(p)), dtype=np.int8,
-                       count=a.shape[1])
+LINK = LimbField(130, 5)
+"""The link field GF(2^130 - 5): prime, above 2^128 (link keys and Legendre tags)."""
 
-
-def to_bytes(a: np.ndarray) -> bytes:
-    """The wire form of ``a``: canonical limbs as little-endian 32-bit words, limb-major."""
-    return freeze(a).astype("<u4").tobytes()
-
-
-class MalformedShares(ValueError):
-    """Bytes from a peer that are not the expected count of canonical field elements."""
-
-
-def from_bytes(data: bytes, count: int) -> np.ndarray:
-    """Parse :func:`to_bytes` output of exactly ``count`` elements, each canonical."""
-    if len(data) != WIRE_BYTES * count:
-        raise MalformedShares(f"expected {count} field elements ({WIRE_BYTES * count} bytes), "
-                              f"got {len(data)} bytes")
-    d = np.frombuffer(data, dtype="<u4").reshape(LIMBS, count).astype(np.uint64)
-    if count and (int((d >> _26).max()) or not np.array_equal(freeze(d), d)):
-        raise MalformedShares("a field element is not in canonical form (limb or value "
-                              "out of range)")
-    return d
-
-
-def lagrange_at_zero(points: Sequence[int]) -> list[int]:
-    """Coefficients that recombine shares at ``points`` into the secret (at 0), mod p."""
-    out = []
-    for j, xj in enumerate(points):
-        num = math.prod(xk for k, xk in enumerate(points) if k != j)
-        den = math.prod(xk - xj for k, xk in enumerate(points) if k != j)
-        out.append(num * pow(den % P, -1, P) % P)
-    return out
+VALUE = LimbField(256, 189)
+"""The value field GF(2^256 - 189): the largest prime below 2^256, 3 mod 4 (analyses)."""

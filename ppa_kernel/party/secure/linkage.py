@@ -34,11 +34,13 @@ import numpy as np
 from ppa_kernel.contract.errors import PartyFailed
 from ppa_kernel.contract.limits import link_tag_bits
 
-from .openings import reveal
+from . import limb_shares
+from .limbs import LINK, VALUE, LimbField
+from .openings import reveal, reveal_limbs
 from .prf import CHUNK_ROWS as PRF_CHUNK_ROWS
 from .prf import legendre_tags
-from .runtime import link_type, mpc, random_field_array, shares, wrap, zero_sharing
-from .shuffle import Subset, derive_seeds, shuffle_rows, subsets
+from .runtime import link_type, mpc, wrap
+from .shuffle import Subset, derive_seeds, owner_prefix, permute_plain, shuffle_rows, subsets
 
 logger = logging.getLogger(__name__)
 
@@ -150,19 +152,20 @@ async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
     bits = link_tag_bits(n)
     batches = -(-n // PRF_CHUNK_ROWS)
     step = Steps(progress, "linkage", len(sizes) + _subset_count() + batches * bits + 1)
-    stacked = None
+    keys = LINK.from_ints(hashed_keys).reshape(LINK.limbs, -1, 1)
+    stacked = LINK.zeros(0).reshape(LINK.limbs, 0, 1)
     for party in range(len(sizes)):  # every party's keys in one column, party after party
-        mine = hashed_keys.reshape(-1, 1) if mpc.pid == party else None
-        rows = await _stack_one(mine, sizes, party, 1, link_type())
-        stacked = rows if stacked is None else stacked + rows
+        mine = keys if mpc.pid == party else None
+        rows = await _stack_one(LINK, mine, sizes, party, 1)
+        stacked = rows if party == 0 else LINK.add(stacked, rows)
         step()
     seeds = derive_seeds(epoch.to_bytes(8, "big"))
-    shuffled = await shuffle_rows(stacked, seeds, step)
+    scaled, scale = await shuffle_rows(LINK, stacked, seeds, step)
+    x = LINK.combine([(pow(scale, -1, LINK.modulus), scaled.reshape(LINK.limbs, n))], n)
     if progress:
         progress("shuffle")
-    x_share = (await shares(shuffled)).reshape(-1)
-    tags = await legendre_tags(link_type(), x_share, bits, progress=lambda _: step(bits))
-    groups = await resolve_groups(link_type(), x_share, tags)
+    tags = await legendre_tags(link_type(), x, bits, progress=lambda _: step(bits))
+    groups = await resolve_groups(x, tags)
     step()
     if progress:
         progress("tags")
@@ -172,8 +175,9 @@ async def link(hashed_keys: np.ndarray, epoch: int, data_fingerprint: str,
     return linkage
 
 
-async def resolve_groups(sectype, x_share: np.ndarray, tags: np.ndarray) -> np.ndarray:
-    """Group ids of the shuffled rows: equal tags first, then zero tests within buckets.
+async def resolve_groups(x: np.ndarray, tags: np.ndarray) -> np.ndarray:
+    """Group ids of the shuffled rows (``x``: this party's limb shares of their keys):
+    equal tags first, then zero tests within buckets.
 
     Each round tests every unresolved row against its bucket's first row, for all buckets
     at once. Opens ``linkage.equality_masked`` (see the module docstring).
@@ -194,26 +198,25 @@ async def resolve_groups(sectype, x_share: np.ndarray, tags: np.ndarray) -> np.n
         if not len(others):
             break
         pivot_of = pivots[np.searchsorted(bucket[pivots], bucket[others])]
-        equal = await _equal_public(sectype, x_share, others, pivot_of)
+        equal = await _equal_public(x, others, pivot_of)
         groups[others[equal]] = groups[pivot_of[equal]]
         open_rows = others[~equal]
     _, dense = np.unique(groups, return_inverse=True)
     return dense.reshape(-1).astype(np.int64)
 
 
-async def _equal_public(sectype, x_share: np.ndarray, rows: np.ndarray,
-                        pivots: np.ndarray) -> np.ndarray:
+async def _equal_public(x: np.ndarray, rows: np.ndarray, pivots: np.ndarray) -> np.ndarray:
     """Whether secret keys at ``rows`` equal those at ``pivots`` (opens masked differences)."""
-    field = sectype.field
-    p = field.modulus
-    diff = (x_share[rows] - x_share[pivots]) % p
-    r = await shares(random_field_array(sectype, len(rows)))
-    masked = field.array((diff * r + zero_sharing(field, len(rows)).value) % p, check=False)
-    opened = await reveal("linkage.equality_masked", masked, threshold=2 * mpc.threshold)
-    return np.asarray(opened.value == 0, dtype=bool).reshape(-1)
+    count = len(rows)
+    diff = LINK.combine([(1, x[:, rows]), (-1, x[:, pivots])], count)
+    r = limb_shares.random_shares(LINK, count)
+    masked = LINK.add(LINK.mul(diff, r), limb_shares.zero_shares(LINK, count))
+    opened = await reveal_limbs("linkage.equality_masked", LINK, masked,
+                                threshold=2 * mpc.threshold)
+    return ~opened.any(axis=0)
 
 
-CHUNK_ELEMENTS = 1_000_000
+CHUNK_ELEMENTS = 500_000
 """Upper bound on rows x columns moved through one shuffle, bounding worker memory."""
 
 
@@ -222,39 +225,76 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
     """One row per linked person (group), columns of all parties' blocks. Opens nothing.
 
     Each party's columns are brought in separately, in chunks of at most
-    ``CHUNK_ELEMENTS`` stacked values: input by their owner, shuffled by the stored
-    permutations, and summed per person by the stored public grouping. ``progress``
-    hears of ``input`` steps: each chunk's input and each subset's shuffle of it.
+    ``CHUNK_ELEMENTS`` stacked values: input by their owner (already permuted by the
+    leading subsets' permutations the owner knows, :func:`~.shuffle.owner_prefix`),
+    shuffled by the remaining stored permutations, and summed per person by the stored
+    public grouping. ``progress`` hears of ``input`` steps: each chunk's input and each
+    subset's shuffle of it.
     """
+    field = VALUE
+    if sectype.field.modulus != field.modulus:
+        raise ValueError("the linked table needs the value field GF(2^256 - 189)")
+    m, t = len(mpc.parties), mpc.threshold
     n_rows = sum(linkage.sizes)
     order = np.argsort(linkage.groups, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(linkage.groups[order]) != 0])
     step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
-    chunks = sum(-(-width // step) for width in widths)
-    done = Steps(progress, "input", chunks * (1 + _subset_count()))
+    prefixes = [owner_prefix(party, m, t) for party in range(len(widths))]
+    done = Steps(progress, "input", sum(-(-width // step) * (1 + _subset_count() - len(prefix))
+                                        for width, prefix in zip(widths, prefixes, strict=True)))
+    own = None
+    if block.size:
+        own = field.from_ints(np.asarray(block, dtype=object) % field.modulus)
+        own = own.reshape(field.limbs, *block.shape)
     parts = []
     for party, width in enumerate(widths):
         for first in range(0, width, step):
             cols = min(step, width - first)
-            mine = block[:, first:first + cols] if mpc.pid == party else None
-            stacked = await _stack_one(mine, linkage.sizes, party, cols, sectype)
+            mine = None
+            if mpc.pid == party:
+                mine = _stacked_plain(own[:, :, first:first + cols], linkage.sizes, party)
+                mine = permute_plain(mine, linkage.seeds, prefixes[party])
+            stacked = await _input_stacked(field, mine, party, n_rows, cols)
             done()
-            shuffled = await shares(await shuffle_rows(stacked, linkage.seeds, done))
-            parts.append(np.add.reduceat(shuffled[order], starts, axis=0))
+            shuffled, scale = await shuffle_rows(field, stacked, linkage.seeds, done,
+                                                 skip=len(prefixes[party]))
+            if len(starts):
+                sums = np.add.reduceat(shuffled[:, order], starts, axis=1)  # below 2^27 m
+                flat = sums.reshape(field.limbs, -1)
+                unscaled = field.combine([(pow(scale, -1, field.modulus), flat)], flat.shape[1])
+                parts.append(unscaled.reshape(sums.shape))
+    groups, total = len(starts), sum(widths)
     if not parts:
-        return wrap(sectype, np.zeros((len(starts), 0), dtype=object))
-    return wrap(sectype, np.concatenate(parts, axis=1))
+        return wrap(sectype, np.zeros((groups, total), dtype=object))
+    table = np.concatenate(parts, axis=2).reshape(field.limbs, groups * total)
+    return wrap(sectype, np.array(field.to_ints(table), dtype=object).reshape(groups, total))
 
 
-async def _stack_one(block: np.ndarray | None, sizes: list[int], owner: int, width: int,
-                     sectype):
-    """Secure N x width array: ``owner``'s rows hold its block, other rows zero."""
-    field = sectype.field
-    n = sizes[owner]
-    value = block if block is not None else np.zeros((n, width), dtype=object)
-    received = mpc.input(sectype.array(field.array(np.asarray(value, dtype=object))),
-                         senders=owner)
-    out = np.zeros((sum(sizes), width), dtype=object)
+def _stacked_plain(block: np.ndarray, sizes: list[int], owner: int) -> np.ndarray:
+    """``(L, N, width)`` limbs: ``owner``'s rows hold ``block`` (``(L, rows, width)``),
+    the other parties' rows zero."""
+    out = np.zeros((block.shape[0], sum(sizes), block.shape[2]), dtype=np.uint64)
     start = sum(sizes[:owner])
-    out[start:start + n] = await shares(received)
-    return wrap(sectype, out)
+    out[:, start:start + sizes[owner]] = block
+    return out
+
+
+async def _input_stacked(field: LimbField, stacked: np.ndarray | None, owner: int, rows: int,
+                         width: int) -> np.ndarray:
+    """Shares, ``(L, rows, width)``, of the stacked array ``owner`` holds (None elsewhere)."""
+    values = None if stacked is None else stacked.reshape(field.limbs, rows * width)
+    received = await limb_shares.input_from(field, values, owner, rows * width)
+    return received.reshape(field.limbs, rows, width)
+
+
+async def _stack_one(field: LimbField, block: np.ndarray | None, sizes: list[int], owner: int,
+                     width: int) -> np.ndarray:
+    """Limb shares, shape ``(L, N, width)``: ``owner``'s rows hold its block (given
+    there as ``(L, rows, width)``), other rows zero."""
+    n = sizes[owner]
+    values = None if block is None else np.ascontiguousarray(block).reshape(field.limbs, -1)
+    received = await limb_shares.input_from(field, values, owner, n * width)
+    out = np.zeros((field.limbs, sum(sizes), width), dtype=np.uint64)
+    start = sum(sizes[:owner])
+    out[:, start:start + n] = received.reshape(field.limbs, n, width)
+    return out

@@ -20,7 +20,8 @@ import numpy as np
 
 from ppa_kernel.contract.errors import PartyFailed
 
-from . import limb_shares, limbs
+from . import limb_shares
+from .limbs import LimbField
 from .runtime import mpc
 
 logger = logging.getLogger(__name__)
@@ -139,13 +140,14 @@ async def reveal(name: str, x, *, threshold: int | None = None) -> Any:
         _current_name.reset(token)
 
 
-async def reveal_limbs(name: str, x: np.ndarray, *, threshold: int) -> np.ndarray:
-    """Open the link-field limb shares ``x`` (:mod:`.limb_shares`, degree ``threshold``)
-    to every party and record the opening under ``name``, like :func:`reveal`."""
+async def reveal_limbs(name: str, field: LimbField, x: np.ndarray, *,
+                       threshold: int) -> np.ndarray:
+    """Open the limb shares ``x`` (:mod:`.limb_shares`, degree ``threshold``) to every
+    party and record the opening under ``name``, like :func:`reveal`."""
     _refuse_unnamed(name)
-    values = await limb_shares.open_shares(x, threshold)
+    values = await limb_shares.open_shares(field, x, threshold)
     if LEDGER.record_values:
-        LEDGER.add(name, limbs.to_ints(values))
+        LEDGER.add(name, field.to_ints(values))
     else:
         LEDGER.entries.append({"name": name, "count": int(values.shape[1])})
     return values

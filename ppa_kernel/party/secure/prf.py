@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import limb_shares, limbs
+from . import limb_shares
+from .limbs import LINK
 from .openings import reveal_limbs
 from .runtime import mpc, shares
 
@@ -41,37 +42,36 @@ async def secret_keys(sectype, count: int):
     return total
 
 
-async def legendre_tags(sectype, x_share: np.ndarray, bits: int, *, chunk: int = CHUNK_ROWS,
+async def legendre_tags(sectype, x: np.ndarray, bits: int, *, chunk: int = CHUNK_ROWS,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """``bits`` Legendre-PRF bits (fresh keys) of each secret key, given by this party's shares.
+    """``bits`` Legendre-PRF bits (fresh keys) of each secret key, given by this party's
+    shares ``x`` (link-field limbs, ``(L, n)``).
 
     Opens (x + k_j) * r_j^2 for every row and bit under the name ``linkage.prf_masked``.
     The arithmetic runs on limb arrays (:mod:`.limbs`, :mod:`.limb_shares`).
     """
-    if sectype.field.modulus != limbs.P:
+    if sectype.field.modulus != LINK.modulus:
         raise ValueError("the Legendre tags need the link field GF(2^130 - 5)")
     k_share = await shares(await secret_keys(sectype, bits))
-    return await keyed_tags(x_share, k_share, chunk=chunk, progress=progress)
+    return await keyed_tags(x, LINK.from_ints(k_share), chunk=chunk, progress=progress)
 
 
-async def keyed_tags(x_share: np.ndarray, k_share: np.ndarray, *, chunk: int = CHUNK_ROWS,
+async def keyed_tags(x: np.ndarray, keys: np.ndarray, *, chunk: int = CHUNK_ROWS,
                      progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Tag bit j of row i is 1 when x_i + k_j is a nonzero square (this party's shares of
-    the link-field values x and keys k). Opens ``linkage.prf_masked`` (module docstring)."""
-    t, n, bits = mpc.threshold, len(x_share), len(k_share)
-    keys = limbs.from_ints(k_share)
-    x = limbs.from_ints(x_share)
+    """Tag bit j of row i is 1 when x_i + k_j is a nonzero square (this party's limb
+    shares of the link-field values x and keys k). Opens ``linkage.prf_masked``."""
+    t, n, bits = mpc.threshold, x.shape[1], keys.shape[1]
     weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
     tags = np.zeros(n, dtype=np.uint64)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         count = (stop - start) * bits
-        shifted = limbs.add(x[:, start:stop, None], keys[:, None, :]).reshape(limbs.LIMBS, count)
-        r = limb_shares.random_shares(count)
-        squares = await limb_shares.reshare(limbs.mul(r, r))
-        masked = limbs.add(limbs.mul(shifted, squares), limb_shares.zero_shares(count))
-        opened = await reveal_limbs("linkage.prf_masked", masked, threshold=2 * t)
-        symbols = limbs.legendre(opened).reshape(stop - start, bits)
+        shifted = LINK.add(x[:, start:stop, None], keys[:, None, :]).reshape(LINK.limbs, count)
+        r = limb_shares.random_shares(LINK, count)
+        squares = await limb_shares.reshare(LINK, LINK.mul(r, r))
+        masked = LINK.add(LINK.mul(shifted, squares), limb_shares.zero_shares(LINK, count))
+        opened = await reveal_limbs("linkage.prf_masked", LINK, masked, threshold=2 * t)
+        symbols = LINK.legendre(opened).reshape(stop - start, bits)
         tags[start:stop] = ((symbols == 1).astype(np.uint64) * weights).sum(axis=1)
         if progress is not None:
             progress(stop - start)

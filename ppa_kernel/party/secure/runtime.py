@@ -41,12 +41,12 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mpyc import asyncoro, finfields, thresha
+from mpyc import asyncoro, thresha
 from mpyc import runtime as mpyc_runtime
 from mpyc.asyncoro import mpc_coro
 from mpyc.runtime import Runtime, mpc
 
-from .limbs import P, split_ints
+from .limbs import LINK, VALUE, split_ints
 from .links import Link, LinkSettings, establish
 
 if TYPE_CHECKING:
@@ -55,17 +55,20 @@ if TYPE_CHECKING:
 __all__ = ["CLOSED_PEERS", "HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS",
            "LinkExchanger", "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
            "exchange", "link_type", "lost_peers_failed", "mpc", "mpc_coro",
-           "np_random_split", "prss_input", "prss_keys", "random_field_array",
-           "recombination_coefficient", "reshare", "shares", "use_truncation", "value_type",
-           "wrap", "zero_sharing"]
+           "np_random_split", "prss_input", "prss_keys", "random_field_array", "reshare",
+           "shares", "use_truncation", "value_type", "wrap", "zero_sharing"]
 
 logger = logging.getLogger(__name__)
 
 LINK_FIELD_BITS = 128
 """Field size for link keys and the Legendre PRF (at least 2^128, see shared/ARCHITECTURE.md)."""
 
-LINK_MODULUS = P
-"""The link field's prime, 2^130 - 5 (:data:`.limbs.P`)."""
+LINK_MODULUS = LINK.modulus
+"""The link field's prime, 2^130 - 5 (:data:`.limbs.LINK`)."""
+
+VALUE_MODULUS = VALUE.modulus
+"""The value field's prime, 2^256 - 189 (:data:`.limbs.VALUE`): the largest prime below
+2^256, and 3 mod 4 as MPyC's random bits want."""
 
 VALUE_FIELD_BITS = 256
 """Field size for analysis values: room for sums of products of squared fixed-point values."""
@@ -84,9 +87,10 @@ def link_type():
 
 @functools.cache
 def value_type():
-    """Secure integer type (64-bit comparisons) over a 256-bit prime field."""
-    p = finfields.find_prime_root(VALUE_FIELD_BITS)[0]
-    return mpc.SecInt(COMPARE_BITS, p=p)
+    """Secure integer type (64-bit comparisons) over GF(2^256 - 189), whose arithmetic
+    :mod:`.limbs` vectorises."""
+    assert VALUE_MODULUS.bit_length() == VALUE_FIELD_BITS and VALUE_MODULUS % 4 == 3
+    return mpc.SecInt(COMPARE_BITS, p=VALUE_MODULUS)
 
 
 async def shares(x) -> np.ndarray:
@@ -155,12 +159,6 @@ def prss_keys() -> Mapping[Any, bytes]:
     """This party's secret PRSS keys by subset of m - t parties (exactly the members of a
     subset share its key). Wraps ``Runtime._prss_keys``."""
     return mpc._prss_keys
-
-
-def recombination_coefficient(field: Any, points: tuple[int, ...], index: int) -> Any:
-    """Lagrange coefficient of the share at ``points[index]`` when recombining the secret
-    (at 0) from shares at ``points``. Wraps ``thresha._recombination_vector``."""
-    return thresha._recombination_vector(field, points, 0)[index]
 
 
 # -- No pickle on the wire; fast share randomness ----------------------------------------
