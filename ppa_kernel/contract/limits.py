@@ -76,5 +76,7 @@ MAX_RUN_TIMEOUT = 86_400.0
 
 def link_tag_bits(rows: int) -> int:
     """PRF tag bits the linkage opens per row for ``rows`` rows at all parties together:
-    about log2(rows) + 2, so that unequal keys rarely share a tag (at most 64)."""
-    return min(64, (max(rows, 2) - 1).bit_length() + 2)  # ceil(log2(rows)) + 2
+    about log2(rows) - 3 (at least 4, at most 64), so each tag holds about 8 rows and
+    public zero tests, which cost about a quarter of a tag bit, split the rest (measured
+    and simulated in docs/design.md, "Linkage")."""
+    return max(4, min(64, (max(rows, 2) - 1).bit_length() - 3))  # ceil(log2(rows)) - 3

@@ -171,7 +171,7 @@ async def _run(job: Job) -> dict:
     from .secure.disclosure import Rules
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER
-    from .secure.query import run_query
+    from .secure.query import joined_rows, run_query
     from .secure.runtime import allow_disconnects, mpc, shares, value_type
 
     phases = Phases()
@@ -185,7 +185,9 @@ async def _run(job: Job) -> dict:
     phases("connect")
     linkage, history, relinked = await _linkage(job, frame, phases)
     widths = [len(program.features.get(p, [])) for p in program.parties]
-    linked = await linked_table(linkage, block, widths, value_type(), progress=phases)
+    keep = joined_rows(program, linkage.group_sizes)
+    linked = await linked_table(linkage, block, widths, value_type(), progress=phases,
+                                keep=keep)
     table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),

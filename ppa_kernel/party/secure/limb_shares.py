@@ -123,37 +123,37 @@ async def open_shares(field: LimbField, x: np.ndarray, threshold: int) -> np.nda
         [(w, share) for w, (_, share) in zip(weights, pieces, strict=True)], n))
 
 
-async def input_from(field: LimbField, values: np.ndarray | None, owner: int,
-                     count: int) -> np.ndarray:
-    """This party's degree-t shares of ``count`` values that party ``owner`` holds
-    (``values``, limbs, at the owner; None elsewhere): the owner sends fresh shares."""
-    m, t, me = len(mpc.parties), mpc.threshold, mpc.pid
-    if me == owner:
-        if values is None or values.shape[1] != count:
-            raise ValueError("the owner must give exactly the announced count of values")
-        pieces = split(field, values, t, m)
-        outgoing = {pid: field.to_bytes(share) for pid, share in enumerate(pieces) if pid != me}
-        await exchange(outgoing, [])
-        return pieces[me]
-    received = await exchange({}, [owner])
-    return parse(field, received[owner], count, owner)
+SLICE = 1 << 19
+"""Elements shared per round: bounds the memory of splitting and of the messages."""
 
 
 async def inputs_from(field: LimbField, values: np.ndarray | None, senders: list[int],
                       count: int) -> np.ndarray:
-    """The sum over ``senders`` of the ``count`` values each holds (``values`` at a
-    sender), as this party's degree-t shares; all senders share at once (one round)."""
+    """The sum over ``senders`` of the ``count`` values each holds (``values``, limbs, at
+    a sender; None elsewhere), as this party's degree-t shares: each sender sends fresh
+    shares, all at once, in rounds of at most :data:`SLICE` elements."""
+    if mpc.pid in senders and (values is None or values.shape[1] != count):
+        raise ValueError("a sender must give exactly the announced count of values")
+    out = np.empty((field.limbs, count), dtype=np.uint64)
+    for start in range(0, count, SLICE):
+        stop = min(count, start + SLICE)
+        part = values[:, start:stop] if mpc.pid in senders else None
+        out[:, start:stop] = await _share_round(field, part, senders, stop - start)
+    return out
+
+
+async def _share_round(field: LimbField, values: np.ndarray | None, senders: list[int],
+                       count: int) -> np.ndarray:
     m, t, me = len(mpc.parties), mpc.threshold, mpc.pid
-    outgoing, total = {}, field.zeros(count)
+    outgoing, total = {}, None
     if me in senders:
-        if values is None or values.shape[1] != count:
-            raise ValueError("a sender must give exactly the announced count of values")
-        pieces = split(field, values, t, m)
+        pieces = split(field, np.ascontiguousarray(values), t, m)
         outgoing = {pid: field.to_bytes(share) for pid, share in enumerate(pieces) if pid != me}
         total = pieces[me]
     received = await exchange(outgoing, [s for s in senders if s != me])
     for pid, data in received.items():
-        total = field.add(total, parse(field, data, count, pid))
+        share = parse(field, data, count, pid)
+        total = share if total is None else field.add(total, share)
     return total
 
 

@@ -221,8 +221,9 @@ CHUNK_ELEMENTS = 500_000
 
 
 async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype,
-                       progress=None):
-    """One row per linked person (group), columns of all parties' blocks. Opens nothing.
+                       progress=None, keep: np.ndarray | None = None):
+    """One row per linked person (group; only the groups ``keep`` lists, in its order,
+    when given), columns of all parties' blocks. Opens nothing.
 
     Each party's columns are brought in separately, in chunks of at most
     ``CHUNK_ELEMENTS`` stacked values: input by their owner (already permuted by the
@@ -238,6 +239,7 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
     n_rows = sum(linkage.sizes)
     order = np.argsort(linkage.groups, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(linkage.groups[order]) != 0])
+    kept = np.arange(len(starts)) if keep is None else np.asarray(keep, dtype=np.int64)
     step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
     prefixes = [owner_prefix(party, m, t) for party in range(len(widths))]
     done = Steps(progress, "input", sum(-(-width // step) * (1 + _subset_count() - len(prefix))
@@ -258,12 +260,12 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
             done()
             shuffled, scale = await shuffle_rows(field, stacked, linkage.seeds, done,
                                                  skip=len(prefixes[party]))
-            if len(starts):
-                sums = np.add.reduceat(shuffled[:, order], starts, axis=1)  # below 2^27 m
+            if len(kept):
+                sums = np.add.reduceat(shuffled[:, order], starts, axis=1)[:, kept]
                 flat = sums.reshape(field.limbs, -1)
                 unscaled = field.combine([(pow(scale, -1, field.modulus), flat)], flat.shape[1])
                 parts.append(unscaled.reshape(sums.shape))
-    groups, total = len(starts), sum(widths)
+    groups, total = len(kept), sum(widths)
     if not parts:
         return wrap(sectype, np.zeros((groups, total), dtype=object))
     table = np.concatenate(parts, axis=2).reshape(field.limbs, groups * total)
@@ -283,7 +285,7 @@ async def _input_stacked(field: LimbField, stacked: np.ndarray | None, owner: in
                          width: int) -> np.ndarray:
     """Shares, ``(L, rows, width)``, of the stacked array ``owner`` holds (None elsewhere)."""
     values = None if stacked is None else stacked.reshape(field.limbs, rows * width)
-    received = await limb_shares.input_from(field, values, owner, rows * width)
+    received = await limb_shares.inputs_from(field, values, [owner], rows * width)
     return received.reshape(field.limbs, rows, width)
 
 
@@ -293,7 +295,7 @@ async def _stack_one(field: LimbField, block: np.ndarray | None, sizes: list[int
     there as ``(L, rows, width)``), other rows zero."""
     n = sizes[owner]
     values = None if block is None else np.ascontiguousarray(block).reshape(field.limbs, -1)
-    received = await limb_shares.input_from(field, values, owner, n * width)
+    received = await limb_shares.inputs_from(field, values, [owner], n * width)
     out = np.zeros((field.limbs, sum(sizes), width), dtype=np.uint64)
     start = sum(sizes[:owner])
     out[:, start:start + n] = received.reshape(field.limbs, n, width)

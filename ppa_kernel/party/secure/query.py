@@ -176,14 +176,24 @@ class QueryState:
     values: np.ndarray | None = None  # shares, people x value columns (see layout)
 
 
+def joined_rows(program: Program, group_sizes: np.ndarray) -> np.ndarray:
+    """The linked people the query can use: those seen at no fewer parties than the join
+    needs (the others cannot be in it; group sizes are public)."""
+    return np.flatnonzero(group_sizes >= len(program.link))
+
+
 async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarray,
                     sectype, rules: Rules, progress=None,
                     history: History | None = None) -> QueryState:
-    """Mask, aggregate, check and release one plan's cells (see module docstring)."""
+    """Mask, aggregate, check and release one plan's cells (see module docstring).
+
+    ``linked`` holds this party's shares of the :func:`joined_rows` of the linked table.
+    """
     m, joined = len(program.parties), len(program.link)
-    # People seen at fewer parties than the join needs cannot be in it (public pattern).
-    rows = np.flatnonzero(group_sizes >= joined)
-    ev = Evaluator(program, linked[rows], sectype)
+    rows = joined_rows(program, group_sizes)
+    if len(linked) != len(rows):
+        raise ValueError(f"the linked table has {len(linked)} rows, the join {len(rows)}")
+    ev = Evaluator(program, linked, sectype)
     mask = None
     if joined < m:
         for party in program.link:
