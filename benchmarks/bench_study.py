@@ -57,7 +57,7 @@ def plaintext_study(data: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, float]
     return table, time.perf_counter() - started
 
 
-WORKER_BASE_MB, WORKER_KB_PER_ROW = 270, 2.6
+WORKER_BASE_MB, WORKER_KB_PER_ROW = 270, 1.3
 """A worker's peak memory, measured: a base plus this much per stacked row (all parties')."""
 
 

@@ -264,12 +264,13 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
                 sums = np.add.reduceat(shuffled[:, order], starts, axis=1)[:, kept]
                 flat = sums.reshape(field.limbs, -1)
                 unscaled = field.combine([(pow(scale, -1, field.modulus), flat)], flat.shape[1])
-                parts.append(unscaled.reshape(sums.shape))
+                parts.append(field.freeze(unscaled).astype(np.uint32).reshape(sums.shape))
     groups, total = len(kept), sum(widths)
     if not parts:
         return wrap(sectype, np.zeros((groups, total), dtype=object))
     table = np.concatenate(parts, axis=2).reshape(field.limbs, groups * total)
-    return wrap(sectype, np.array(field.to_ints(table), dtype=object).reshape(groups, total))
+    values = np.array(field.to_ints(table), dtype=object).reshape(groups, total)
+    return wrap(sectype, values, reduced=True)
 
 
 def _stacked_plain(block: np.ndarray, sizes: list[int], owner: int) -> np.ndarray:

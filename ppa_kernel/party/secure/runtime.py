@@ -99,13 +99,15 @@ async def shares(x) -> np.ndarray:
     return share.value
 
 
-def wrap(sectype, values: np.ndarray):
-    """Secure array of ``sectype`` holding ``values`` as this party's local shares.
+def wrap(sectype, values: np.ndarray, *, reduced: bool = False):
+    """Secure array of ``sectype`` holding ``values`` as this party's local shares
+    (``reduced``: the values are already in range(p), as limb arrays' integers are).
 
     Only for results of local linear operations on shares (no communication, no opening).
     """
     field = sectype.field
-    return sectype.array(field.array(np.asarray(values, dtype=object) % field.modulus, check=False))
+    values = np.asarray(values, dtype=object)
+    return sectype.array(field.array(values if reduced else values % field.modulus, check=False))
 
 
 # -- Wrappers for the MPyC internals the protocols use -----------------------------------
