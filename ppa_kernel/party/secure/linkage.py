@@ -2,11 +2,12 @@
 
 Linking (:func:`link`): every party inputs its link keys (hashed locally to 120-bit
 integers); the stacked keys are shuffled obliviously (:mod:`.shuffle`) and tagged with a
-short keyed Legendre PRF (:mod:`.prf`) of about log2(n) + 2 bits, which puts equal keys
-in one bucket and few distinct keys together. Within each bucket, public zero tests of
-key differences (open (x_a - x_b) * r for a fresh secret random r: zero if and only if
-the keys are equal, otherwise uniformly random) split it into people. This costs about
-a quarter of a full 64-bit PRF tag per row, with the same result.
+short keyed Legendre PRF (:mod:`.prf`) of about log2(n) - 3 bits
+(:func:`~ppa_kernel.contract.limits.link_tag_bits`), which puts equal keys in one bucket
+and about eight rows together. Within each bucket, public zero tests of key differences
+(open (x_a - x_b) * r for a fresh secret random r: zero if and only if the keys are
+equal, otherwise uniformly random) split it into people. This costs a fraction of a full
+64-bit PRF tag per row, with the same result. Shares are limb arrays (:mod:`.limbs`).
 
 Leakage of linking, to every party: each party's row count (``linkage.party_sizes``),
 short PRF tags of the shuffled rows (``linkage.prf_masked``) and, for rows whose tags
