@@ -57,14 +57,17 @@ def plaintext_study(data: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, float]
     return table, time.perf_counter() - started
 
 
-WORKER_BASE_MB, WORKER_KB_PER_ROW = 270, 1.3
-"""A worker's peak memory, measured: a base plus this much per stacked row (all parties')."""
+WORKER_BASE_MB, WORKER_KB_PER_ROW, WORKER_KB_PER_PERSON = 270, 0.95, 4.3
+"""A worker's peak memory, measured (1m and registry, 2026-12-03): a base, plus this much
+per stacked row (all parties', linkage and replay) and per joined person (the query)."""
 
 
 def memory_needed_mb(params: dict) -> float:
     """Estimated peak memory of the three workers together at a scale (MB)."""
     rows = sum(party_rows(**params).values())
-    return 3 * (WORKER_BASE_MB + WORKER_KB_PER_ROW * rows / 1024)
+    people = params["n_core"]  # the people at every party: the headline study's join
+    return 3 * (WORKER_BASE_MB + (WORKER_KB_PER_ROW * rows + WORKER_KB_PER_PERSON * people)
+                / 1024)
 
 
 def run_scale(name: str, params: dict) -> dict:

@@ -312,11 +312,7 @@ class Consortium:
                               attrs={"multiplicity": first["multiplicity"],
                                      "approvers": dict(outcome.approvers),
                                      "receipt": outcome.receipts,
-                                     "phases": {p: r["phases"]
-                                                for p, r in outcome.results.items()},
-                                     "peak_rss_mb": {p: r.get("peak_rss_mb")
-                                                     for p, r in outcome.results.items()},
-                                     "input_widths": first.get("input_widths")},
+                                     **diagnostics(outcome.results, self.names)},
                               mock=self.is_mock)
 
     def check(self, plan: dict, *, timeout: float | None = None) -> str:
@@ -548,6 +544,38 @@ class Consortium:
 
 KNOCK_ON = "lost connection to the MPC worker of "
 """How a worker reports a peer whose worker stopped: often because that peer failed."""
+
+
+DIAGNOSTIC_LIMIT = 1e7
+"""Largest number a party's diagnostic field may carry (seconds, MB, column counts)."""
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) and 0 <= value <= DIAGNOSTIC_LIMIT \
+        else None
+
+
+def diagnostics(results: Mapping[str, dict], names: list[str]) -> dict[str, Any]:
+    """The parties' run diagnostics for a table's attrs, checked field by field: phase
+    seconds and peak memory are bounded non-negative numbers, phase names and column
+    counts are the known ones; anything else a party sent is dropped (and logged)."""
+    phases, peaks = {}, {}
+    for party, result in results.items():
+        raw = result.get("phases")
+        raw = raw if isinstance(raw, dict) else {}
+        kept = {k: _number(v) for k, v in raw.items() if isinstance(k, str) and len(k) <= 32}
+        phases[party] = {k: v for k, v in kept.items() if v is not None}
+        peaks[party] = _number(result.get("peak_rss_mb"))
+        if len(phases[party]) != len(raw) or (peaks[party] is None
+                                              and result.get("peak_rss_mb") is not None):
+            logger.warning("dropped malformed diagnostics from %s", party)
+    widths = results[names[0]].get("input_widths")
+    if not (isinstance(widths, dict) and set(widths) <= set(names)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096
+                    for v in widths.values())):
+        widths = None
+    return {"phases": phases, "peak_rss_mb": peaks, "input_widths": widths}
 
 
 def without_knock_ons(errors: list[PPAError]) -> list[PPAError]:
