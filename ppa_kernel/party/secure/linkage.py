@@ -275,8 +275,8 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
 
 
 def _stacked_plain(block: np.ndarray, sizes: list[int], owner: int) -> np.ndarray:
-    """``(L, N, width)`` limbs: ``owner``'s rows hold ``block`` (``(L, rows, width)``),
-    the other parties' rows zero."""
+    """``(L, N, width)`` limbs (values or shares): ``owner``'s rows hold ``block``
+    (``(L, rows, width)``), the other parties' rows zero."""
     out = np.zeros((block.shape[0], sum(sizes), block.shape[2]), dtype=np.uint64)
     start = sum(sizes[:owner])
     out[:, start:start + sizes[owner]] = block
@@ -295,10 +295,5 @@ async def _stack_one(field: LimbField, block: np.ndarray | None, sizes: list[int
                      width: int) -> np.ndarray:
     """Limb shares, shape ``(L, N, width)``: ``owner``'s rows hold its block (given
     there as ``(L, rows, width)``), other rows zero."""
-    n = sizes[owner]
-    values = None if block is None else np.ascontiguousarray(block).reshape(field.limbs, -1)
-    received = await limb_shares.inputs_from(field, values, [owner], n * width)
-    out = np.zeros((field.limbs, sum(sizes), width), dtype=np.uint64)
-    start = sum(sizes[:owner])
-    out[:, start:start + n] = received.reshape(field.limbs, n, width)
-    return out
+    own = await _input_stacked(field, block, owner, sizes[owner], width)
+    return _stacked_plain(own, sizes, owner)
