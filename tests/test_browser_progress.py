@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 NAME = "progress-ticks.ipynb"
 CELLS = [
     "%load_ext ppa_kernel",
-    "%ppa demo --rows 600",
+    "%ppa demo --rows 4000",  # large enough that linkage lasts past a step report
     "%%secure -o fit\n"
     "t = link(insurer, hospital, bureau)\n"
     "t.groupby('app_user').agg(mean=('cost_2021', 'mean'))",
