@@ -160,16 +160,21 @@ def test_repeat_query_reuses_the_linkage(consortium):
 
 
 def test_workers_report_the_columns_they_replay(consortium):
-    """``input_widths`` (read by benchmarks/bench_study.py): a mean replays the measure's
-    value on top of what a count of the same column replays, at its owner only."""
+    """``input_widths`` / ``reused_widths`` (read by benchmarks/bench_study.py): a mean
+    replays only the measure's value at its owner, on top of the columns the count of
+    the same (new) expression replayed just before, which it reuses."""
     t = consortium.link()
-    count = consortium.run_raw(t.agg(n=("age", "count")).plan()).results
-    mean = consortium.run_raw(t.agg(n=("age", "mean")).plan()).results
-    widths = [r["input_widths"] for r in count.values()]
-    assert all(w == widths[0] for w in widths), "parties disagree on the replayed columns"
-    assert set(widths[0]) == set(PARTIES)
-    more = {p: mean["insurer"]["input_widths"][p] - widths[0][p] for p in PARTIES}
-    assert more == {p: int(p == "insurer") for p in PARTIES}
+    t = t.assign(fresh=t.age * 7 - 2)  # a column no other test replays
+    count = consortium.run_raw(t.agg(n=("fresh", "count")).plan()).results
+    mean = consortium.run_raw(t.agg(n=("fresh", "mean")).plan()).results
+    for results in (count, mean):
+        seen = [(r["input_widths"], r["reused_widths"]) for r in results.values()]
+        assert all(s == seen[0] for s in seen), "parties disagree on the replayed columns"
+    total = {p: count["insurer"]["input_widths"][p] + count["insurer"]["reused_widths"][p]
+             for p in PARTIES}
+    assert count["insurer"]["input_widths"]["insurer"] >= 1  # the new expression's presence
+    assert mean["insurer"]["input_widths"] == {p: int(p == "insurer") for p in PARTIES}
+    assert mean["insurer"]["reused_widths"] == total
 
 
 def test_multiplicity_pattern_matches_overlap(consortium, demo_data):

@@ -559,7 +559,8 @@ def _number(value: Any) -> float | None:
 def diagnostics(results: Mapping[str, dict], names: list[str]) -> dict[str, Any]:
     """The parties' run diagnostics for a table's attrs, checked field by field: phase
     seconds and peak memory are bounded non-negative numbers, phase names and column
-    counts are the known ones; anything else a party sent is dropped (and logged)."""
+    counts (replayed and reused per party) are the known ones; anything else a party
+    sent is dropped (and logged)."""
     phases, peaks = {}, {}
     for party, result in results.items():
         raw = result.get("phases")
@@ -570,12 +571,18 @@ def diagnostics(results: Mapping[str, dict], names: list[str]) -> dict[str, Any]
         if len(phases[party]) != len(raw) or (peaks[party] is None
                                               and result.get("peak_rss_mb") is not None):
             logger.warning("dropped malformed diagnostics from %s", party)
-    widths = results[names[0]].get("input_widths")
-    if not (isinstance(widths, dict) and set(widths) <= set(names)
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096
-                    for v in widths.values())):
-        widths = None
-    return {"phases": phases, "peak_rss_mb": peaks, "input_widths": widths}
+    counts = {key: _column_counts(results[names[0]].get(key), names)
+              for key in ("input_widths", "reused_widths")}
+    return {"phases": phases, "peak_rss_mb": peaks, **counts}
+
+
+def _column_counts(widths: Any, names: list[str]) -> dict[str, int] | None:
+    """Columns per party (replayed or reused), or None unless well-formed and bounded."""
+    if isinstance(widths, dict) and set(widths) <= set(names) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096
+            for v in widths.values()):
+        return widths
+    return None
 
 
 def without_knock_ons(errors: list[PPAError]) -> list[PPAError]:

@@ -57,8 +57,8 @@ MODEL_TYPES = {"ols": "regression", "logit": "regression", "ttest": "hypothesis 
                "chi2": "hypothesis test", "corr": "correlation", "km": "survival table",
                "quantile": "quantiles"}
 _RUN_ATTRS = {"suppressed", "reasons", "statistics", "plan_hash", "plan", "multiplicity",
-              "phases", "peak_rss_mb", "input_widths", RELEASE_KEY, MOCK_RELEASE_KEY, "run_id",
-              "mock", "approvers", "receipt"}
+              "phases", "peak_rss_mb", "input_widths", "reused_widths", RELEASE_KEY,
+              MOCK_RELEASE_KEY, "run_id", "mock", "approvers", "receipt"}
 """Result attrs described elsewhere in an output's record (the others are model details)."""
 DPI = 120
 

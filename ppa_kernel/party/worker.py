@@ -12,6 +12,7 @@ a global runtime at import, so the worker sets ``sys.argv`` first.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ import secrets
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -124,18 +126,35 @@ def data_fingerprint(frame: pd.DataFrame, keys) -> str:
     return lk.fingerprint(keys, "\x1f".join(map(str, frame.columns)).encode() + body)
 
 
-async def _linkage(job: Job, frame: pd.DataFrame, phases: Phases):
+@dataclass
+class Epoch:
+    """What a run uses of the data epoch: its linkage and history, whether it linked
+    afresh, the agreed token of each stored table column (0: replay it) and the token
+    under which this run's replayed columns are kept (:mod:`.secure.replay_cache`)."""
+
+    linkage: Any
+    history: Any
+    relinked: bool
+    columns: list[int]
+    token: int
+
+
+async def _linkage(job: Job, frame: pd.DataFrame, phases: Phases, tokens: list[int]) -> Epoch:
     """The data epoch's linkage and history; link again when any party's data changed.
 
-    Every party inputs whether its stored epoch matches its data, the epoch's token and
-    how many released row sets it recorded (``linkage.ready``). All reuse the epoch when
-    all match; the history is cut to the shortest (sets beyond it were never released,
-    see :meth:`.secure.query._Disclosure._record`). Otherwise they agree on a new random
-    token (``linkage.epoch``), link, and start an empty history.
+    Every party inputs whether its stored epoch matches its data, the epoch's token, how
+    many released row sets it recorded, a random nonce and the token of each table
+    column it holds (``tokens``, in table order; ``linkage.ready``). All reuse the epoch
+    when all match; the history is cut to the shortest (sets beyond it were never
+    released, see :meth:`.secure.query._Disclosure._record`), a column is reused when
+    every party holds it under one token, and the nonces' sum names the columns this
+    run replays. Otherwise they agree on a new random token (``linkage.epoch``), link,
+    and start an empty history and no stored columns.
     """
     from .secure import linkage as lk
     from .secure.history import History
     from .secure.openings import reveal
+    from .secure.replay_cache import TOKEN_BITS
     from .secure.runtime import mpc
 
     folder = Path(job.state_dir) / EPOCH_FOLDER
@@ -147,20 +166,25 @@ async def _linkage(job: Job, frame: pd.DataFrame, phases: Phases):
     history = History(folder) if stored is not None else None
     secint = mpc.SecInt(64)
     mine = [int(stored is not None), stored.epoch if stored else 0,
-            len(history) if history is not None else 0]
+            len(history) if history is not None else 0, secrets.randbits(TOKEN_BITS),
+            *(tokens if stored is not None else [0] * len(tokens))]
     inputs = mpc.input([secint(v) for v in mine])
     ready = [int(v) for v in await reveal("linkage.ready", [x for row in inputs for x in row])]
-    rows = [ready[i:i + 3] for i in range(0, len(ready), 3)]
+    rows = [ready[i:i + len(mine)] for i in range(0, len(ready), len(mine))]
+    fresh = sum(r[3] for r in rows) % (1 << TOKEN_BITS) or 1
     if stored is not None and all(r[0] == 1 and r[1] == stored.epoch for r in rows):
         history.truncate(min(r[2] for r in rows))
-        return stored, history, False
+        first = rows[0]
+        agreed = [first[c] if all(r[c] == first[c] for r in rows) else 0
+                  for c in range(4, len(mine))]
+        return Epoch(stored, history, False, agreed, fresh)
     shutil.rmtree(folder, ignore_errors=True)
     token_parts = mpc.input(secint(secrets.randbits(20)))
     parts = [int(v) for v in await reveal("linkage.epoch", token_parts)]
     epoch = sum(v << (20 * i) for i, v in enumerate(parts)) % (1 << 60) or 1
     linkage = await lk.link(keys, epoch, digest, progress=phases)
     linkage.save(folder)
-    return linkage, History(folder), True
+    return Epoch(linkage, History(folder), True, [0] * len(tokens), fresh)
 
 
 async def _run(job: Job) -> dict:
@@ -172,6 +196,7 @@ async def _run(job: Job) -> dict:
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER
     from .secure.query import joined_rows, run_query
+    from .secure.replay_cache import ColumnCache, table_columns
     from .secure.runtime import allow_disconnects, mpc, shares, value_type
 
     phases = Phases()
@@ -183,11 +208,20 @@ async def _run(job: Job) -> dict:
     await _start(job)
     await _agree(job)
     phases("connect")
-    linkage, history, relinked = await _linkage(job, frame, phases)
+    columns = table_columns(program, job.party, block)
+    cache = ColumnCache(Path(job.state_dir) / EPOCH_FOLDER)
+    epoch = await _linkage(job, frame, phases, [cache.token(*c) for c in columns])
+    linkage, history = epoch.linkage, epoch.history
     widths = [len(program.features.get(p, [])) for p in program.parties]
+    stored = {c: cache.shares(columns[c][0]) for c, token in enumerate(epoch.columns) if token}
     keep = joined_rows(program, linkage.group_sizes)
-    linked = await linked_table(linkage, block, widths, value_type(), progress=phases,
-                                keep=keep)
+    for c, column in stored.items():
+        if column.shape[1] != len(keep):
+            cache.drop(columns[c][0])  # the next run replays it
+            raise PartyFailed("a stored column does not fit this epoch's linkage")
+    linked = await linked_table(
+        linkage, block, widths, value_type(), progress=phases, keep=keep, stored=stored,
+        on_replayed=lambda c, s: cache.store(*columns[c], token=epoch.token, shares=s))
     table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),
@@ -203,10 +237,19 @@ async def _run(job: Job) -> dict:
     await mpc.shutdown()
     phases("release")
     return {"stats": asdict(stats), "multiplicity": linkage.multiplicity(),
-            "sizes": linkage.sizes, "relinked": relinked, "phases": phases.seconds,
-            "input_widths": dict(zip(program.parties, widths, strict=True)),
+            "sizes": linkage.sizes, "relinked": epoch.relinked, "phases": phases.seconds,
+            **_column_counts(program.parties, widths, stored),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "openings": LEDGER.entries}
+
+
+def _column_counts(parties: list[str], widths: list[int], stored) -> dict[str, dict]:
+    """Per party, the table columns this run replayed (``input_widths``) and took from
+    the epoch's stored columns (``reused_widths``)."""
+    offsets = list(itertools.accumulate([0, *widths]))
+    reused = [sum(offsets[i] <= c < offsets[i + 1] for c in stored) for i in range(len(widths))]
+    return {"input_widths": {p: w - r for p, w, r in zip(parties, widths, reused, strict=True)},
+            "reused_widths": dict(zip(parties, reused, strict=True))}
 
 
 PROFILE_ENV = "PPA_PROFILE_DIR"

@@ -83,8 +83,14 @@ async def linkage_and_replay() -> dict:
     table = await linked_table(linkage, block, widths, value_type())
     opened = np.array(await mpc.output(table)).reshape(-1, sum(widths)).tolist()
     everywhere = np.flatnonzero(linkage.group_sizes == m)  # people at every party
-    kept = await linked_table(linkage, block, widths, value_type(), keep=everywhere)
+    replayed = {}
+    kept = await linked_table(linkage, block, widths, value_type(), keep=everywhere,
+                              on_replayed=lambda c, s: replayed.__setitem__(c, s.copy()))
     kept_rows = np.array(await mpc.output(kept)).reshape(-1, sum(widths)).tolist()
+    stored = {c: s for c, s in replayed.items() if c % 2 == 0}  # every other column
+    mixed = await linked_table(linkage, block, widths, value_type(), keep=everywhere,
+                               stored=stored)
+    mixed_rows = np.array(await mpc.output(mixed)).reshape(-1, sum(widths)).tolist()
     everyone = sorted(set().union(*(holdings(q) for q in range(m))))
     oracle = []
     for key in everyone:
@@ -101,6 +107,8 @@ async def linkage_and_replay() -> dict:
             == sorted(map(tuple, oracle)),
             "kept_rows_match_the_inner_join": sorted(map(tuple, kept_rows))
             == sorted(map(tuple, full)) and len(full) > 0,
+            "stored_columns_give_the_same_table": mixed_rows == kept_rows
+            and sorted(replayed) == list(range(sum(widths))),
             "multiplicity_matches": linkage.multiplicity() == counts}
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,9 @@ CHUNK_ELEMENTS = 500_000
 
 
 async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype,
-                       progress=None, keep: np.ndarray | None = None):
+                       progress=None, keep: np.ndarray | None = None,
+                       stored: Mapping[int, np.ndarray] | None = None,
+                       on_replayed: Callable[[int, np.ndarray], None] | None = None):
     """One row per linked person (group; only the groups ``keep`` lists, in its order,
     when given), columns of all parties' blocks. Opens nothing.
 
@@ -232,6 +235,10 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
     shuffled by the remaining stored permutations, and summed per person by the stored
     public grouping. ``progress`` hears of ``input`` steps: each chunk's input and each
     subset's shuffle of it.
+
+    ``stored`` maps table columns (party by party) to this party's shares of them from
+    an earlier run, ``(L, people)`` uint32 limbs (:mod:`.replay_cache`): those are not
+    replayed. ``on_replayed(column, shares)`` hears of every column that was.
     """
     field = VALUE
     if sectype.field.modulus != field.modulus:
@@ -241,35 +248,45 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
     order = np.argsort(linkage.groups, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(linkage.groups[order]) != 0])
     kept = np.arange(len(starts)) if keep is None else np.asarray(keep, dtype=np.int64)
+    columns = dict(stored or {})
+    if any(c.shape != (field.limbs, len(kept)) for c in columns.values()):
+        raise ValueError("a stored column does not fit the linked table")
+    offsets = np.cumsum([0, *widths]).tolist()
+    replay = [[j for j in range(width) if offsets[party] + j not in columns]
+              for party, width in enumerate(widths)]
     step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
     prefixes = [owner_prefix(party, m, t) for party in range(len(widths))]
-    done = Steps(progress, "input", sum(-(-width // step) * (1 + _subset_count() - len(prefix))
-                                        for width, prefix in zip(widths, prefixes, strict=True)))
+    done = Steps(progress, "input", sum(-(-len(cols) // step) * (1 + _subset_count() - len(pre))
+                                        for cols, pre in zip(replay, prefixes, strict=True)))
     own = None
     if block.size:
         own = field.from_ints(np.asarray(block, dtype=object) % field.modulus)
         own = own.reshape(field.limbs, *block.shape)
-    parts = []
-    for party, width in enumerate(widths):
-        for first in range(0, width, step):
-            cols = min(step, width - first)
+    for party, cols in enumerate(replay):
+        for first in range(0, len(cols), step):
+            chunk = cols[first:first + step]
             mine = None
             if mpc.pid == party:
-                mine = _stacked_plain(own[:, :, first:first + cols], linkage.sizes, party)
+                mine = _stacked_plain(own[:, :, chunk], linkage.sizes, party)
                 mine = permute_plain(mine, linkage.seeds, prefixes[party])
-            stacked = await _input_stacked(field, mine, party, n_rows, cols)
+            stacked = await _input_stacked(field, mine, party, n_rows, len(chunk))
             done()
             shuffled, scale = await shuffle_rows(field, stacked, linkage.seeds, done,
                                                  skip=len(prefixes[party]))
+            sums = np.zeros((field.limbs, 0, len(chunk)), dtype=np.uint32)
             if len(kept):
                 sums = np.add.reduceat(shuffled[:, order], starts, axis=1)[:, kept]
                 flat = sums.reshape(field.limbs, -1)
                 unscaled = field.combine([(pow(scale, -1, field.modulus), flat)], flat.shape[1])
-                parts.append(field.freeze(unscaled).astype(np.uint32).reshape(sums.shape))
+                sums = field.freeze(unscaled).astype(np.uint32).reshape(sums.shape)
+            for i, j in enumerate(chunk):
+                columns[offsets[party] + j] = sums[:, :, i]
+                if on_replayed is not None:
+                    on_replayed(offsets[party] + j, sums[:, :, i])
     groups, total = len(kept), sum(widths)
-    if not parts:
+    if not groups or not total:
         return wrap(sectype, np.zeros((groups, total), dtype=object))
-    table = np.concatenate(parts, axis=2).reshape(field.limbs, groups * total)
+    table = np.stack([columns[c] for c in range(total)], axis=2).reshape(field.limbs, -1)
     values = np.array(field.to_ints(table), dtype=object).reshape(groups, total)
     return wrap(sectype, values, reduced=True)
 
