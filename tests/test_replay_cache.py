@@ -8,6 +8,7 @@ and any lost, altered or unreadable entry at any party makes every party replay 
 from __future__ import annotations
 
 import json
+import os
 import stat
 
 import numpy as np
@@ -67,6 +68,20 @@ def test_a_damaged_entry_is_reported_as_absent(tmp_path, damage):
     if damage in ("token", "identity"):
         meta_path.write_text(json.dumps(meta))
     assert ColumnCache(tmp_path).token("col") == 0
+
+
+def test_the_least_recently_used_columns_go_beyond_capacity(tmp_path):
+    column = _shares(100)
+    size = len(column.tobytes()) + 128  # the .npy header
+    cache = ColumnCache(tmp_path, capacity=3 * size)
+    for i in range(3):
+        cache.store(f"col-{i}", None, token=i + 1, shares=column)
+    old = cache._paths("col-1")[0].stat().st_mtime - 100
+    for i in range(3):  # col-0 used most recently, col-2 least
+        os.utime(cache._paths(f"col-{i}")[0], (old + (2 - i) * 10,) * 2)
+    cache.store("col-3", None, token=4, shares=column)
+    kept = {f"col-{i}" for i in range(4) if ColumnCache(tmp_path).token(f"col-{i}")}
+    assert kept == {"col-0", "col-1", "col-3"}
 
 
 def test_identities_tell_columns_apart():

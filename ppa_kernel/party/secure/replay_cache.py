@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 TOKEN_BITS = 60
 """Bits of an entry's token (a sum of every party's random nonce, modulo 2^60)."""
 
+CAPACITY_BYTES = 4 << 30
+"""Most bytes of stored columns per epoch; beyond it the least recently used go (an
+analyst who asks for ever new expressions costs replays, never the owner's disk)."""
+
 
 def column_identity(program: Program, feature: Feature, joined: int) -> str:
     """The public name of a linked-table column: owner, feature, join size (and the
@@ -81,8 +85,9 @@ def content_digest(column: np.ndarray) -> str:
 class ColumnCache:
     """This party's stored linked-table columns of one epoch (``folder / "columns"``)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, capacity: int = CAPACITY_BYTES):
         self.folder = folder / "columns"
+        self.capacity = capacity
         self.loaded: dict[str, np.ndarray] = {}
 
     def _paths(self, identity: str) -> tuple[Path, Path]:
@@ -108,6 +113,7 @@ class ColumnCache:
             logger.warning("dropped a stored column of the wrong shape %s", shares.shape)
             return 0
         self.loaded[identity] = shares
+        os.utime(meta_path)  # recently used: evicted last
         return token
 
     def shares(self, identity: str) -> np.ndarray:
@@ -137,3 +143,25 @@ class ColumnCache:
         fd = os.open(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(meta, fh)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used columns until the rest fit :attr:`capacity`
+        (a column without its description goes first: it is unusable)."""
+        entries = []
+        for data_path in self.folder.glob("*.npy"):
+            meta_path = data_path.with_suffix(".json")
+            try:
+                used = meta_path.stat().st_mtime if meta_path.exists() else 0.0
+                entries.append((used, data_path.stat().st_size, data_path, meta_path))
+            except OSError:
+                continue
+        total = sum(size for _, size, _, _ in entries)
+        for _, size, data_path, meta_path in sorted(entries, key=lambda e: e[0]):
+            if total <= self.capacity:
+                break
+            meta_path.unlink(missing_ok=True)
+            data_path.unlink(missing_ok=True)
+            total -= size
+            logger.info("evicted a stored column (%d bytes) to stay within %d", size,
+                        self.capacity)
