@@ -81,7 +81,7 @@ def _chi2_plain(joined: pd.DataFrame) -> float:
 
 
 def _chi2_compare(got: pd.DataFrame, want: float) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([got.loc[0, "chi2"]], dtype=float), np.array([want])
+    return np.array([got.loc["all", "chi2"]], dtype=float), np.array([want])
 
 
 CORR_COLUMNS = ["cost_2020", "cost_2021", "age", "outpatient_visits"]
