@@ -67,6 +67,23 @@ def test_kernels_keep_one_spare_and_replace_a_dead_one(tmp_path):
             psutil.Process(kernels[party]).status() == psutil.STATUS_ZOMBIE
 
 
+def test_the_next_spare_is_started_while_a_run_is_under_way(tmp_path):
+    """A run right after another need not wait for a worker's imports: the next spare
+    is started as soon as the run's worker has its job."""
+    data = generate(n_core=600, seed=5)
+    with Consortium.local(data, link="pseudonym", workdir=tmp_path) as c:
+        for party in PARTIES:
+            wait_for(lambda p=party: spares(c, p), timeout=20)
+        seen: dict[str, int] = {}
+
+        def look(party: str, phase: str, elapsed: float) -> None:
+            if phase == "input" and party not in seen:  # the run's worker is busy now
+                seen[party] = len(wait_for(lambda: spares(c, party), timeout=20))
+
+        c.run(c.link().agg(n=("age", "count")).plan(), progress=look)
+        assert seen == {p: 1 for p in PARTIES}
+
+
 def spare(jobs: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ppa_kernel.cli", "worker", "--spare",
                              str(jobs)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,

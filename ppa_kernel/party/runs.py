@@ -5,7 +5,8 @@ A worker process serves one run and exits. To keep its start-up (Python, pandas,
 party's modules: about 0.7 s) out of every run, the kernel keeps one *spare*: a worker
 started ahead, its modules imported, waiting on its stdin for the path of a job file.
 A run takes the spare (or starts one when there is none) and a new spare is started
-once the run has ended. The spare is the party's own code, sees nothing before its job,
+as soon as the run's worker has its job, so that a run right after it need not wait
+for the imports. The spare is the party's own code, sees nothing before its job,
 and ends when the kernel's end of its stdin closes.
 
 Workers do not listen: the kernel's :class:`.mpc_listener.MPCListener` accepts the MPC
@@ -140,6 +141,7 @@ class Workers:
             self._handoffs[run_id] = worker.handoff
             try:
                 await worker.give(job_path)
+                self.start_spare()  # the next run's worker imports while this one runs
                 await asyncio.wait_for(self._follow(worker, progress), timeout)
             except TimeoutError:
                 await self.kill(run_id)
@@ -157,7 +159,7 @@ class Workers:
             worker.kill()  # a worker given no job (the job file failed) waits on
             worker.close()
             shutil.rmtree(folder, ignore_errors=True)
-            self.start_spare()  # the next run's worker, importing while this one replies
+            self.start_spare()  # if the one started above failed or was never started
 
     async def _follow(self, proc: WorkerProcess, progress: Progress) -> None:
         assert proc.stdout is not None
