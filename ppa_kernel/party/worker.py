@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -35,6 +35,10 @@ from ppa_kernel.contract.errors import (
 )
 
 from .job import JOB_FILE, Job, mpyc_argv
+
+if TYPE_CHECKING:  # imported at run time only inside the worker (MPyC reads sys.argv)
+    from .secure.history import History
+    from .secure.linkage import Linkage
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +136,8 @@ class Epoch:
     afresh, the agreed token of each stored table column (0: replay it) and the token
     under which this run's replayed columns are kept (:mod:`.secure.replay_cache`)."""
 
-    linkage: Any
-    history: Any
+    linkage: Linkage
+    history: History
     relinked: bool
     columns: list[int]
     token: int
