@@ -9,18 +9,13 @@ opening primitives through MPyC's own ``output``.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mpc_launch import run_program
 
 from ppa_kernel.party.secure import limbs
 from ppa_kernel.party.secure.limbs import LINK, VALUE
@@ -35,7 +30,7 @@ def values_of(f: limbs.LimbField):
     return st.one_of(st.integers(min_value=0, max_value=p - 1), edge)
 
 
-PROGRAM = Path(__file__).parent / "mpc_programs" / "limb_protocol_check.py"
+PROGRAM = "limb_protocol_check.py"
 
 
 @FIELDS
@@ -147,26 +142,8 @@ def test_p_minus_one_is_accepted_on_the_wire(f):
     assert f.to_ints(f.from_bytes(data, 1)) == [f.modulus - 1]
 
 
-def _free_base_port(parties: int) -> int:
-    for _ in range(50):
-        base = random.randrange(20000, 60000)
-        try:
-            sockets = [socket.create_server(("localhost", base + i)) for i in range(parties)]
-        except OSError:
-            continue
-        for s in sockets:
-            s.close()
-        return base
-    raise RuntimeError("no free run of ports")
-
-
 def _run(parties: int, *extra: str, env: dict | None = None) -> dict:
-    args = [sys.executable, str(PROGRAM), f"-M{parties}", "-B", str(_free_base_port(parties)),
-            *extra]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **(env or {})}, cwd=Path(__file__).parent.parent)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_program(PROGRAM, parties, *extra, env=env)
 
 
 @pytest.mark.parametrize("parties, extra", [(3, ()), (5, ())])

@@ -126,18 +126,22 @@ def test_residual_df_and_plan_errors(consortium):
         validate_plan({**plan, "model": numeric})
 
 
-def test_logistic_function_in_mpc():
-    """The secure logistic function (one in-process party) against numpy."""
-    from ppa_kernel.party.secure.logistic import logistic
+@pytest.mark.parametrize("form", ["limbs", "objects"])
+def test_logistic_function_in_mpc(form):
+    """The secure logistic function (one in-process party) against numpy, on limb shares
+    and on MPyC's share arrays (the reference path)."""
+    from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
     from ppa_kernel.party.secure.runtime import mpc, value_type
+
+    ops = {"limbs": LimbOps, "objects": ObjectOps}[form]
 
     field = value_type().field
     u = np.concatenate([np.linspace(-250, 250, 101), np.linspace(-3, 3, 61)])
     raw = np.array([round(v * 2 ** 56) % field.modulus for v in u], dtype=object)
-    p, w, spill = mpc.run(logistic(raw))
+    p, w, spill = mpc.run(logistic(raw, ops))
     assert int(spill[0]) == 0  # every |u| < 256
     outside = np.array([0, 300 * 2 ** 56, field.modulus - 400 * 2 ** 56], dtype=object)
-    assert int(mpc.run(logistic(outside))[2][0]) != 0
+    assert int(mpc.run(logistic(outside, ops))[2][0]) != 0
     half = field.modulus // 2
 
     def real(shares) -> np.ndarray:
@@ -152,7 +156,7 @@ def test_logistic_function_in_mpc():
     assert (np.abs(p / want - 1)[inner] < 1e-11).all()
 
 
-@pytest.mark.parametrize("carry", [1, 3])
+@pytest.mark.parametrize("carry", [1, 3, 4, 10])  # 3, 4 and 5 parties: 3, 4 and 10
 def test_exponential_and_division_constants(carry):
     """The public constants of the secure exponential and division, replayed in plain
     integers with the worst truncation carries: 2^g on [-carry, 1] and 1/D on

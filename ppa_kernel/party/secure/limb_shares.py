@@ -37,7 +37,7 @@ def _points() -> list[int]:
     return [p + 1 for p in range(len(mpc.parties))]
 
 
-def _stream(key: bytes, size: int) -> bytes:
+def key_stream(key: bytes, size: int) -> bytes:
     """``size`` bytes of the ChaCha20 key stream of a 32-byte key (nonce zero)."""
     cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
     return cipher.encryptor().update(bytes(size))
@@ -47,12 +47,12 @@ def _prf(field: LimbField, key: bytes, uci: bytes, k: int, n: int) -> np.ndarray
     """n pseudorandom field elements from a subset's key and a common input: the ChaCha20
     stream of SHA-256(label, key, input, k)."""
     seed = hashlib.sha256(PRF_LABEL + bytes(key) + uci + k.to_bytes(2, "big")).digest()
-    return field.from_random(_stream(seed, field.random_bytes(n)), n)
+    return field.from_random(key_stream(seed, field.random_bytes(n)), n)
 
 
 def _random_words(field: LimbField, n: int) -> np.ndarray:
     """n field elements uniform up to 2^-78 (a ChaCha20 stream under a fresh system key)."""
-    return field.from_random(_stream(os.urandom(32), field.random_bytes(n)), n)
+    return field.from_random(key_stream(os.urandom(32), field.random_bytes(n)), n)
 
 
 def _subset_terms(field: LimbField, powers: range, n: int) -> list[tuple[int, np.ndarray]]:

@@ -129,6 +129,12 @@ class LimbField:
             return self.zeros(n)
         return self._carry(acc)
 
+    def total(self, a: np.ndarray) -> np.ndarray:
+        """The sum of all elements of ``a`` as a ``(L, 1)`` array (fewer than 2^30 of them)."""
+        if a.shape[1] >= 1 << 30:
+            raise ValueError("too many elements to sum at once")
+        return self._carry(a.sum(axis=1, dtype=np.uint64, keepdims=True))
+
     def _propagate(self, d: np.ndarray) -> None:
         """Carry limb i's excess into limb i + 1 (in place), without folding the top."""
         for i in range(self.limbs - 1):
@@ -174,6 +180,43 @@ class LimbField:
         d = pieces[:self.limbs].astype(np.uint64)
         d[:self.RANDOM_EXTRA] += pieces[self.limbs:] * self.fold  # 2^(26 L) = fold (mod p)
         return self._carry(d)
+
+    def bounded_bytes(self, n: int, bits: int) -> int:
+        """Bytes :meth:`from_random_bits` needs for n elements below 2^bits."""
+        return 4 * -(-bits // BITS) * n
+
+    def from_random_bits(self, data: bytes, n: int, bits: int) -> np.ndarray:
+        """n integers uniform in [0, 2^bits) (bits < k) from uniformly random bytes."""
+        if not 0 < bits < self.k:
+            raise ValueError(f"bounded random values need 0 < bits < {self.k}")
+        count = -(-bits // BITS)
+        drawn = np.frombuffer(data, dtype="<u4", count=count * n).reshape(count, n)
+        d = self.zeros(n)
+        d[:count] = drawn & np.uint32(MASK)
+        d[count - 1] &= np.uint64((1 << (bits - BITS * (count - 1))) - 1)
+        return d
+
+    def shift_right(self, a: np.ndarray, f: int) -> np.ndarray:
+        """The canonical values of ``a`` shifted right by ``f`` bits (public values)."""
+        d = self.freeze(a)
+        q, r = divmod(f, BITS)
+        out = self.zeros(d.shape[1])
+        for j in range(self.limbs - q):
+            piece = d[j + q] >> np.uint64(r)
+            if r and j + q + 1 < self.limbs:
+                piece |= (d[j + q + 1] << np.uint64(BITS - r)) & MASK
+            out[j] = piece
+        return out
+
+    def low_bits(self, a: np.ndarray, length: int) -> np.ndarray:
+        """The ``length`` low bits (least significant first) of the canonical values of
+        ``a`` (public values), as an ``(n, length)`` array of 0 and 1."""
+        d = self.freeze(a)
+        out = np.empty((d.shape[1], length), dtype=np.uint64)
+        for i in range(length):
+            q, r = divmod(i, BITS)
+            out[:, i] = (d[q] >> np.uint64(r)) & np.uint64(1)
+        return out
 
     def from_words(self, words: np.ndarray) -> np.ndarray:
         """Integers given as ``(n, W)`` little-endian 64-bit words, reduced mod p."""

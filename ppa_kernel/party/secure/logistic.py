@@ -39,6 +39,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import limb_fixed
 from .fixed import FRAC_BITS, truncate_product
 from .linalg import bits
 from .runtime import reshare, value_type
@@ -82,8 +83,8 @@ class _Constants:
         self.taylor = [_raw(Fraction(1, math.factorial(j))) for j in range(degree + 1)]
         with localcontext() as context:
             context.prec = 60
-            self.power_of_centre = _raw(Decimal(2) ** Decimal(centre.numerator)
-                                        / Decimal(centre.denominator))
+            self.power_of_centre = _raw(Decimal(2) ** (Decimal(centre.numerator)
+                                                       / Decimal(centre.denominator)))
         # 1/D for D in [a, b]: y0 = alpha - beta D, |1 - D y0| <= e0 (minimax)
         a, b = Fraction(1, 2 ** d), Fraction(3)
         beta = 2 / (a * b + (a + b) ** 2 / 4)
@@ -101,18 +102,70 @@ def constants() -> _Constants:
     return _Constants(carry_bound())
 
 
-async def logistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class ObjectOps:
+    """The arithmetic on MPyC's share arrays (Python integers): the reference path, and
+    the path under MPyC's ``no_prss`` option."""
+
+    truncate = staticmethod(truncate_product)
+    bits = staticmethod(bits)
+    stack = staticmethod(np.stack)
+    concatenate = staticmethod(np.concatenate)
+
+    @staticmethod
+    def array(u: np.ndarray) -> np.ndarray:
+        return np.asarray(u, dtype=object)
+
+    @staticmethod
+    def objects(x: np.ndarray) -> np.ndarray:
+        return x % value_type().field.modulus
+
+    @staticmethod
+    async def out_of_range(values: np.ndarray, digits: np.ndarray) -> np.ndarray:
+        """Shares of sum_i (v_i - bits(v_i))^2: the squares of a local product summed,
+        then one resharing of a single value; nothing is opened."""
+        field = value_type().field
+        weights = np.array([1 << i for i in range(digits.shape[1])], dtype=object)
+        gap = (np.asarray(values, dtype=object) - digits @ weights) % field.modulus
+        local = int(np.sum(gap * gap)) % field.modulus  # degree 2t
+        reshared = await reshare(field.array(np.array([local], dtype=object), check=False))
+        return np.asarray(reshared.value, dtype=object)
+
+
+class LimbOps:
+    """The same arithmetic on limb shares (:mod:`.limb_fixed`): no Python integer per
+    element; the default wherever the runtime has PRSS keys."""
+
+    truncate = staticmethod(limb_fixed.truncate)
+    bits = staticmethod(limb_fixed.bits)
+    stack = staticmethod(limb_fixed.stack)
+    concatenate = staticmethod(limb_fixed.concatenate)
+    out_of_range = staticmethod(limb_fixed.out_of_range)
+    array = staticmethod(limb_fixed.Shares.of)
+
+    @staticmethod
+    def objects(x: limb_fixed.Shares) -> np.ndarray:
+        return x.objects()
+
+
+def default_ops() -> type[ObjectOps] | type[LimbOps]:
+    return LimbOps if limb_fixed.available() else ObjectOps
+
+
+async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shares of ``p = 1 / (1 + 2^u)`` and ``p (1 - p)`` (raw fixed point) for shares of
     raw fixed-point ``u`` (n values), and of the out-of-range sum: 0 exactly when every
-    ``|u| < 2^(B-1)`` (a 1-element array; see :func:`_out_of_range`)."""
+    ``|u| < 2^(B-1)`` (a 1-element array; see ``out_of_range``). ``ops``: the share
+    arithmetic (:class:`LimbOps` or :class:`ObjectOps`; by default :func:`default_ops`);
+    results are MPyC share arrays either way."""
+    ops = ops or default_ops()
     c = constants()
-    u = np.asarray(u, dtype=object)
-    k = await truncate_product(u, FRAC_BITS, FRAC_BITS + 64)
+    u = ops.array(u)
+    k = await ops.truncate(u, FRAC_BITS, FRAC_BITS + 64)
     g = u - k * ONE
     offset = 1 << (EXPONENT_BITS - 1)
-    digits = await bits(k + offset, EXPONENT_BITS)
+    digits = await ops.bits(k + offset, EXPONENT_BITS)
     sign, low = digits[:, -1], digits[:, :-1]
-    spill = await _out_of_range(k + offset, digits)
+    spill = await ops.out_of_range(k + offset, digits)
     drop = np.array(c.drop, dtype=object)
     # 2^-k = prod 2^-(b_i 2^i) for k >= 0 (low = k); for k < 0, low = 2^(B-1) + k and
     # 2^k = 2^-(1 + sum (1 - b_i) 2^i) = 1/2 prod 2^-((1 - b_i) 2^i)
@@ -120,52 +173,41 @@ async def logistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     negative = ONE - (1 - low) * drop
     quarter = ONE >> 2  # the extra 1/2 in the first: (ONE - drop_0 (1 - b_0)) / 2
     negative[:, 0] = quarter + low[:, 0] * quarter
-    factors = np.stack([positive, negative])
-    (t,) = await _products((g - c.centre, c.step))
+    factors = ops.stack([positive, negative])
+    (t,) = await _products(ops, (g - c.centre, c.step))
     y = c.taylor[-1]
     for coefficient in reversed(c.taylor[:-1]):  # Horner; the factors' halvings ride along
         pairs = [(t, y)]
         if factors.shape[2] > 1:
             half = factors.shape[2] // 2
             pairs.append((factors[:, :, :half], factors[:, :, half:]))
-        done = await _products(*pairs)
+        done = await _products(ops, *pairs)
         y = done[0] + coefficient
         factors = done[1] if len(done) > 1 else factors
     while factors.shape[2] > 1:  # (only if the polynomial were shorter than the halvings)
         half = factors.shape[2] // 2
-        (factors,) = await _products((factors[:, :, :half], factors[:, :, half:]))
+        (factors,) = await _products(ops, (factors[:, :, :half], factors[:, :, half:]))
     for _ in range(c.squarings):
-        (y,) = await _products((y, y))
+        (y,) = await _products(ops, (y, y))
     power, inverse_power = factors[0, :, 0], factors[1, :, 0]
     exp_g, numerator, other = await _products(
-        (y, c.power_of_centre), (sign * ONE, power - ONE), ((1 - sign) * ONE, inverse_power - ONE))
+        ops, (y, c.power_of_centre), (sign * ONE, power - ONE),
+        ((1 - sign) * ONE, inverse_power - ONE))
     numerator, other = numerator + ONE, other + ONE
-    (excess,) = await _products((exp_g, other))  # D - N
-    reciprocal = await _goldschmidt(numerator + excess, c)
-    p, q = await _products((numerator, reciprocal), (excess, reciprocal))
-    (w,) = await _products((p, q))
-    modulus = value_type().field.modulus
-    return p % modulus, w % modulus, spill
+    (excess,) = await _products(ops, (exp_g, other))  # D - N
+    reciprocal = await _goldschmidt(ops, numerator + excess, c)
+    p, q = await _products(ops, (numerator, reciprocal), (excess, reciprocal))
+    (w,) = await _products(ops, (p, q))
+    spill = ops.objects(spill)
+    return ops.objects(p), ops.objects(w), spill
 
 
-async def _out_of_range(values: np.ndarray, digits: np.ndarray) -> np.ndarray:
-    """Shares of sum_i (v_i - bits(v_i))^2: the bit decomposition gives v mod 2^B, so
-    this is 0 exactly when every 0 <= v_i < 2^B (the squares of a local product summed,
-    then one resharing of a single value; nothing is opened)."""
-    field = value_type().field
-    weights = np.array([1 << i for i in range(digits.shape[1])], dtype=object)
-    gap = (np.asarray(values, dtype=object) - digits @ weights) % field.modulus
-    local = int(np.sum(gap * gap)) % field.modulus  # degree 2t
-    reshared = await reshare(field.array(np.array([local], dtype=object), check=False))
-    return np.asarray(reshared.value, dtype=object)
-
-
-async def _products(*pairs: tuple[np.ndarray, np.ndarray | int]) -> list[np.ndarray]:
+async def _products(ops, *pairs: tuple) -> list:
     """Fixed-point products of pairs of raw shares (or a share and a public raw
-    constant), all in one round (:func:`~.fixed.truncate_product`)."""
-    local = [np.asarray(a, dtype=object) * b for a, b in pairs]
-    flat = await truncate_product(np.concatenate([x.reshape(-1) for x in local]),
-                                  FRAC_BITS, PRODUCT_BITS)
+    constant), all in one round (``ops.truncate``: :func:`~.fixed.truncate_product`)."""
+    local = [a * b for a, b in pairs]
+    flat = await ops.truncate(ops.concatenate([x.reshape(-1) for x in local]),
+                              FRAC_BITS, PRODUCT_BITS)
     out, start = [], 0
     for x in local:
         out.append(flat[start:start + x.size].reshape(x.shape))
@@ -173,15 +215,15 @@ async def _products(*pairs: tuple[np.ndarray, np.ndarray | int]) -> list[np.ndar
     return out
 
 
-async def _goldschmidt(d: np.ndarray, c: _Constants) -> np.ndarray:
+async def _goldschmidt(ops, d, c: _Constants):
     """1/d for d in [2^-carry, 3) (raw shares); the two products of a step in one round."""
-    (scaled,) = await _products((d, c.beta))
+    (scaled,) = await _products(ops, (d, c.beta))
     y = c.alpha - scaled
-    (dy,) = await _products((d, y))
+    (dy,) = await _products(ops, (d, y))
     error = ONE - dy
     for step in range(c.goldschmidt):
         if step < c.goldschmidt - 1:
-            y, error = await _products((y, ONE + error), (error, error))
+            y, error = await _products(ops, (y, ONE + error), (error, error))
         else:
-            (y,) = await _products((y, ONE + error))
+            (y,) = await _products(ops, (y, ONE + error))
     return y

@@ -1,0 +1,296 @@
+"""Truncated products, random bits and bit decompositions on limb shares of the value
+field (:data:`.limbs.VALUE`): the per-row arithmetic of models without a Python integer
+per element and step (MPyC's field arrays are ``dtype=object``).
+
+The protocols are those of :func:`.fixed.truncate_product` and :func:`.linalg.bits`, with
+the same openings, masks and leakage; :class:`Shares` gives limb shares numpy's
+operators, so one algorithm (:func:`.logistic.logistic`) runs on either form and the
+object form stays the reference (and the path under MPyC's ``no_prss`` option).
+
+- Bounded pseudorandom sharings (no communication): for every subset S of m - t parties
+  with key k_S (MPyC's PRSS keys), u_S = PRF(k_S, input) is uniform in [0, 2^b) and
+  party i holds ``sum_S u_S lambda_S(x_i)``, ``lambda_S(x) = prod_{j not in S}
+  (x_j - x) / x_j``: degree t, 1 at 0 and 0 at the parties outside S, so the secret is
+  exactly ``sum_S u_S``, as for MPyC's bounded ``_np_randoms``.
+- Random bits: a dealer (party 0) shares uniform bits, every subset without the dealer
+  adds a PRSS bit, and the bits are XORed (x + y - 2xy; one product round for three
+  parties). Any t parties either exclude the dealer, whose bits Shamir sharing hides, or
+  include it and then miss the subset of the other m - t parties, whose bit the PRF
+  hides: the XOR is uniform to them. Nothing is opened; MPyC instead opens squares of
+  random numbers and takes a 256-bit modular square root per bit (26 µs per bit here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from ppa_kernel.contract.models import MASKED_TRUNCATION
+
+from . import limb_shares
+from .limbs import VALUE
+from .openings import MASKED_COMPARISON, reveal_limbs
+from .runtime import exchange, mpc, prss_input, prss_keys
+
+F = VALUE
+PRF_LABEL = b"ppa-limb-fixed-v1"
+DEALER = 0
+"""The party that deals the random bits' first term."""
+
+
+def available() -> bool:
+    """Whether this runtime has the PRSS keys these protocols need."""
+    return not mpc.options.no_prss
+
+
+class Shares:
+    """This party's shares of an array of value-field elements as limbs ``(L, *shape)``:
+    degree t, or up to 2t after a local product (then :func:`reshare` or :func:`truncate`).
+    ``+``, ``-`` and ``*`` with public integers or integer arrays, and ``*`` of two share
+    arrays (a local product), act as on MPyC's share arrays; ``[...]`` indexes elements."""
+
+    __array_priority__ = 100  # ndarray <op> Shares defers to the reflected method
+
+    def __init__(self, limbs: np.ndarray) -> None:
+        self.limbs = limbs
+
+    @classmethod
+    def of(cls, values) -> Shares:
+        """Limb shares of MPyC shares (an array of integers of any shape)."""
+        values = np.asarray(values, dtype=object)
+        flat = F.from_ints(values.reshape(-1) % F.modulus) if values.size else F.zeros(0)
+        return cls(flat.reshape(F.limbs, *values.shape))
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> Shares:
+        return cls(np.zeros((F.limbs, *shape), dtype=np.uint64))
+
+    def objects(self) -> np.ndarray:
+        """The shares as an object array of integers in range(p) (MPyC's form)."""
+        return np.array(F.to_ints(self.flat()), dtype=object).reshape(self.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.limbs.shape[1:]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def flat(self) -> np.ndarray:
+        """The limbs as a contiguous ``(L, size)`` array."""
+        return np.ascontiguousarray(self.limbs.reshape(F.limbs, -1))
+
+    def reshape(self, *shape) -> Shares:
+        """``reshape(n, k)`` or ``reshape((n, k))``, as numpy's."""
+        if len(shape) == 1 and isinstance(shape[0], tuple):
+            shape = shape[0]
+        return Shares(self.limbs.reshape(F.limbs, *shape))
+
+    def copy(self) -> Shares:
+        return Shares(self.limbs.copy())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @staticmethod
+    def _index(key) -> tuple:
+        return (slice(None), *(key if isinstance(key, tuple) else (key,)))
+
+    def __getitem__(self, key) -> Shares:
+        return Shares(self.limbs[self._index(key)])
+
+    def __setitem__(self, key, value: Shares) -> None:
+        self.limbs[self._index(key)] = value.limbs
+
+    def _public(self, value) -> np.ndarray:
+        """A public integer array as limbs that broadcast against these shares."""
+        c = np.asarray(value, dtype=object) % F.modulus
+        limbs = F.from_ints(c.reshape(-1))
+        return limbs.reshape(F.limbs, *([1] * (len(self.shape) - c.ndim)), *c.shape)
+
+    def linear(self, terms: Sequence[tuple[int, Shares]], constant: int = 0) -> Shares:
+        """``sum(c * s for c, s in terms) + constant`` for shares of this shape."""
+        out = F.combine([(c, s.flat()) for c, s in terms], self.size)
+        if constant % F.modulus:
+            out = F.add(out, F.constant(constant))
+        return Shares(out.reshape(F.limbs, *self.shape))
+
+    def __add__(self, other) -> Shares:
+        if isinstance(other, Shares):
+            return self.linear([(1, self), (1, other)])
+        if isinstance(other, (int, np.integer)):
+            return self.linear([(1, self)], int(other))
+        return Shares(F.add(self.limbs, self._public(other)))
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Shares:
+        return self.linear([(-1, self)])
+
+    def __sub__(self, other) -> Shares:
+        return self + (-other)
+
+    def __rsub__(self, other) -> Shares:
+        return (-self) + other
+
+    def __mul__(self, other) -> Shares:
+        if isinstance(other, Shares):
+            return Shares(F.mul(self.limbs, other.limbs))
+        if isinstance(other, (int, np.integer)):
+            return self.linear([(int(other), self)])
+        return Shares(F.mul(self.limbs, self._public(other)))
+
+    __rmul__ = __mul__
+
+
+def stack(arrays: Sequence[Shares]) -> Shares:
+    return Shares(np.stack([a.limbs for a in arrays], axis=1))
+
+
+def concatenate(arrays: Sequence[Shares]) -> Shares:
+    return Shares(np.concatenate([a.flat() for a in arrays], axis=1))
+
+
+# -- pseudorandom sharings ------------------------------------------------------------------
+
+
+def _basis(subset: tuple[int, ...]) -> int:
+    """lambda_S at this party's point, mod p (see the module docstring)."""
+    points = [p + 1 for p in range(len(mpc.parties))]
+    outside = [points[j] for j in range(len(points)) if j not in subset]
+    numerator = math.prod(x - points[mpc.pid] for x in outside)
+    return numerator * pow(math.prod(outside), -1, F.modulus) % F.modulus
+
+
+def _prf(key: bytes, uci: bytes, tag: bytes, size: int) -> bytes:
+    seed = hashlib.sha256(PRF_LABEL + bytes(key) + uci + tag).digest()
+    return limb_shares.key_stream(seed, size)
+
+
+def bounded_random(n: int, bits: int) -> Shares:
+    """Shares of n secret sums of d pseudorandom terms, each uniform in [0, 2^bits)."""
+    uci, tag = prss_input(), b"bounded" + bits.to_bytes(2, "big")
+    terms = [(_basis(subset), F.from_random_bits(_prf(key, uci, tag, F.bounded_bytes(n, bits)),
+                                                 n, bits))
+             for subset, key in prss_keys().items()]
+    return Shares(F.combine(terms, n))
+
+
+def _bit_limbs(bits: np.ndarray) -> np.ndarray:
+    out = F.zeros(len(bits))
+    out[0] = bits
+    return out
+
+
+def _random_bit_array(data: bytes, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n]
+
+
+async def random_bits(n: int) -> Shares:
+    """Shares of n secret uniformly random bits (see the module docstring)."""
+    m, t, me = len(mpc.parties), mpc.threshold, mpc.pid
+    uci, size = prss_input(), -(-n // 8)
+    outgoing, dealt = {}, None
+    if me == DEALER:
+        secret = _bit_limbs(_random_bit_array(os.urandom(size), n))
+        pieces = limb_shares.split(F, secret, t, m)
+        outgoing = {pid: F.to_bytes(piece) for pid, piece in enumerate(pieces) if pid != me}
+        dealt = pieces[me]
+    received = await exchange(outgoing, [] if me == DEALER else [DEALER])
+    if dealt is None:
+        dealt = limb_shares.parse(F, received[DEALER], n, DEALER)
+    terms = [Shares(dealt)]
+    keys = prss_keys()
+    for subset in itertools.combinations(range(m), m - t):
+        if DEALER in subset:
+            continue
+        if me in subset:
+            bits = _bit_limbs(_random_bit_array(_prf(keys[subset], uci, b"bit", size), n))
+            terms.append(Shares(F.combine([(_basis(subset), bits)], n)))
+        else:
+            terms.append(Shares.zeros((n,)))
+    while len(terms) > 1:  # XOR pairwise, one product round per level
+        pairs = list(zip(terms[0::2], terms[1::2], strict=False))
+        products = await multiply(pairs)
+        xored = [x.linear([(1, x), (1, y), (-2, xy)]) for (x, y), xy in zip(pairs, products)]
+        terms = xored + terms[2 * len(pairs):]
+    return terms[0]
+
+
+# -- products, truncations, bits --------------------------------------------------------------
+
+
+async def reshare(x: Shares) -> Shares:
+    """Degree-t shares of the values of which ``x`` holds degree-2t shares (one round)."""
+    return Shares((await limb_shares.reshare(F, x.flat())).reshape(F.limbs, *x.shape))
+
+
+def _split(flat: Shares, like: Sequence[Shares]) -> list[Shares]:
+    out, start = [], 0
+    for x in like:
+        out.append(Shares(flat.limbs[:, start:start + x.size].reshape(F.limbs, *x.shape)))
+        start += x.size
+    return out
+
+
+async def multiply(pairs: Sequence[tuple[Shares, Shares]]) -> list[Shares]:
+    """Degree-t shares of the elementwise products of pairs of share arrays, one round."""
+    local = [a * b for a, b in pairs]
+    return _split(await reshare(concatenate(local)), local)
+
+
+async def truncate(x: Shares, f: int, l: int) -> Shares:  # noqa: E741 (MPyC's name)
+    """Degree-t shares of ``x / 2^f`` rounded up by at most d units, for shares of degree
+    up to 2t of ``|x| < 2^(l-1)``: :func:`.fixed.truncate_product`, same opening
+    (``protocol.truncation_masked``: x plus a pseudorandom mask 30 bits longer)."""
+    n, k = x.size, mpc.options.sec_param
+    low, high = bounded_random(n, f), bounded_random(n, k + l - f)
+    offset = 1 << (l - 1)
+    hidden = F.combine([(1, x.flat()), (1, low.limbs), (1 << f, high.limbs),
+                        (1, limb_shares.zero_shares(F, n))], n)
+    opened = await reveal_limbs(MASKED_TRUNCATION, F, F.add(hidden, F.constant(offset)),
+                                threshold=2 * mpc.threshold)
+    out = F.add(F.combine([(-1, high.limbs)], n), F.shift_right(opened, f))
+    return Shares(F.add(out, F.constant(-(offset >> f))).reshape(F.limbs, *x.shape))
+
+
+async def bits(values: Shares, length: int) -> Shares:
+    """Shares of the bits (low to high, shape n x length) of secret integers
+    0 <= x < 2^length: :func:`.linalg.bits`, same opening (``protocol.comparison_masked``:
+    x minus random bits plus a pseudorandom multiple of 2^length 30 bits longer)."""
+    n, k = values.size, mpc.options.sec_param
+    values = values.reshape(n)
+    low = (await random_bits(n * length)).reshape(n, length)
+    r_low = values.linear([(1 << i, low[:, i]) for i in range(length)])
+    r_high = bounded_random(n, k)
+    hidden = values.linear([(1, values), (-1, r_low), (1 << length, r_high)], 1 << length)
+    opened = await reveal_limbs(MASKED_COMPARISON, F, hidden.flat(), threshold=mpc.threshold)
+    a = F.low_bits(opened, length)  # public bits of c; x mod 2^length = c + r_low
+    generate = Shares(low.limbs * a)
+    propagate = Shares(np.where(a.astype(bool), (1 - low).limbs, low.limbs))
+    g, p = generate.copy(), propagate.copy()
+    step = 1
+    while step < length:  # carry lookahead, as in linalg.bits
+        pg, pp = await multiply([(p[:, step:], g[:, :-step]), (p[:, step:], p[:, :-step])])
+        g[:, step:] = g[:, step:] + pg
+        p[:, step:] = pp
+        step *= 2
+    carry = Shares.zeros((n, length))
+    carry[:, 1:] = g[:, :-1]
+    (both,) = await multiply([(propagate, carry)])
+    return propagate.linear([(1, propagate), (1, carry), (-2, both)])
+
+
+async def out_of_range(values: Shares, digits: Shares) -> Shares:
+    """Shares (1 element) of ``sum_i (v_i - bits(v_i))^2``: 0 exactly when every v_i is
+    below 2^length (see :func:`.logistic.logistic`); one resharing, nothing opened."""
+    n, length = digits.shape
+    values = values.reshape(n)
+    gap = values.linear([(1, values)] + [(-(1 << i), digits[:, i]) for i in range(length)])
+    return await reshare(Shares(F.total((gap * gap).flat())))

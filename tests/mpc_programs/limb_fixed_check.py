@@ -1,0 +1,122 @@
+"""Run under MPyC's local launcher (``python limb_fixed_check.py -M3 -B PORT``).
+
+Checks the limb-share protocols of :mod:`ppa_kernel.party.secure.limb_fixed` (random bits,
+bounded pseudorandom sharings, truncated products, bit decompositions) against plaintext
+oracles of the opened values, and the logistic function on limb shares against the same
+function on MPyC's share arrays and against exact arithmetic; party 0 prints one JSON
+line. Not collected by pytest: tests/test_limb_fixed.py starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+
+import numpy as np
+
+from ppa_kernel.contract.models import MASKED_TRUNCATION
+from ppa_kernel.party.secure import limb_fixed
+from ppa_kernel.party.secure.limb_fixed import F, Shares
+from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
+from ppa_kernel.party.secure.openings import LEDGER, MASKED_COMPARISON, reveal_limbs
+from ppa_kernel.party.secure.runtime import allow_disconnects, mpc, shares, value_type
+from ppa_kernel.party.secure.truncation import carry_bound
+
+N = 3000
+
+
+def signed(v: int) -> int:
+    return v - F.modulus if v > F.modulus // 2 else v
+
+
+async def open_(x: Shares, threshold: int | None = None) -> list[int]:
+    t = mpc.threshold if threshold is None else threshold
+    return F.to_ints(await reveal_limbs("check.open", F, x.flat(), threshold=t))
+
+
+async def shared(values: list[int]) -> Shares:
+    """Limb shares of party 0's integers (signed values mod p)."""
+    sectype = value_type()
+    mine = [v % F.modulus for v in values] if mpc.pid == 0 else [0] * len(values)
+    x = await shares(mpc.input(sectype.array(sectype.field.array(mine)), senders=0))
+    return Shares.of(x)
+
+
+async def main():
+    await mpc.start()
+    d, report = carry_bound(), {"parties": len(mpc.parties), "threshold": mpc.threshold}
+    bits = await open_(await limb_fixed.random_bits(N))
+    report["random_bits_are_bits"] = set(bits) <= {0, 1}
+    report["random_bits_balanced"] = 0.45 < sum(bits) / N < 0.55
+    again = await open_(await limb_fixed.random_bits(N))
+    report["random_bits_differ_per_call"] = again != bits
+    bounded = await open_(limb_fixed.bounded_random(N, 20))
+    report["bounded_below_bound"] = max(bounded) < d << 20 and max(bounded) > 1 << 19
+
+    rng = secrets.SystemRandom()
+    x_plain = [rng.randrange(-(1 << 90), 1 << 90) for _ in range(N)]
+    y_plain = [rng.randrange(-(1 << 60), 1 << 60) for _ in range(N)]
+    x_plain[:4] = [0, -1, (1 << 90) - 1, -(1 << 90)]
+    x, y = await shared(x_plain), await shared(y_plain)
+    got = [signed(v) for v in await open_(await limb_fixed.truncate(x * y, 56, 153))]
+    want = [a * b >> 56 for a, b in zip(x_plain, y_plain)]
+    carries = {g - w for g, w in zip(got, want)}
+    report["truncated_products_round_up_by_at_most_d"] = carries <= set(range(d + 1))
+    report["truncation_carries_vary"] = len(carries) > 1
+    got = [signed(v) for v in await open_(await limb_fixed.truncate(x, 30, 92))]
+    report["truncation_of_degree_t_shares"] = all(
+        0 <= g - (a >> 30) <= d for g, a in zip(got, x_plain))
+
+    length = 9
+    v_plain = [rng.randrange(1 << length) for _ in range(N)]
+    v_plain[:3] = [0, 1, (1 << length) - 1]
+    v = await shared(v_plain)
+    digits = await limb_fixed.bits(v, length)
+    opened = np.array(await open_(digits)).reshape(N, length)
+    report["bits_match_plaintext"] = all(
+        opened[i].tolist() == [(a >> j) & 1 for j in range(length)]
+        for i, a in enumerate(v_plain))
+    spill = await open_(await limb_fixed.out_of_range(v, digits))
+    report["in_range_sum_is_zero"] = spill == [0]
+    wide = await shared([5, 1 << length, 7])
+    spill = await open_(await limb_fixed.out_of_range(wide, await limb_fixed.bits(wide, length)))
+    report["out_of_range_sum_is_nonzero"] = spill != [0]
+
+    u_real = np.concatenate([np.linspace(-240, 240, 201), np.linspace(-3, 3, 121),
+                             [rng.uniform(-40, 40) for _ in range(300)]])
+    u = await shares(mpc.input(value_type().array(value_type().field.array(
+        [round(w * 2 ** 56) % F.modulus for w in u_real] if mpc.pid == 0
+        else [0] * len(u_real))), senders=0))
+    start = len(LEDGER.entries)
+    forms = {}
+    for name, ops in (("limbs", LimbOps), ("objects", ObjectOps)):
+        p, w, spill = await logistic(u, ops)
+        opened_p = await open_(Shares.of(p))
+        opened_w = await open_(Shares.of(w))
+        forms[name] = (np.array([signed(a) / 2 ** 56 for a in opened_p]),
+                       np.array([signed(a) / 2 ** 56 for a in opened_w]),
+                       await open_(Shares.of(spill)))
+        if name == "limbs":
+            limb_names = {e["name"] for e in LEDGER.entries[start:]} - {"check.open"}
+    want = 1 / (1 + np.exp2(u_real))
+    for name, (p, w, spill) in forms.items():
+        report[f"logistic_{name}_p"] = float(np.abs(p - want).max()) < 1e-13
+        report[f"logistic_{name}_w"] = float(np.abs(w - want * (1 - want)).max()) < 1e-13
+        report[f"logistic_{name}_in_range"] = spill == [0]
+    report["logistic_forms_agree"] = float(np.abs(forms["limbs"][0] - forms["objects"][0])
+                                           .max()) < 2e-13  # each within 1e-13
+    report["limb_logistic_opens_only_masked_values"] = limb_names == {
+        MASKED_TRUNCATION, MASKED_COMPARISON}
+    report["relative_error"] = float(np.max(np.abs(forms["limbs"][0] / want - 1)[want > 1e-4]))
+    # 2^-40 at three parties; carries of up to 10 units (five parties) cost 5 bits
+    report["relative_error_small"] = report["relative_error"] < (1e-11 if d <= 3 else 2e-10)
+    report["sanity"] = math.isclose(float(want[100]), 0.5)
+    allow_disconnects()
+    await mpc.shutdown()
+    if mpc.pid == 0:
+        print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    mpc.run(main())
