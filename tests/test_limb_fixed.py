@@ -30,6 +30,14 @@ def test_public_shifts_and_low_bits_match_python_integers(values, shift, length)
     assert VALUE.low_bits(a, length).tolist() == [
         [(v >> i) & 1 for i in range(length)] for v in values]
     assert VALUE.to_ints(VALUE.total(a)) == [sum(values) % VALUE.modulus]
+    quotients = [v // 120 for v in values]
+    multiples = VALUE.from_ints([q * 120 for q in quotients])
+    assert VALUE.to_ints(VALUE.divide_exact(multiples, 120)) == quotients
+
+
+def test_exact_division_refuses_a_remainder():
+    with pytest.raises(ValueError, match="not a multiple of 6"):
+        VALUE.divide_exact(VALUE.from_ints([12, 13]), 6)
 
 
 @settings(max_examples=50, deadline=None)

@@ -195,7 +195,7 @@ async def _run(job: Job) -> dict:
     from ppa_kernel.contract.program import compile_plan
 
     from .owner import feature_matrix
-    from .secure import truncation  # noqa: F401  (installs the cheap truncation)
+    from .secure import limb_fixed, truncation  # noqa: F401  (cheap truncation, random bits)
     from .secure.disclosure import Rules
     from .secure.linkage import linked_table
     from .secure.openings import LEDGER
@@ -287,7 +287,7 @@ def _preload(argv: list[str] | None) -> None:
 
     if argv is not None:
         sys.argv = argv
-        from .secure import linkage, query, truncation  # noqa: F401
+        from .secure import limb_fixed, linkage, query, truncation  # noqa: F401
 
 
 def _wait_for_job(jobs: Path, argv: list[str] | None) -> Path | None:

@@ -16,11 +16,17 @@ import secrets
 import numpy as np
 
 from ppa_kernel.contract.models import MASKED_TRUNCATION
-from ppa_kernel.party.secure import limb_fixed
+from ppa_kernel.party.secure import limb_fixed, runtime
 from ppa_kernel.party.secure.limb_fixed import F, Shares
 from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
-from ppa_kernel.party.secure.openings import LEDGER, MASKED_COMPARISON, reveal_limbs
-from ppa_kernel.party.secure.runtime import allow_disconnects, mpc, shares, value_type
+from ppa_kernel.party.secure.openings import LEDGER, MASKED_COMPARISON, masked, reveal_limbs
+from ppa_kernel.party.secure.runtime import (
+    allow_disconnects,
+    mpc,
+    shares,
+    use_random_bits,
+    value_type,
+)
 from ppa_kernel.party.secure.truncation import carry_bound
 
 N = 3000
@@ -51,8 +57,28 @@ async def main():
     report["random_bits_balanced"] = 0.45 < sum(bits) / N < 0.55
     again = await open_(await limb_fixed.random_bits(N))
     report["random_bits_differ_per_call"] = again != bits
-    bounded = await open_(limb_fixed.bounded_random(N, 20))
-    report["bounded_below_bound"] = max(bounded) < d << 20 and max(bounded) > 1 << 19
+    field = value_type().field
+    drawn = await mpc.np_random_bits(field, N)  # a field array of shares, as MPyC's
+    installed = [int(v) for v in (await mpc.output(drawn)).value]
+    signs = await mpc.output(mpc.np_random_bits(value_type(), N, signed=True))
+    report["mpyc_random_bits_installed"] = set(installed) <= {0, 1} and len(set(installed)) == 2
+    report["mpyc_signed_random_bits"] = {int(v) for v in signs} == {-1, 1}
+    length = 12
+    values = [secrets.randbelow(1 << length) for _ in range(200)]
+    secint = mpc.SecInt(40, p=field.modulus)
+    x = mpc.input(secint.array(np.array([v if mpc.pid == 0 else 0 for v in values])), senders=0)
+    with masked(MASKED_COMPARISON):
+        opened_bits = await mpc.output(mpc.np_to_bits(x, length))
+    report["mpyc_bit_decomposition_on_new_bits"] = np.array(opened_bits).astype(int).tolist() \
+        == [[(v >> j) & 1 for j in range(length)] for v in values]
+    scaled, high = limb_fixed.scaled_random(N, 20, high=8)
+    D = limb_fixed.scale()
+    total, upper = await open_(scaled), await open_(high)
+    report["scaled_randoms_are_multiples_of_D"] = all(v % D == 0 for v in total + upper)
+    total, upper = [v // D for v in total], [v // D for v in upper]
+    report["scaled_randoms_below_bound"] = max(total) < d << 20 and max(total) > 1 << 19
+    report["scaled_randoms_high_parts"] = all(
+        h << 8 <= v < (h + d) << 8 for v, h in zip(total, upper))
 
     rng = secrets.SystemRandom()
     x_plain = [rng.randrange(-(1 << 90), 1 << 90) for _ in range(N)]
@@ -91,7 +117,10 @@ async def main():
     start = len(LEDGER.entries)
     forms = {}
     for name, ops in (("limbs", LimbOps), ("objects", ObjectOps)):
+        if name == "objects":  # the reference: MPyC's own random bits too
+            use_random_bits(runtime._mpyc_random_bits)
         p, w, spill = await logistic(u, ops)
+        use_random_bits(limb_fixed.np_random_bits)
         opened_p = await open_(Shares.of(p))
         opened_w = await open_(Shares.of(w))
         forms[name] = (np.array([signed(a) / 2 ** 56 for a in opened_p]),

@@ -8,10 +8,12 @@ operators, so one algorithm (:func:`.logistic.logistic`) runs on either form and
 object form stays the reference (and the path under MPyC's ``no_prss`` option).
 
 - Bounded pseudorandom sharings (no communication): for every subset S of m - t parties
-  with key k_S (MPyC's PRSS keys), u_S = PRF(k_S, input) is uniform in [0, 2^b) and
-  party i holds ``sum_S u_S lambda_S(x_i)``, ``lambda_S(x) = prod_{j not in S}
+  with key k_S (MPyC's PRSS keys), w_S = PRF(k_S, input) is uniform in [0, 2^b) and
+  party i holds ``sum_S w_S lambda_S(x_i)``, ``lambda_S(x) = prod_{j not in S}
   (x_j - x) / x_j``: degree t, 1 at 0 and 0 at the parties outside S, so the secret is
-  exactly ``sum_S u_S``, as for MPyC's bounded ``_np_randoms``.
+  exactly ``sum_S w_S``, as for MPyC's bounded ``_np_randoms``. The parties hold D = m!
+  times these shares (small-integer weights, no 256-bit product per element) and open
+  D times the masked value, which they divide by D.
 - Random bits: a dealer (party 0) shares uniform bits, every subset without the dealer
   adds a PRSS bit, and the bits are XORed (x + y - 2xy; one product round for three
   parties). Any t parties either exclude the dealer, whose bits Shamir sharing hides, or
@@ -22,6 +24,7 @@ object form stays the reference (and the path under MPyC's ``no_prss`` option).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import math
@@ -35,7 +38,16 @@ from ppa_kernel.contract.models import MASKED_TRUNCATION
 from . import limb_shares
 from .limbs import VALUE
 from .openings import MASKED_COMPARISON, reveal_limbs
-from .runtime import exchange, mpc, prss_input, prss_keys
+from .runtime import (
+    Runtime,
+    exchange,
+    mpc,
+    mpc_coro,
+    mpyc_random_bits,
+    prss_input,
+    prss_keys,
+    use_random_bits,
+)
 
 F = VALUE
 PRF_LABEL = b"ppa-limb-fixed-v1"
@@ -168,18 +180,44 @@ def _basis(subset: tuple[int, ...]) -> int:
     return numerator * pow(math.prod(outside), -1, F.modulus) % F.modulus
 
 
+def scale() -> int:
+    """D = m!: D lambda_S(x_i) is an integer for every subset S and party i."""
+    return math.factorial(len(mpc.parties))
+
+
+def _scaled_basis(subset: tuple[int, ...]) -> int:
+    """D lambda_S at this party's point: a small integer (the product of the points
+    outside S divides D)."""
+    points = [p + 1 for p in range(len(mpc.parties))]
+    outside = [points[j] for j in range(len(points)) if j not in subset]
+    return math.prod(x - points[mpc.pid] for x in outside) * (scale() // math.prod(outside))
+
+
 def _prf(key: bytes, uci: bytes, tag: bytes, size: int) -> bytes:
     seed = hashlib.sha256(PRF_LABEL + bytes(key) + uci + tag).digest()
     return limb_shares.key_stream(seed, size)
 
 
-def bounded_random(n: int, bits: int) -> Shares:
-    """Shares of n secret sums of d pseudorandom terms, each uniform in [0, 2^bits)."""
-    uci, tag = prss_input(), b"bounded" + bits.to_bytes(2, "big")
-    terms = [(_basis(subset), F.from_random_bits(_prf(key, uci, tag, F.bounded_bytes(n, bits)),
-                                                 n, bits))
-             for subset, key in prss_keys().items()]
-    return Shares(F.combine(terms, n))
+def scaled_random(n: int, bits: int, high: int | None = None) -> tuple[Shares, Shares | None]:
+    """Shares of ``D * sum_S w_S`` for pseudorandom w_S uniform in [0, 2^bits), one per
+    subset S of m - t parties (no communication; D = :func:`scale`), and with ``high``
+    also of ``D * sum_S (w_S >> high)``. The scaled sharing needs only small-integer
+    weights; callers open D times a value and divide (or multiply by 1/D once)."""
+    uci, tag = prss_input(), b"scaled" + bits.to_bytes(2, "big")
+    total, upper = [], []
+    for subset, key in prss_keys().items():
+        weight = _scaled_basis(subset)
+        w = F.from_random_bits(_prf(key, uci, tag, F.bounded_bytes(n, bits)), n, bits)
+        total.append((weight, w))
+        if high is not None:
+            upper.append((weight, F.shift_right(w, high)))
+    return Shares(F.combine(total, n)), Shares(F.combine(upper, n)) if upper else None
+
+
+def _check_room(bits: int) -> None:
+    """D times a value of ``bits`` bits plus d masks must stay below p (no wrap)."""
+    if scale() * (2 + math.comb(len(mpc.parties), mpc.threshold)) << bits >= F.modulus:
+        raise ValueError(f"a masked opening of {bits} bits does not fit the field")
 
 
 def _bit_limbs(bits: np.ndarray) -> np.ndarray:
@@ -211,8 +249,8 @@ async def random_bits(n: int) -> Shares:
         if DEALER in subset:
             continue
         if me in subset:
-            bits = _bit_limbs(_random_bit_array(_prf(keys[subset], uci, b"bit", size), n))
-            terms.append(Shares(F.combine([(_basis(subset), bits)], n)))
+            bits = _random_bit_array(_prf(keys[subset], uci, b"bit", size), n)
+            terms.append(Shares(F.constant(_basis(subset)) * bits.astype(np.uint64)))
         else:
             terms.append(Shares.zeros((n,)))
     while len(terms) > 1:  # XOR pairwise, one product round per level
@@ -221,6 +259,27 @@ async def random_bits(n: int) -> Shares:
         xored = [x.linear([(1, x), (1, y), (-2, xy)]) for (x, y), xy in zip(pairs, products)]
         terms = xored + terms[2 * len(pairs):]
     return terms[0]
+
+
+@mpc_coro
+async def np_random_bits(self: Runtime, sftype, n, signed=False):
+    """MPyC's ``Runtime.np_random_bits`` (shape-(n,) random bits, or signs with
+    ``signed``) by :func:`random_bits` for the value field; MPyC's own otherwise."""
+    field = sftype.field if issubclass(sftype, self.SecureObject) else sftype
+    if field.order != F.modulus or not available():
+        return mpyc_random_bits(sftype, n, signed)
+    if issubclass(sftype, self.SecureObject):
+        await self.returnType((sftype.array, True, (n,)))
+    else:
+        await self.returnType(asyncio.Future)
+    drawn = await random_bits(n) if n else Shares.zeros((0,))
+    values = (2 * drawn - 1) if signed else drawn
+    f = getattr(sftype, "frac_length", 0)
+    values = values * (1 << f) if f else values
+    return field.array(values.objects(), check=False)
+
+
+use_random_bits(np_random_bits)
 
 
 # -- products, truncations, bits --------------------------------------------------------------
@@ -247,17 +306,22 @@ async def multiply(pairs: Sequence[tuple[Shares, Shares]]) -> list[Shares]:
 
 async def truncate(x: Shares, f: int, l: int) -> Shares:  # noqa: E741 (MPyC's name)
     """Degree-t shares of ``x / 2^f`` rounded up by at most d units, for shares of degree
-    up to 2t of ``|x| < 2^(l-1)``: :func:`.fixed.truncate_product`, same opening
-    (``protocol.truncation_masked``: x plus a pseudorandom mask 30 bits longer)."""
+    up to 2t of ``|x| < 2^(l-1)``: :func:`.fixed.truncate_product` with the same opening
+    (``protocol.truncation_masked``): ``c = x + 2^(l-1) + r_low + 2^f r_high`` with one
+    PRSS draw ``w_S = u_S + 2^f v_S`` per subset (r_low = sum u_S, r_high = sum v_S),
+    opened as D c so the sharing's weights stay small integers."""
     n, k = x.size, mpc.options.sec_param
-    low, high = bounded_random(n, f), bounded_random(n, k + l - f)
+    _check_room(k + l)
+    d = scale()
+    masks, high = scaled_random(n, k + l, high=f)
     offset = 1 << (l - 1)
-    hidden = F.combine([(1, x.flat()), (1, low.limbs), (1 << f, high.limbs),
-                        (1, limb_shares.zero_shares(F, n))], n)
-    opened = await reveal_limbs(MASKED_TRUNCATION, F, F.add(hidden, F.constant(offset)),
+    hidden = F.combine([(d, x.flat()), (1, masks.limbs), (1, limb_shares.zero_shares(F, n))], n)
+    opened = await reveal_limbs(MASKED_TRUNCATION, F, F.add(hidden, F.constant(d * offset)),
                                 threshold=2 * mpc.threshold)
-    out = F.add(F.combine([(-1, high.limbs)], n), F.shift_right(opened, f))
-    return Shares(F.add(out, F.constant(-(offset >> f))).reshape(F.limbs, *x.shape))
+    public = F.shift_right(F.divide_exact(opened, d), f)  # (c >> f), c = opened / D
+    out = F.combine([(-pow(d, -1, F.modulus), high.limbs)], n)  # - r_high
+    out = F.add(F.add(out, public), F.constant(-(offset >> f)))
+    return Shares(out.reshape(F.limbs, *x.shape))
 
 
 async def bits(values: Shares, length: int) -> Shares:
@@ -265,13 +329,15 @@ async def bits(values: Shares, length: int) -> Shares:
     0 <= x < 2^length: :func:`.linalg.bits`, same opening (``protocol.comparison_masked``:
     x minus random bits plus a pseudorandom multiple of 2^length 30 bits longer)."""
     n, k = values.size, mpc.options.sec_param
+    _check_room(k + length + 1)
+    d = scale()
     values = values.reshape(n)
     low = (await random_bits(n * length)).reshape(n, length)
     r_low = values.linear([(1 << i, low[:, i]) for i in range(length)])
-    r_high = bounded_random(n, k)
-    hidden = values.linear([(1, values), (-1, r_low), (1 << length, r_high)], 1 << length)
+    masks, _ = scaled_random(n, k)  # D r_high
+    hidden = values.linear([(d, values), (-d, r_low), (1 << length, masks)], d << length)
     opened = await reveal_limbs(MASKED_COMPARISON, F, hidden.flat(), threshold=mpc.threshold)
-    a = F.low_bits(opened, length)  # public bits of c; x mod 2^length = c + r_low
+    a = F.low_bits(F.divide_exact(opened, d), length)  # bits of c; x mod 2^length = c + r_low
     generate = Shares(low.limbs * a)
     propagate = Shares(np.where(a.astype(bool), (1 - low).limbs, low.limbs))
     g, p = generate.copy(), propagate.copy()

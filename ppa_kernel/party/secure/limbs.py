@@ -208,6 +208,23 @@ class LimbField:
             out[j] = piece
         return out
 
+    def divide_exact(self, a: np.ndarray, divisor: int) -> np.ndarray:
+        """The canonical values of ``a`` divided by a small ``divisor`` (below 2^30) that
+        divides each of them (public values)."""
+        if not 0 < divisor < 1 << 30:
+            raise ValueError("the divisor must be in [1, 2^30)")
+        d = self.freeze(a)
+        out = self.zeros(d.shape[1])
+        rest = np.zeros(d.shape[1], dtype=np.uint64)
+        big = np.uint64(divisor)
+        for j in range(self.limbs - 1, -1, -1):  # long division, limb by limb from the top
+            current = (rest << _26) | d[j]
+            out[j] = current // big
+            rest = current % big
+        if rest.any():
+            raise ValueError(f"a value is not a multiple of {divisor}")
+        return out
+
     def low_bits(self, a: np.ndarray, length: int) -> np.ndarray:
         """The ``length`` low bits (least significant first) of the canonical values of
         ``a`` (public values), as an ``(n, length)`` array of 0 and 1."""

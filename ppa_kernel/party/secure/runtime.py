@@ -4,8 +4,8 @@ MPyC parses ``sys.argv`` and builds its global runtime when ``mpyc.runtime`` is 
 imported, so only the worker process imports this module, after it has set ``sys.argv``.
 It exports the runtime ``mpc`` (callers use its public API), the secure types the engine
 uses, small wrappers for the MPyC internals the protocols need, and the adjustments to
-MPyC 0.11 (the first, second and fourth installed on import, the truncation by
-:mod:`.truncation` through :func:`use_truncation` when that is imported):
+MPyC 0.11 (the first, second and fifth installed on import, the truncation and the
+random bits by :mod:`.truncation` and :mod:`.limb_fixed` when those are imported):
 
 - **No pickle on the wire.** MPyC marshals NumPy share arrays between parties with
   ``pickle``; unpickling bytes from the network lets a peer (or anyone on an unprotected
@@ -18,6 +18,10 @@ MPyC 0.11 (the first, second and fourth installed on import, the truncation by
 - **Cheap truncation.** Fixed-point truncation masks with pseudorandom shares instead of
   random bits (:mod:`.truncation`): a product of 100,000 fixed-point values took 160 s
   and now takes under 1 s.
+- **Random bits without square roots.** Shared random bits over the value field come
+  from :func:`.limb_fixed.random_bits` (a dealt bit XOR a PRSS bit; 26 µs per bit
+  before, for a modular square root each), installed by :func:`use_random_bits` when
+  :mod:`.limb_fixed` is imported.
 - **A lost peer is an error, not a hang.** MPyC raises inside an asyncio callback when a
   connection drops, and then waits forever; we record the loss and stop the worker's
   event loop so it fails promptly, naming the peer.
@@ -448,6 +452,20 @@ def use_truncation(np_trunc: Callable, trunc: Callable) -> None:
     this when it is imported; :mod:`.fixed` and the worker import it)."""
     Runtime.np_trunc = np_trunc
     Runtime.trunc = trunc
+
+
+_mpyc_random_bits = Runtime.np_random_bits
+
+
+def use_random_bits(np_random_bits: Callable) -> None:
+    """Make MPyC's runtime draw shared random bits with ``np_random_bits`` (same
+    signature as ``Runtime.np_random_bits``; :mod:`.limb_fixed` calls this on import)."""
+    Runtime.np_random_bits = np_random_bits
+
+
+def mpyc_random_bits(sftype, n: int, signed: bool = False):
+    """MPyC's own ``np_random_bits`` (the reference, and the path it falls back to)."""
+    return _mpyc_random_bits(mpc, sftype, n, signed)
 
 
 def install() -> None:

@@ -4,7 +4,6 @@ bits and the bisection bits, i.e. exactly the rounded quantiles (see
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 from fractions import Fraction
@@ -24,9 +23,11 @@ from ppa_kernel.contract.models.quantile import (
 )
 from ppa_kernel.contract.program import Program, cell_levels
 
-from ..openings import MASKED_COMPARISON, compare, masked, reveal
+from .. import limb_fixed
+from ..limb_fixed import F, Shares
+from ..openings import compare, reveal
 from ..query import QueryState, Secret
-from ..runtime import COMPARE_BITS, mpc, shares, value_type, wrap
+from ..runtime import mpc, shares, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -79,39 +80,30 @@ async def _clamped(state: QueryState, value: Secret, model: dict, g: Grid) -> np
     return await shares(wrap(sectype, clamped) * value.present)
 
 
-@functools.cache
-def _bits_type(length: int):
-    """Secure integers over the value field whose bit decomposition spans ``length``."""
-    return mpc.SecInt(max(COMPARE_BITS, length + 1), p=value_type().field.modulus)
-
-
-async def _bits(values: np.ndarray, length: int) -> np.ndarray:
+async def _bits(values: Shares, length: int) -> Shares:
     """Shares of the ``length`` low bits (least significant first) of integers in
     [0, 2^length), in blocks of rows (bounded memory); only masked values are opened."""
-    sectype = _bits_type(length)
-    blocks = []
-    for start in range(0, len(values), CHUNK_ROWS):
-        with masked(MASKED_COMPARISON):
-            bits = mpc.np_to_bits(wrap(sectype, values[start:start + CHUNK_ROWS]), length)
-            await mpc.gather(bits)
-        blocks.append(await shares(bits))
-    return np.concatenate(blocks) if blocks else np.zeros((0, length), dtype=object)
+    blocks = [await limb_fixed.bits(values[start:start + CHUNK_ROWS], length)
+              for start in range(0, len(values), CHUNK_ROWS)]
+    return Shares(np.concatenate([b.limbs for b in blocks], axis=1)) if blocks \
+        else Shares.zeros((0, length))
 
 
-def _column(bits: np.ndarray, i: int) -> np.ndarray:
+def _column(bits: Shares, i: int) -> Shares:
     """Bit ``i`` of every row (0 beyond the decomposed length)."""
-    return bits[:, i] if i < bits.shape[1] else np.zeros(len(bits), dtype=object)
+    return bits[:, i] if i < bits.shape[1] else Shares.zeros((len(bits),))
 
 
-async def _grid_index_bits(x: np.ndarray, g: Grid) -> list[np.ndarray]:
+async def _grid_index_bits(x: np.ndarray, g: Grid) -> list[Shares]:
     """Shares of the bits (most significant first) of every row's grid index, exactly as
     :meth:`Grid.index`: one or two bit decompositions per row, nothing opened."""
     shift, odd, factor, s = g.division()
-    y_bits = await _bits(g.shifted(x), g.top.bit_length())
+    y = Shares.of(g.shifted(x))
+    y_bits = await _bits(y, g.top.bit_length())
     if odd == 1:
         index = [_column(y_bits, shift + i) for i in range(g.steps)]
     else:
-        n = sum(y_bits[:, i] << (i - shift) for i in range(shift, y_bits.shape[1]))
+        n = y.linear([(1 << (i - shift), y_bits[:, i]) for i in range(shift, y_bits.shape[1])])
         nm_bits = await _bits(n * factor, ((g.top >> shift) * factor).bit_length())
         index = [_column(nm_bits, s + i) for i in range(g.steps)]
     return index[::-1]
@@ -149,26 +141,36 @@ async def _test(sectype, counts: np.ndarray, n: np.ndarray, pairs: list[tuple[in
     return np.asarray(opened).astype(int).reshape(-1).tolist()
 
 
-async def _bisect(state: QueryState, index_bits: list[np.ndarray], wp: np.ndarray,
+async def _cell_sums(weights: Shares, rows: Shares) -> np.ndarray:
+    """Shares (MPyC's form) of ``weights' @ rows``: cells x width sums of secret products
+    over the rows, one resharing."""
+    cells, width = weights.shape[1], rows.shape[1]
+    sums = np.concatenate([F.total(F.mul(weights[:, c].flat(), rows[:, q].flat()))
+                           for c in range(cells) for q in range(width)], axis=1)
+    return (await limb_fixed.reshare(Shares(sums))).objects().reshape(cells, width)
+
+
+async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
                   n: np.ndarray, search: _Bisection, qs: list[Fraction]) -> None:
     """Per (cell, q), halve the interval once per index bit, opening one bit per test.
 
     ``inside[row, q]`` is whether the row's index lies in the current interval of its
     cell's q, ``below[cell, q]`` counts the cell's rows under that interval (both
     secret); the rows in the lower half are inside * (1 - bit): two secure
-    multiplications per row and q per step, no comparisons.
+    multiplications per row and q per step, no comparisons (on limb shares).
     """
     sectype = state.sectype
     rows, width = len(wp), len(qs)
-    w = await shares(state.weights)
-    inside = np.ones((rows, width), dtype=object)  # shares of the public 1
+    w = Shares.of(await shares(state.weights))
+    wp = Shares.of(wp)
+    inside = Shares.zeros((rows, width)) + 1  # shares of the public 1
     below = np.zeros((wp.shape[1], width), dtype=object)
     for step, bit in enumerate(index_bits):
         m = len(index_bits) - step
-        upper = np.repeat(bit.reshape(-1, 1), width, axis=1)
+        upper = Shares(np.repeat(bit.limbs[:, :, None], width, axis=2))
         lower_rows = inside - upper if step == 0 else \
-            await shares(wrap(sectype, inside) * wrap(sectype, 1 - upper))
-        lower = await shares(wrap(sectype, wp).transpose() @ wrap(sectype, lower_rows))
+            (await limb_fixed.multiply([(inside, 1 - upper)]))[0]
+        lower = await _cell_sums(wp, lower_rows)
         pairs = search.tested(m)
         keep = np.ones(below.shape, dtype=int)  # 1: the quantile is in the lower half
         if pairs:
@@ -178,9 +180,11 @@ async def _bisect(state: QueryState, index_bits: list[np.ndarray], wp: np.ndarra
             search.update(m, pairs, opened)
         below = below + (1 - keep) * lower
         if m > 1:  # inside <- lower half if kept, else upper half (per the row's cell)
-            chosen = w.dot(keep.astype(object))
-            inside = inside - lower_rows + await shares(
-                wrap(sectype, chosen) * wrap(sectype, 2 * lower_rows - inside))
+            chosen = Shares(np.stack([F.combine([(1, w[:, c].flat()) for c in
+                                                 np.flatnonzero(keep[:, j])], rows)
+                                      for j in range(width)], axis=2))
+            (moved,) = await limb_fixed.multiply([(chosen, 2 * lower_rows - inside)])
+            inside = inside - lower_rows + moved
 
 
 async def run_quantile(state: QueryState) -> dict:
