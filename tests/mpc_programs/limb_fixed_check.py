@@ -16,11 +16,18 @@ import secrets
 import numpy as np
 
 from ppa_kernel.contract.models import MASKED_TRUNCATION
-from ppa_kernel.party.secure import limb_fixed, runtime
+from ppa_kernel.party.secure import limb_fixed
 from ppa_kernel.party.secure.limb_fixed import F, Shares
 from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
-from ppa_kernel.party.secure.openings import LEDGER, MASKED_COMPARISON, masked, reveal_limbs
+from ppa_kernel.party.secure.openings import (
+    LEDGER,
+    MASKED_COMPARISON,
+    InconsistentOpening,
+    masked,
+    reveal_limbs,
+)
 from ppa_kernel.party.secure.runtime import (
+    MPYC_RANDOM_BITS,
     allow_disconnects,
     mpc,
     shares,
@@ -71,7 +78,7 @@ async def main():
         opened_bits = await mpc.output(mpc.np_to_bits(x, length))
     report["mpyc_bit_decomposition_on_new_bits"] = np.array(opened_bits).astype(int).tolist() \
         == [[(v >> j) & 1 for j in range(length)] for v in values]
-    scaled, high = limb_fixed.scaled_random(N, 20, high=8)
+    scaled, high = limb_fixed.scaled_random_split(N, 20, 8)
     D = limb_fixed.scale()
     total, upper = await open_(scaled), await open_(high)
     report["scaled_randoms_are_multiples_of_D"] = all(v % D == 0 for v in total + upper)
@@ -105,6 +112,22 @@ async def main():
         for i, a in enumerate(v_plain))
     spill = await open_(await limb_fixed.out_of_range(v, digits))
     report["in_range_sum_is_zero"] = spill == [0]
+    far = [1 << 60, -(1 << 45), 3]  # far outside 9 bits: a bound keeps them hidden
+    LEDGER.record_values = True
+    far_bits = await limb_fixed.bits(await shared(far), length, bound=64)
+    masked_far = LEDGER.entries[-1]["values"]
+    LEDGER.record_values = False
+    report["bits_of_far_values_are_their_residues"] = np.array(
+        await open_(far_bits)).reshape(3, length).tolist() == [
+        [(a >> j) & 1 for j in range(length)] for a in far]
+    report["far_values_stay_masked"] = all(
+        (c >> 40) != (a + (1 << 65)) >> 40 for c, a in zip(masked_far, far))
+    try:
+        await reveal_limbs("check.inconsistent", F, (await shared([12, 7])).flat(),
+                           threshold=mpc.threshold, divisor=6)
+        report["inconsistent_opening_refused"] = False
+    except InconsistentOpening as exc:
+        report["inconsistent_opening_refused"] = "not a multiple of 6" in str(exc)
     wide = await shared([5, 1 << length, 7])
     spill = await open_(await limb_fixed.out_of_range(wide, await limb_fixed.bits(wide, length)))
     report["out_of_range_sum_is_nonzero"] = spill != [0]
@@ -118,7 +141,7 @@ async def main():
     forms = {}
     for name, ops in (("limbs", LimbOps), ("objects", ObjectOps)):
         if name == "objects":  # the reference: MPyC's own random bits too
-            use_random_bits(runtime._mpyc_random_bits)
+            use_random_bits(MPYC_RANDOM_BITS)
         p, w, spill = await logistic(u, ops)
         use_random_bits(limb_fixed.np_random_bits)
         opened_p = await open_(Shares.of(p))

@@ -56,8 +56,9 @@ DEALER = 0
 
 
 def available() -> bool:
-    """Whether this runtime has the PRSS keys these protocols need."""
-    return not mpc.options.no_prss
+    """Whether this runtime has the PRSS keys these protocols need (and few enough
+    parties for D = m! to divide opened values: below 13)."""
+    return not mpc.options.no_prss and scale() < 1 << 30
 
 
 class Shares:
@@ -128,6 +129,8 @@ class Shares:
 
     def linear(self, terms: Sequence[tuple[int, Shares]], constant: int = 0) -> Shares:
         """``sum(c * s for c, s in terms) + constant`` for shares of this shape."""
+        if any(s.shape != self.shape for _, s in terms):
+            raise ValueError("linear combinations need share arrays of one shape")
         out = F.combine([(c, s.flat()) for c, s in terms], self.size)
         if constant % F.modulus:
             out = F.add(out, F.constant(constant))
@@ -172,14 +175,6 @@ def concatenate(arrays: Sequence[Shares]) -> Shares:
 # -- pseudorandom sharings ------------------------------------------------------------------
 
 
-def _basis(subset: tuple[int, ...]) -> int:
-    """lambda_S at this party's point, mod p (see the module docstring)."""
-    points = [p + 1 for p in range(len(mpc.parties))]
-    outside = [points[j] for j in range(len(points)) if j not in subset]
-    numerator = math.prod(x - points[mpc.pid] for x in outside)
-    return numerator * pow(math.prod(outside), -1, F.modulus) % F.modulus
-
-
 def scale() -> int:
     """D = m!: D lambda_S(x_i) is an integer for every subset S and party i."""
     return math.factorial(len(mpc.parties))
@@ -193,25 +188,48 @@ def _scaled_basis(subset: tuple[int, ...]) -> int:
     return math.prod(x - points[mpc.pid] for x in outside) * (scale() // math.prod(outside))
 
 
-def _prf(key: bytes, uci: bytes, tag: bytes, size: int) -> bytes:
+def _basis(subset: tuple[int, ...]) -> int:
+    """lambda_S at this party's point, mod p (see the module docstring)."""
+    return _scaled_basis(subset) * pow(scale(), -1, F.modulus) % F.modulus
+
+
+def _subset_stream(key: bytes, uci: bytes, tag: bytes, size: int) -> bytes:
+    """``size`` pseudorandom bytes of a subset's key for a common input and a tag."""
     seed = hashlib.sha256(PRF_LABEL + bytes(key) + uci + tag).digest()
     return limb_shares.key_stream(seed, size)
 
 
-def scaled_random(n: int, bits: int, high: int | None = None) -> tuple[Shares, Shares | None]:
-    """Shares of ``D * sum_S w_S`` for pseudorandom w_S uniform in [0, 2^bits), one per
-    subset S of m - t parties (no communication; D = :func:`scale`), and with ``high``
-    also of ``D * sum_S (w_S >> high)``. The scaled sharing needs only small-integer
-    weights; callers open D times a value and divide (or multiply by 1/D once)."""
+def _scaled_draws(n: int, bits: int) -> list[tuple[int, np.ndarray]]:
+    """(D lambda_S(x_i), w_S) for this party's subsets: n PRF values in [0, 2^bits)."""
     uci, tag = prss_input(), b"scaled" + bits.to_bytes(2, "big")
-    total, upper = [], []
-    for subset, key in prss_keys().items():
-        weight = _scaled_basis(subset)
-        w = F.from_random_bits(_prf(key, uci, tag, F.bounded_bytes(n, bits)), n, bits)
-        total.append((weight, w))
-        if high is not None:
-            upper.append((weight, F.shift_right(w, high)))
-    return Shares(F.combine(total, n)), Shares(F.combine(upper, n)) if upper else None
+    return [(_scaled_basis(subset), F.from_random_bits(
+        _subset_stream(key, uci, tag, F.bounded_bytes(n, bits)), n, bits))
+        for subset, key in prss_keys().items()]
+
+
+def scaled_random(n: int, bits: int) -> Shares:
+    """Shares of ``D * sum_S w_S`` for pseudorandom w_S uniform in [0, 2^bits), one per
+    subset S of m - t parties (no communication; D = :func:`scale`). The scaled
+    sharing needs only small-integer weights; callers open D times a value and divide."""
+    return Shares(F.combine(_scaled_draws(n, bits), n))
+
+
+def scaled_random_split(n: int, bits: int, high: int) -> tuple[Shares, Shares]:
+    """:func:`scaled_random` and shares of ``D * sum_S (w_S >> high)``, of the same w_S."""
+    draws = _scaled_draws(n, bits)
+    upper = [(weight, F.shift_right(w, high)) for weight, w in draws]
+    return Shares(F.combine(draws, n)), Shares(F.combine(upper, n))
+
+
+def mask_spread(length: int, bound: int | None) -> tuple[int, int]:
+    """(bits spanned by x - r_low, the public offset that makes it positive) for a bit
+    decomposition of ``length`` bits of values below 2^bound in absolute value (None:
+    0 <= x < 2^length); the offset is a multiple of 2^length."""
+    if bound is None:
+        return length, 1 << length
+    if bound < length:
+        raise ValueError("the bound must cover the decomposed bits")
+    return bound + 1, 1 << (bound + 1)
 
 
 def _check_room(bits: int) -> None:
@@ -249,7 +267,7 @@ async def random_bits(n: int) -> Shares:
         if DEALER in subset:
             continue
         if me in subset:
-            bits = _random_bit_array(_prf(keys[subset], uci, b"bit", size), n)
+            bits = _random_bit_array(_subset_stream(keys[subset], uci, b"bit", size), n)
             terms.append(Shares(F.constant(_basis(subset)) * bits.astype(np.uint64)))
         else:
             terms.append(Shares.zeros((n,)))
@@ -262,7 +280,7 @@ async def random_bits(n: int) -> Shares:
 
 
 @mpc_coro
-async def np_random_bits(self: Runtime, sftype, n, signed=False):
+async def np_random_bits(self: Runtime, sftype: type, n: int, signed: bool = False):
     """MPyC's ``Runtime.np_random_bits`` (shape-(n,) random bits, or signs with
     ``signed``) by :func:`random_bits` for the value field; MPyC's own otherwise."""
     field = sftype.field if issubclass(sftype, self.SecureObject) else sftype
@@ -313,31 +331,35 @@ async def truncate(x: Shares, f: int, l: int) -> Shares:  # noqa: E741 (MPyC's n
     n, k = x.size, mpc.options.sec_param
     _check_room(k + l)
     d = scale()
-    masks, high = scaled_random(n, k + l, high=f)
+    masks, high = scaled_random_split(n, k + l, f)
     offset = 1 << (l - 1)
     hidden = F.combine([(d, x.flat()), (1, masks.limbs), (1, limb_shares.zero_shares(F, n))], n)
     opened = await reveal_limbs(MASKED_TRUNCATION, F, F.add(hidden, F.constant(d * offset)),
-                                threshold=2 * mpc.threshold)
-    public = F.shift_right(F.divide_exact(opened, d), f)  # (c >> f), c = opened / D
+                                threshold=2 * mpc.threshold, divisor=d)
+    public = F.shift_right(opened, f)  # c >> f
     out = F.combine([(-pow(d, -1, F.modulus), high.limbs)], n)  # - r_high
     out = F.add(F.add(out, public), F.constant(-(offset >> f)))
     return Shares(out.reshape(F.limbs, *x.shape))
 
 
-async def bits(values: Shares, length: int) -> Shares:
-    """Shares of the bits (low to high, shape n x length) of secret integers
-    0 <= x < 2^length: :func:`.linalg.bits`, same opening (``protocol.comparison_masked``:
-    x minus random bits plus a pseudorandom multiple of 2^length 30 bits longer)."""
+async def bits(values: Shares, length: int, bound: int | None = None) -> Shares:
+    """Shares of the bits (low to high, shape n x length) of secret integers: of x for
+    0 <= x < 2^length, else of x mod 2^length: :func:`.linalg.bits`, same opening
+    (``protocol.comparison_masked``: x minus random bits plus a pseudorandom multiple of
+    2^length, 30 bits longer than the values). ``bound``: every |x| < 2^bound (default:
+    0 <= x < 2^length), which the mask then hides too."""
     n, k = values.size, mpc.options.sec_param
-    _check_room(k + length + 1)
+    spread, offset = mask_spread(length, bound)
+    _check_room(k + spread + 1)
     d = scale()
     values = values.reshape(n)
     low = (await random_bits(n * length)).reshape(n, length)
     r_low = values.linear([(1 << i, low[:, i]) for i in range(length)])
-    masks, _ = scaled_random(n, k)  # D r_high
-    hidden = values.linear([(d, values), (-d, r_low), (1 << length, masks)], d << length)
-    opened = await reveal_limbs(MASKED_COMPARISON, F, hidden.flat(), threshold=mpc.threshold)
-    a = F.low_bits(F.divide_exact(opened, d), length)  # bits of c; x mod 2^length = c + r_low
+    masks = scaled_random(n, k + spread - length)  # D r_high
+    hidden = values.linear([(d, values), (-d, r_low), (1 << length, masks)], d * offset)
+    opened = await reveal_limbs(MASKED_COMPARISON, F, hidden.flat(), threshold=mpc.threshold,
+                                divisor=d)
+    a = F.low_bits(opened, length)  # bits of c; x mod 2^length = c + r_low
     generate = Shares(low.limbs * a)
     propagate = Shares(np.where(a.astype(bool), (1 - low).limbs, low.limbs))
     g, p = generate.copy(), propagate.copy()

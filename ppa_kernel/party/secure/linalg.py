@@ -45,6 +45,7 @@ import numpy as np
 from ppa_kernel.contract.models import MASKED_TRUNCATION
 
 from .fixed import FRAC_BITS, compute, fixed_type
+from .limb_fixed import mask_spread
 from .openings import MASKED_COMPARISON, masked
 from .runtime import mpc, random_field_array, shares, value_type, wrap
 from .truncation import carry_bound
@@ -82,29 +83,34 @@ async def _times(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def random_bits(count: int):
     """Start generating ``count`` shared random bits (awaitable: a field array of shares)."""
-    with masked(MASKED_COMPARISON):  # the protocol opens squares of random numbers
+    with masked(MASKED_COMPARISON):  # MPyC's own protocol opens squares of random numbers
+        # (:func:`.limb_fixed.random_bits`, installed where the worker runs, opens nothing)
         return mpc.np_random_bits(value_type().field, count)
 
 
-async def bits(values: np.ndarray, length: int, random=None) -> np.ndarray:
+async def bits(values: np.ndarray, length: int, random=None,
+               bound: int | None = None) -> np.ndarray:
     """Shares of the bits (low to high, shape n x length) of secure integers
-    0 <= x < 2^length given as shares; opens only x masked by a longer random number.
-    ``random``: n length shared random bits from :func:`random_bits` (optional).
+    0 <= x < 2^length (else of x mod 2^length) given as shares; opens only x masked by a
+    longer random number. ``random``: n length shared random bits from
+    :func:`random_bits` (optional); ``bound``: every |x| < 2^bound (default: 0 <= x <
+    2^length), which the mask then hides too.
 
     The mask is ``r_low + 2^length r_high``: ``r_low`` from random bits (its bits are
     needed), ``r_high`` a pseudorandom sharing (no communication, see
-    :mod:`.truncation`) of a sum of terms each uniform below 2^30, which hides x
-    statistically whatever the other terms are."""
+    :mod:`.truncation`) of a sum of terms each uniform 30 bits beyond the values'
+    spread, which hides x statistically whatever the other terms are."""
     sectype = value_type()
     values = np.asarray(values, dtype=object).reshape(-1)
     n, k = len(values), mpc.options.sec_param
+    spread, offset = mask_spread(length, bound)
     if random is None:
         random = await random_bits(n * length)
     low = np.asarray(random.value, dtype=object).reshape(n, length)
     r_low = low @ np.array([1 << i for i in range(length)], dtype=object)
-    r_high = await pseudorandom(n, k)
-    with masked(MASKED_COMPARISON):  # c = x - r_low + 2^length (r_high + 1) hides x
-        opened = await mpc.output(wrap(sectype, values - r_low + ((r_high + 1) << length)))
+    r_high = await pseudorandom(n, k + spread - length)
+    with masked(MASKED_COMPARISON):  # c = x - r_low + 2^length r_high + offset hides x
+        opened = await mpc.output(wrap(sectype, values - r_low + (r_high << length) + offset))
     c = np.array([int(v) % (1 << length) for v in np.asarray(opened).reshape(-1).tolist()],
                  dtype=object)
     a = np.array([[(int(v) >> i) & 1 for i in range(length)] for v in c], dtype=object)

@@ -28,7 +28,9 @@ Every product is reduced and truncated in one opening
 
 Leakage: nothing is opened in the clear. Truncations open values masked by random
 numbers 30 bits longer (``protocol.truncation_masked``) and the bit decomposition opens
-``k + 2^(B-1)`` masked likewise (``protocol.comparison_masked``): statistically hiding.
+``k + 2^(B-1)`` masked by a random number 30 bits longer than 2^64, the bound on k for
+any input (``protocol.comparison_masked``): statistically hiding, also for rows out of
+range.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ from .truncation import carry_bound
 
 EXPONENT_BITS = 9
 """Bits of ``k + 2^(B-1)``: the integer part of u must satisfy ``|k| < 2^(B-1)``."""
+
+K_BOUND = 64
+"""|k + 2^(B-1)| < 2^64 for every |u| < 2^119 (the first truncation's bound): the bit
+decomposition's mask hides k however far out of range it is."""
 
 ONE = 1 << FRAC_BITS
 PRODUCT_BITS = 2 * FRAC_BITS + 16
@@ -163,7 +169,7 @@ async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.
     k = await ops.truncate(u, FRAC_BITS, FRAC_BITS + 64)
     g = u - k * ONE
     offset = 1 << (EXPONENT_BITS - 1)
-    digits = await ops.bits(k + offset, EXPONENT_BITS)
+    digits = await ops.bits(k + offset, EXPONENT_BITS, bound=K_BOUND)
     sign, low = digits[:, -1], digits[:, :-1]
     spill = await ops.out_of_range(k + offset, digits)
     drop = np.array(c.drop, dtype=object)

@@ -140,12 +140,26 @@ async def reveal(name: str, x, *, threshold: int | None = None) -> Any:
         _current_name.reset(token)
 
 
+class InconsistentOpening(PartyFailed):
+    """An opened value that the protocol guarantees to be a multiple of a public number
+    is not: a value out of the protocol's range, or inconsistent shares from a peer."""
+
+
 async def reveal_limbs(name: str, field: LimbField, x: np.ndarray, *,
-                       threshold: int) -> np.ndarray:
+                       threshold: int, divisor: int = 1) -> np.ndarray:
     """Open the limb shares ``x`` (:mod:`.limb_shares`, degree ``threshold``) to every
-    party and record the opening under ``name``, like :func:`reveal`."""
+    party and record the opening under ``name``, like :func:`reveal`. ``divisor``: the
+    shares are of ``divisor`` times the values opened (a public multiple, checked)."""
     _refuse_unnamed(name)
     values = await limb_shares.open_shares(field, x, threshold)
+    if divisor != 1:
+        try:
+            values = field.divide_exact(values, divisor)
+        except ValueError:
+            logger.error("opening %r: a value is not a multiple of %d", name, divisor)
+            raise InconsistentOpening(
+                f"opening {name!r} is not a multiple of {divisor}: a value outside the "
+                "protocol's range, or inconsistent shares from a peer") from None
     if LEDGER.record_values:
         LEDGER.add(name, field.to_ints(values))
     else:

@@ -56,11 +56,12 @@ from .links import Link, LinkSettings, establish
 if TYPE_CHECKING:
     from ppa_kernel.party.job import Job
 
-__all__ = ["CLOSED_PEERS", "HEARTBEAT_INTERVAL", "LOST_PEERS", "ORPHANED", "STALLED_PEERS",
-           "LinkExchanger", "PeerLost", "Runtime", "WireCodec", "allow_disconnects", "connect",
-           "exchange", "link_type", "lost_peers_failed", "mpc", "mpc_coro",
-           "np_random_split", "prss_input", "prss_keys", "random_field_array", "reshare",
-           "shares", "use_truncation", "value_type", "wrap", "zero_sharing"]
+__all__ = ["CLOSED_PEERS", "HEARTBEAT_INTERVAL", "LOST_PEERS", "MPYC_RANDOM_BITS", "ORPHANED",
+           "STALLED_PEERS", "LinkExchanger", "PeerLost", "Runtime", "WireCodec",
+           "allow_disconnects", "connect", "exchange", "link_type", "lost_peers_failed", "mpc",
+           "mpc_coro", "mpyc_random_bits", "np_random_split", "prss_input", "prss_keys",
+           "random_field_array", "reshare", "shares", "use_random_bits", "use_truncation",
+           "value_type", "wrap", "zero_sharing"]
 
 logger = logging.getLogger(__name__)
 
@@ -454,7 +455,8 @@ def use_truncation(np_trunc: Callable, trunc: Callable) -> None:
     Runtime.trunc = trunc
 
 
-_mpyc_random_bits = Runtime.np_random_bits
+MPYC_RANDOM_BITS = Runtime.np_random_bits
+"""MPyC's own ``Runtime.np_random_bits``, to restore with :func:`use_random_bits`."""
 
 
 def use_random_bits(np_random_bits: Callable) -> None:
@@ -465,7 +467,7 @@ def use_random_bits(np_random_bits: Callable) -> None:
 
 def mpyc_random_bits(sftype, n: int, signed: bool = False):
     """MPyC's own ``np_random_bits`` (the reference, and the path it falls back to)."""
-    return _mpyc_random_bits(mpc, sftype, n, signed)
+    return MPYC_RANDOM_BITS(mpc, sftype, n, signed)
 
 
 def install() -> None:

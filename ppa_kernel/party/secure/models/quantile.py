@@ -27,7 +27,7 @@ from .. import limb_fixed
 from ..limb_fixed import F, Shares
 from ..openings import compare, reveal
 from ..query import QueryState, Secret
-from ..runtime import mpc, shares, wrap
+from ..runtime import COMPARE_BITS, mpc, shares, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ async def _clamped(state: QueryState, value: Secret, model: dict, g: Grid) -> np
 async def _bits(values: Shares, length: int) -> Shares:
     """Shares of the ``length`` low bits (least significant first) of integers in
     [0, 2^length), in blocks of rows (bounded memory); only masked values are opened."""
-    blocks = [await limb_fixed.bits(values[start:start + CHUNK_ROWS], length)
+    bound = max(COMPARE_BITS - 1, length)  # the mask margin of MPyC's comparisons
+    blocks = [await limb_fixed.bits(values[start:start + CHUNK_ROWS], length, bound)
               for start in range(0, len(values), CHUNK_ROWS)]
     return Shares(np.concatenate([b.limbs for b in blocks], axis=1)) if blocks \
         else Shares.zeros((0, length))
