@@ -74,7 +74,10 @@ class Shares:
 
     @classmethod
     def of(cls, values) -> Shares:
-        """Limb shares of MPyC shares (an array of integers of any shape)."""
+        """Limb shares of MPyC shares (an array of integers of any shape; limb shares are
+        returned as they are)."""
+        if isinstance(values, Shares):
+            return values
         values = np.asarray(values, dtype=object)
         flat = F.from_ints(values.reshape(-1) % F.modulus) if values.size else F.zeros(0)
         return cls(flat.reshape(F.limbs, *values.shape))
@@ -362,17 +365,25 @@ async def bits(values: Shares, length: int, bound: int | None = None) -> Shares:
     a = F.low_bits(opened, length)  # bits of c; x mod 2^length = c + r_low
     generate = Shares(low.limbs * a)
     propagate = Shares(np.where(a.astype(bool), (1 - low).limbs, low.limbs))
-    g, p = generate.copy(), propagate.copy()
-    step = 1
-    while step < length:  # carry lookahead, as in linalg.bits
-        pg, pp = await multiply([(p[:, step:], g[:, :-step]), (p[:, step:], p[:, :-step])])
-        g[:, step:] = g[:, step:] + pg
-        p[:, step:] = pp
-        step *= 2
-    carry = Shares.zeros((n, length))
-    carry[:, 1:] = g[:, :-1]
-    (both,) = await multiply([(propagate, carry)])
-    return propagate.linear([(1, propagate), (1, carry), (-2, both)])
+    # ripple carry: bit_i = p_i XOR c_i, c_(i+1) = g_i + p_i c_i (g_i, p_i c_i disjoint),
+    # one product per bit (length - 1 rounds) where linalg.bits' carry lookahead takes
+    # about length log2(length) products in log2(length) rounds
+    out = Shares.zeros((n, length))
+    out[:, 0] = propagate[:, 0]
+    carry = generate[:, 0]
+    for i in range(1, length):
+        p_i = propagate[:, i]
+        (both,) = await multiply([(p_i, carry)])
+        out[:, i] = p_i.linear([(1, p_i), (1, carry), (-2, both)])
+        carry = generate[:, i] + both
+    return out
+
+
+async def column_products(a: Shares, b: Shares, pairs: Sequence[tuple[int, int]]) -> Shares:
+    """Shares of ``sum_r a[r, i] b[r, j]`` for every (i, j) in ``pairs`` (secret n x p and
+    n x q arrays): local products summed over the rows, one resharing."""
+    sums = [F.total(F.mul(a[:, i].flat(), b[:, j].flat())) for i, j in pairs]
+    return await reshare(Shares(np.concatenate(sums, axis=1) if sums else F.zeros(0)))
 
 
 async def out_of_range(values: Shares, digits: Shares) -> Shares:

@@ -122,7 +122,7 @@ class ObjectOps:
         return np.asarray(u, dtype=object)
 
     @staticmethod
-    def objects(x: np.ndarray) -> np.ndarray:
+    def result(x: np.ndarray) -> np.ndarray:
         return x % value_type().field.modulus
 
     @staticmethod
@@ -149,8 +149,8 @@ class LimbOps:
     array = staticmethod(limb_fixed.Shares.of)
 
     @staticmethod
-    def objects(x: limb_fixed.Shares) -> np.ndarray:
-        return x.objects()
+    def result(x: limb_fixed.Shares) -> limb_fixed.Shares:
+        return x
 
 
 def default_ops() -> type[ObjectOps] | type[LimbOps]:
@@ -162,7 +162,7 @@ async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.
     raw fixed-point ``u`` (n values), and of the out-of-range sum: 0 exactly when every
     ``|u| < 2^(B-1)`` (a 1-element array; see ``out_of_range``). ``ops``: the share
     arithmetic (:class:`LimbOps` or :class:`ObjectOps`; by default :func:`default_ops`);
-    results are MPyC share arrays either way."""
+    results are in its form (limb shares, or MPyC share arrays)."""
     ops = ops or default_ops()
     c = constants()
     u = ops.array(u)
@@ -204,8 +204,7 @@ async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.
     reciprocal = await _goldschmidt(ops, numerator + excess, c)
     p, q = await _products(ops, (numerator, reciprocal), (excess, reciprocal))
     (w,) = await _products(ops, (p, q))
-    spill = ops.objects(spill)
-    return ops.objects(p), ops.objects(w), spill
+    return ops.result(p), ops.result(w), ops.result(spill)
 
 
 async def _products(ops, *pairs: tuple) -> list:

@@ -15,9 +15,11 @@ from ppa_kernel.contract.models import output_name
 from ppa_kernel.contract.models.logit import KIND, max_iterations
 from ppa_kernel.contract.program import SCALE_BITS
 
+from .. import limb_fixed
 from ..fixed import FRAC_BITS, TRUNC_BITS, compute, from_scaled
+from ..limb_fixed import Shares
 from ..linalg import HALF_BITS, NORM_BITS, factorise, fixed, power_normalisers, solve
-from ..logistic import logistic
+from ..logistic import LimbOps, logistic
 from ..openings import as_floats, compare, reveal
 from ..query import QueryState
 from ..runtime import mpc, shares, value_type, wrap
@@ -68,6 +70,7 @@ async def run_logit(state: QueryState) -> dict:
     x, top = await common_scale(rows.mask, [None] * intercept + rows.values[:-1])
     response = rows.values[-1]
     y = (await shares(response.value)) * (1 << (FRAC_BITS - SCALE_BITS * response.scale))
+    x, y = Shares.of(x), Shares.of(y)  # the rows' arithmetic on limb shares
     scale = SCALE_BITS * top
     beta = np.zeros(p, dtype=object)
     limit = max_iterations(model)
@@ -91,28 +94,37 @@ async def run_logit(state: QueryState) -> dict:
             "coef": as_floats(coef), "se_squared": as_floats(se_squared), "iterations": steps}
 
 
-async def _newton_step(x: np.ndarray, y: np.ndarray, beta: np.ndarray, scale: int) -> _Step:
+async def _newton_step(x: Shares, y: Shares, beta: np.ndarray, scale: int) -> _Step:
     """delta = H^-1 X'(y - p) and diag(H^-1) at ``beta``, H = X' diag(p (1 - p)) X.
 
-    ``x``: shares of the design at 2^scale (integers), ``y``: raw fixed-point 0/1,
-    ``beta``: raw fixed point (real units). Integer sums are exact. With secret powers of
-    two q_j (H_jj q_j^2 / 2^200 in [1/4, 1)) and rho_j = q_j / 2^(72 - scale) (about
-    1 / sqrt(H_jj) in real units), the solved system is H~ = Q H Q / 2^200 (unit-order
-    entries) with right-hand side rho_j g_j (real gradient g); then delta_j = rho_j
-    delta~_j and (H^-1)_jj = rho_j^2 (H~^-1)_jj.
+    ``x``: shares of the design at 2^scale (integers), ``y``: raw fixed-point 0/1 (both
+    limb shares, n x p and n), ``beta``: raw fixed point (real units). Integer sums are
+    exact. With secret powers of two q_j (H_jj q_j^2 / 2^200 in [1/4, 1)) and rho_j =
+    q_j / 2^(72 - scale) (about 1 / sqrt(H_jj) in real units), the solved system is
+    H~ = Q H Q / 2^200 (unit-order entries) with right-hand side rho_j g_j (real gradient
+    g); then delta_j = rho_j delta~_j and (H^-1)_jj = rho_j^2 (H~^-1)_jj.
     """
     sectype = value_type()
-    design = wrap(sectype, x)
     p = x.shape[1]
-    with_slope = await compute(lambda: mpc.np_trunc(wrap(sectype, beta) * MINUS_LOG2E,
-                                                    f=FRAC_BITS, l=TRUNC_BITS))
-    u = design @ with_slope  # -eta log2(e) * 2^(56 + scale)
+    with_slope = Shares.of(await shares(await compute(lambda: mpc.np_trunc(
+        wrap(sectype, beta) * MINUS_LOG2E, f=FRAC_BITS, l=TRUNC_BITS))))
+    local = x[:, 0] * with_slope[0:1]  # -eta log2(e) * 2^(56 + scale), degree 2t
+    for j in range(1, p):
+        local = local + x[:, j] * with_slope[j:j + 1]
     if scale:
-        u = await compute(lambda: mpc.np_trunc(u, f=scale, l=FRAC_BITS + scale + 64))
-    probability, weight, spill = await logistic(await shares(u))
-    gradient = await shares(design.transpose() @ wrap(sectype, y - probability))
-    weighted = design * wrap(sectype, weight).reshape(-1, 1)
-    hessian = await shares(design.transpose() @ weighted)  # H * 2^(56 + 2 scale)
+        u = await limb_fixed.truncate(local, scale, FRAC_BITS + scale + 64)
+    else:
+        u = await limb_fixed.reshare(local)
+    probability, weight, spill = await logistic(u, LimbOps)
+    gradient = (await limb_fixed.column_products(
+        x, (y - probability).reshape(-1, 1), [(j, 0) for j in range(p)])).objects()
+    (weighted,) = await limb_fixed.multiply([(x, weight.reshape(-1, 1))])
+    rows, cols = np.triu_indices(p)
+    upper = (await limb_fixed.column_products(x, weighted, list(zip(rows, cols)))).objects()
+    hessian = np.zeros((p, p), dtype=object)  # H * 2^(56 + 2 scale)
+    hessian[rows, cols] = upper
+    hessian[cols, rows] = upper
+    spill = spill.objects()
     q, _, zero = await power_normalisers(np.diagonal(hessian).copy())
     matrix = np.zeros((p + 1, p + 1), dtype=object)
     rows, cols = np.triu_indices(p)

@@ -142,15 +142,6 @@ async def _test(sectype, counts: np.ndarray, n: np.ndarray, pairs: list[tuple[in
     return np.asarray(opened).astype(int).reshape(-1).tolist()
 
 
-async def _cell_sums(weights: Shares, rows: Shares) -> np.ndarray:
-    """Shares (MPyC's form) of ``weights' @ rows``: cells x width sums of secret products
-    over the rows, one resharing."""
-    cells, width = weights.shape[1], rows.shape[1]
-    sums = np.concatenate([F.total(F.mul(weights[:, c].flat(), rows[:, q].flat()))
-                           for c in range(cells) for q in range(width)], axis=1)
-    return (await limb_fixed.reshare(Shares(sums))).objects().reshape(cells, width)
-
-
 async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
                   n: np.ndarray, search: _Bisection, qs: list[Fraction]) -> None:
     """Per (cell, q), halve the interval once per index bit, opening one bit per test.
@@ -166,12 +157,14 @@ async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
     wp = Shares.of(wp)
     inside = Shares.zeros((rows, width)) + 1  # shares of the public 1
     below = np.zeros((wp.shape[1], width), dtype=object)
+    cell_pairs = list(itertools.product(range(wp.shape[1]), range(width)))
     for step, bit in enumerate(index_bits):
         m = len(index_bits) - step
         upper = Shares(np.repeat(bit.limbs[:, :, None], width, axis=2))
         lower_rows = inside - upper if step == 0 else \
             (await limb_fixed.multiply([(inside, 1 - upper)]))[0]
-        lower = await _cell_sums(wp, lower_rows)
+        lower = (await limb_fixed.column_products(wp, lower_rows, cell_pairs)).objects() \
+            .reshape(wp.shape[1], width)
         pairs = search.tested(m)
         keep = np.ones(below.shape, dtype=int)  # 1: the quantile is in the lower half
         if pairs:
