@@ -67,7 +67,7 @@ class Shares:
     ``+``, ``-`` and ``*`` with public integers or integer arrays, and ``*`` of two share
     arrays (a local product), act as on MPyC's share arrays; ``[...]`` indexes elements."""
 
-    __array_priority__ = 100  # ndarray <op> Shares defers to the reflected method
+    __array_ufunc__ = None  # ndarray <op> Shares defers to the reflected method
 
     def __init__(self, limbs: np.ndarray) -> None:
         self.limbs = limbs

@@ -176,7 +176,7 @@ async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.
     # 2^-k = prod 2^-(b_i 2^i) for k >= 0 (low = k); for k < 0, low = 2^(B-1) + k and
     # 2^k = 2^-(1 + sum (1 - b_i) 2^i) = 1/2 prod 2^-((1 - b_i) 2^i)
     positive = ONE - low * drop
-    negative = ONE - (1 - low) * drop
+    negative = 2 * ONE - drop - positive  # = ONE - (1 - low) drop, without a product
     quarter = ONE >> 2  # the extra 1/2 in the first: (ONE - drop_0 (1 - b_0)) / 2
     negative[:, 0] = quarter + low[:, 0] * quarter
     factors = ops.stack([positive, negative])
