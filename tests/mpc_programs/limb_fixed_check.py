@@ -9,11 +9,11 @@ line. Not collected by pytest: tests/test_limb_fixed.py starts it.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 
 import numpy as np
+from check_report import finish
 
 from ppa_kernel.contract.models import MASKED_TRUNCATION
 from ppa_kernel.party.secure import limb_fixed
@@ -28,7 +28,6 @@ from ppa_kernel.party.secure.openings import (
 )
 from ppa_kernel.party.secure.runtime import (
     MPYC_RANDOM_BITS,
-    allow_disconnects,
     mpc,
     shares,
     use_random_bits,
@@ -164,10 +163,7 @@ async def main():
     # 2^-40 at three parties; carries of up to 10 units (five parties) cost 5 bits
     report["relative_error_small"] = report["relative_error"] < (1e-11 if d <= 3 else 2e-10)
     report["sanity"] = math.isclose(float(want[100]), 0.5)
-    allow_disconnects()
-    await mpc.shutdown()
-    if mpc.pid == 0:
-        print(json.dumps(report), flush=True)
+    await finish(report)
 
 
 if __name__ == "__main__":

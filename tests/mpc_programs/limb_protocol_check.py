@@ -7,19 +7,18 @@ Not collected by pytest: tests/test_limb_protocols.py starts it.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 
 import gmpy2
 import numpy as np
+from check_report import finish
 
 from ppa_kernel.party.secure import limb_shares, limbs, prf
 from ppa_kernel.party.secure.limbs import LINK
 from ppa_kernel.party.secure.linkage import hash_keys, link, linked_table
 from ppa_kernel.party.secure.openings import reveal_limbs
 from ppa_kernel.party.secure.runtime import (
-    allow_disconnects,
     link_type,
     mpc,
     random_field_array,
@@ -116,11 +115,7 @@ async def main():
     limb_shares.SLICE = 50  # many rounds per sharing, the last one partial
     await mpc.start()
     if os.environ.get("PPA_CHECK_HOSTILE"):
-        report = await hostile_opening()
-        allow_disconnects()
-        await mpc.shutdown()
-        if mpc.pid == 0:
-            print(json.dumps(report), flush=True)
+        await finish(await hostile_opening())
         return
     sectype, t = link_type(), mpc.threshold
     field, p = sectype.field, sectype.field.modulus
@@ -153,10 +148,7 @@ async def main():
         "reshare_of_square": squares_plain == [v * v % p for v in r_plain],
         "distinct_tags": len({int(v) for v in new}),
     }
-    allow_disconnects()
-    await mpc.shutdown()
-    if mpc.pid == 0:
-        print(json.dumps(report), flush=True)
+    await finish(report)
 
 
 if __name__ == "__main__":
