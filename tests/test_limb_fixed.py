@@ -58,3 +58,18 @@ def test_bounded_random_values_are_below_the_bound(data, bits):
 def test_bounded_random_values_refuse_a_bound_at_the_field_size():
     with pytest.raises(ValueError, match="0 < bits < 256"):
         VALUE.from_random_bits(bytes(VALUE.bounded_bytes(1, 256)), 1, 256)
+
+
+def test_models_on_limb_shares_refuse_a_runtime_without_prss():
+    from ppa_kernel.contract.errors import PartyFailed
+    from ppa_kernel.party.secure import limb_fixed
+    from ppa_kernel.party.secure.runtime import mpc
+
+    limb_fixed.require("quantiles")  # the in-process runtime has PRSS keys
+    saved = mpc.options.no_prss
+    mpc.options.no_prss = True
+    try:
+        with pytest.raises(PartyFailed, match="quantiles needs MPyC's pseudorandom"):
+            limb_fixed.require("quantiles")
+    finally:
+        mpc.options.no_prss = saved

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ppa_kernel.contract.errors import PartyFailed
 from ppa_kernel.contract.models import MASKED_TRUNCATION
 
 from . import limb_shares
@@ -59,6 +60,14 @@ def available() -> bool:
     """Whether this runtime has the PRSS keys these protocols need (and few enough
     parties for D = m! to divide opened values: below 13)."""
     return not mpc.options.no_prss and scale() < 1 << 30
+
+
+def require(what: str) -> None:
+    """Fail ``what`` with a clear error, before anything is computed, where the limb
+    protocols cannot run."""
+    if not available():
+        raise PartyFailed(f"{what} needs MPyC's pseudorandom secret sharing (no --no-prss) "
+                          "and fewer than 13 parties")
 
 
 class Shares:

@@ -59,6 +59,7 @@ class _Step:
 
 async def run_logit(state: QueryState) -> dict:
     """The opened fit, or ``{"refused": reason}`` after opening only the failing bit."""
+    limb_fixed.require("logistic regression")
     plan = state.program.plan
     model = plan["model"]
     sectype = state.sectype

@@ -183,6 +183,7 @@ async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
 
 async def run_quantile(state: QueryState) -> dict:
     """The rounded quantiles of every cell with at least min_cell_size values, else None."""
+    limb_fixed.require("quantiles")
     program, sectype = state.program, state.sectype
     plan, model = program.plan, program.plan["model"]
     value = await state.evaluator.value(model["measure"])
