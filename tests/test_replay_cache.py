@@ -167,3 +167,44 @@ def test_a_damaged_cache_at_one_party_makes_all_replay(consortium, demo_data, ho
     assert_matches(_study(consortium.link()).collect(), *_oracle(demo_data))
     assert sum(_counts(consortium.run_raw(_study(t).plan()))[0].values()) == 0, \
         "the replay did not restore the cache"
+
+
+def test_a_party_that_keeps_no_columns_makes_every_query_replay(demo_data, tmp_path):
+    """``replay_cache_gb = 0`` in the hospital's party file: it stores no column, so it
+    reports no token, and every repeat query replays at all parties (and still matches
+    pandas) though the others keep theirs."""
+    from conftest import NO_DIFFERENCING
+
+    from ppa_kernel import Consortium
+
+    with Consortium.local(demo_data, link="pseudonym", workdir=tmp_path,
+                          policies={p: NO_DIFFERENCING for p in demo_data},
+                          party_options={"hospital": {"replay_cache_gb": 0}}) as c:
+        t = c.link()
+        first = c.run_raw(_study(t).plan())
+        again = c.run_raw(_study(t).plan())
+        assert _counts(again)[0] == _counts(first)[0] and sum(_counts(again)[1].values()) == 0
+        assert_matches(_study(c.link()).collect(), *_oracle(demo_data))
+        assert not list(_columns_folder(c, "hospital").glob("*.npy"))
+        assert list(_columns_folder(c, "insurer").glob("*.npy"))
+
+
+@pytest.mark.parametrize("value", [-1, "4", True, 5000, float("nan")])
+def test_the_replay_cache_size_is_bounded(tmp_path, value):
+    from ppa_kernel.analyst.local import write_local_config
+    from ppa_kernel.contract.config import ConfigError, load_party
+
+    write_local_config(tmp_path, {"insurer": None, "bureau": None, "hospital": None}, "pseudonym",
+                       party_options={"replay_cache_gb": value})
+    with pytest.raises(ConfigError, match="replay_cache_gb must be a number of GiB"):
+        load_party(tmp_path / "insurer.toml")
+
+
+def test_the_replay_cache_size_reaches_the_worker(tmp_path):
+    from ppa_kernel.analyst.local import write_local_config
+    from ppa_kernel.contract.config import load_party
+
+    write_local_config(tmp_path, {"insurer": None, "bureau": None, "hospital": None}, "pseudonym",
+                       party_options={"insurer": {"replay_cache_gb": 0.5}})
+    assert load_party(tmp_path / "insurer.toml").replay_cache_bytes == 1 << 29
+    assert load_party(tmp_path / "bureau.toml").replay_cache_bytes == 4 << 30

@@ -26,6 +26,7 @@ A party file holds one party's own settings, read only by its kernel::
     key = "keys/insurer.key"         # 0600, never leaves this machine
     stall_timeout = 30               # seconds of silence after which a peer has stalled
     spare_worker = true              # start each run's MPC worker ahead (one idle process)
+    replay_cache_gb = 4              # disk for kept shares of replayed columns, per epoch
     # listen_host = "10.20.0.5"      # bind address, if not the consortium file's host (NAT)
     # listen_port = 7101             # bind ports, if peers reach us through a port forward
     # listen_mpc_port = 7201
@@ -105,6 +106,8 @@ ROLES = ("analyst", "reviewer")
 read what the party publishes."""
 
 DEFAULT_STALL_TIMEOUT = 30.0
+DEFAULT_REPLAY_CACHE_GB = 4
+MAX_REPLAY_CACHE_GB = 4096
 """Seconds without a word from a peer (kernel or worker) after which it has stalled."""
 
 MAX_STALL_TIMEOUT = 3600.0
@@ -140,6 +143,7 @@ class PartyConfig:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     max_queue: int = DEFAULT_MAX_QUEUE
     spare_worker: bool = True  # keep one MPC worker started ahead of the next run
+    replay_cache_bytes: int = DEFAULT_REPLAY_CACHE_GB << 30  # kept replayed columns, per epoch
     listen_host: str | None = None  # bind address; default: the consortium file's host
     listen_port: int | None = None  # bind ports, if others reach this party through a
     listen_mpc_port: int | None = None  # port forward or proxy; default: the file's
@@ -303,6 +307,11 @@ def load_party(path: str | Path) -> PartyConfig:
     spare = head.get("spare_worker", True)
     if not isinstance(spare, bool):
         raise ConfigError(f"{where}: spare_worker must be true or false")
+    cache_gb = head.get("replay_cache_gb", DEFAULT_REPLAY_CACHE_GB)
+    if not isinstance(cache_gb, int | float) or isinstance(cache_gb, bool) or \
+            not 0 <= cache_gb <= MAX_REPLAY_CACHE_GB or math.isnan(cache_gb):
+        raise ConfigError(f"{where}: replay_cache_gb must be a number of GiB from 0 (keep "
+                          f"no replayed columns) to {MAX_REPLAY_CACHE_GB}")
     listen = head.get("listen_host")
     ports = [None if head.get(key) is None else _port(head[key], f"{where} {key}")
              for key in ("listen_port", "listen_mpc_port", "review_port")]
@@ -310,4 +319,5 @@ def load_party(path: str | Path) -> PartyConfig:
                        str(head.get("worker_log_level", "WARNING")),
                        _seconds(head.get("stall_timeout"), f"{where} stall_timeout",
                                 DEFAULT_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
-                       max_queue, spare, str(listen) if listen else None, *ports, file=path)
+                       max_queue, spare, int(cache_gb * (1 << 30)),
+                       str(listen) if listen else None, *ports, file=path)

@@ -41,6 +41,7 @@ class Job:
     fingerprints: list[str]  # every party's pinned fingerprint, in MPC order
     stall_timeout: float  # seconds of silence after which a peer's worker has stalled
     handoff_fd: int  # this worker's end of the kernel's hand-off socket (MPC connections)
+    replay_cache_bytes: int = 4 << 30  # disk for kept shares of replayed columns, per epoch
 
     def write(self, folder: Path) -> Path:
         """Write the job into the run's folder (created by the kernel); return its path."""

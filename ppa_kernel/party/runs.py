@@ -100,7 +100,8 @@ class Workers:
                    certificate=str(identity.cert_path), key=str(identity.key_path),
                    peer_certificates=[p.pin.pem for p in consortium.parties],
                    fingerprints=[p.pin.fingerprint for p in consortium.parties],
-                   stall_timeout=self.config.stall_timeout, handoff_fd=handoff_fd)
+                   stall_timeout=self.config.stall_timeout, handoff_fd=handoff_fd,
+                   replay_cache_bytes=self.config.replay_cache_bytes)
 
     def start_spare(self) -> None:
         """Start the spare worker now, if the kernel keeps one and has none."""

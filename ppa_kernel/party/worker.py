@@ -213,7 +213,7 @@ async def _run(job: Job) -> dict:
     await _agree(job)
     phases("connect")
     columns = table_columns(program, job.party, block)
-    cache = ColumnCache(Path(job.state_dir) / EPOCH_FOLDER)
+    cache = ColumnCache(Path(job.state_dir) / EPOCH_FOLDER, job.replay_cache_bytes)
     epoch = await _linkage(job, frame, phases, [cache.token(*c) for c in columns])
     linkage, history = epoch.linkage, epoch.history
     widths = [len(program.features.get(p, [])) for p in program.parties]
