@@ -27,12 +27,11 @@ from ppa_kernel.party.secure.linalg import bits
 from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
 from ppa_kernel.party.secure.openings import MASKED_COMPARISON, masked
 from ppa_kernel.party.secure.runtime import (
-    MPYC_RANDOM_BITS,
     allow_disconnects,
     mpc,
+    mpyc_random_bits,
     random_field_array,
     shares,
-    use_random_bits,
     value_type,
     wrap,
 )
@@ -48,12 +47,8 @@ async def _timed(step) -> float:
 
 
 async def _mpyc_bits(n: int):
-    use_random_bits(MPYC_RANDOM_BITS)
-    try:
-        with masked(MASKED_COMPARISON):
-            return await mpc.np_random_bits(value_type().field, n)
-    finally:
-        use_random_bits(limb_fixed.np_random_bits)
+    with mpyc_random_bits(), masked(MASKED_COMPARISON):
+        return await mpc.np_random_bits(value_type().field, n)
 
 
 async def main() -> None:
@@ -90,19 +85,13 @@ async def main() -> None:
 
 
 async def _object_bits(values: np.ndarray):
-    use_random_bits(MPYC_RANDOM_BITS)
-    try:
+    with mpyc_random_bits():
         return await bits(values, 9)
-    finally:
-        use_random_bits(limb_fixed.np_random_bits)
 
 
 async def _object_logistic(u: np.ndarray):
-    use_random_bits(MPYC_RANDOM_BITS)
-    try:
+    with mpyc_random_bits():
         return await logistic(u, ObjectOps)
-    finally:
-        use_random_bits(limb_fixed.np_random_bits)
 
 
 if __name__ == "__main__":

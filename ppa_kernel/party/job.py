@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ppa_kernel.contract.config import DEFAULT_REPLAY_CACHE_GB
+
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 
@@ -41,7 +43,7 @@ class Job:
     fingerprints: list[str]  # every party's pinned fingerprint, in MPC order
     stall_timeout: float  # seconds of silence after which a peer's worker has stalled
     handoff_fd: int  # this worker's end of the kernel's hand-off socket (MPC connections)
-    replay_cache_bytes: int = 4 << 30  # disk for kept shares of replayed columns, per epoch
+    replay_cache_bytes: int = DEFAULT_REPLAY_CACHE_GB << 30  # kept replayed columns, per epoch
 
     def write(self, folder: Path) -> Path:
         """Write the job into the run's folder (created by the kernel); return its path."""

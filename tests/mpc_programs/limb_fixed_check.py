@@ -9,6 +9,7 @@ line. Not collected by pytest: tests/test_limb_fixed.py starts it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 
@@ -27,10 +28,9 @@ from ppa_kernel.party.secure.openings import (
     reveal_limbs,
 )
 from ppa_kernel.party.secure.runtime import (
-    MPYC_RANDOM_BITS,
     mpc,
+    mpyc_random_bits,
     shares,
-    use_random_bits,
     value_type,
 )
 from ppa_kernel.party.secure.truncation import carry_bound
@@ -139,10 +139,8 @@ async def main():
     start = len(LEDGER.entries)
     forms = {}
     for name, ops in (("limbs", LimbOps), ("objects", ObjectOps)):
-        if name == "objects":  # the reference: MPyC's own random bits too
-            use_random_bits(MPYC_RANDOM_BITS)
-        p, w, spill = await logistic(u, ops)
-        use_random_bits(limb_fixed.np_random_bits)
+        with mpyc_random_bits() if name == "objects" else contextlib.nullcontext():
+            p, w, spill = await logistic(u, ops)  # the reference: MPyC's own bits too
         opened_p = await open_(Shares.of(p))
         opened_w = await open_(Shares.of(w))
         forms[name] = (np.array([signed(a) / 2 ** 56 for a in opened_p]),

@@ -5,7 +5,8 @@ per element and step (MPyC's field arrays are ``dtype=object``).
 The protocols are those of :func:`.fixed.truncate_product` and :func:`.linalg.bits`, with
 the same openings, masks and leakage; :class:`Shares` gives limb shares numpy's
 operators, so one algorithm (:func:`.logistic.logistic`) runs on either form and the
-object form stays the reference (and the path under MPyC's ``no_prss`` option).
+object form stays the reference the tests compare with. The models that use these
+(logistic regression, quantiles) need MPyC's PRSS keys (:func:`require`).
 
 - Bounded pseudorandom sharings (no communication): for every subset S of m - t parties
   with key k_S (MPyC's PRSS keys), w_S = PRF(k_S, input) is uniform in [0, 2^b) and
@@ -40,11 +41,11 @@ from . import limb_shares
 from .limbs import VALUE
 from .openings import MASKED_COMPARISON, reveal_limbs
 from .runtime import (
+    MPYC_RANDOM_BITS,
     Runtime,
     exchange,
     mpc,
     mpc_coro,
-    mpyc_random_bits,
     prss_input,
     prss_keys,
     use_random_bits,
@@ -195,7 +196,7 @@ def scale() -> int:
 def _scaled_basis(subset: tuple[int, ...]) -> int:
     """D lambda_S at this party's point: a small integer (the product of the points
     outside S divides D)."""
-    points = [p + 1 for p in range(len(mpc.parties))]
+    points = limb_shares.points()
     outside = [points[j] for j in range(len(points)) if j not in subset]
     return math.prod(x - points[mpc.pid] for x in outside) * (scale() // math.prod(outside))
 
@@ -297,7 +298,7 @@ async def np_random_bits(self: Runtime, sftype: type, n: int, signed: bool = Fal
     ``signed``) by :func:`random_bits` for the value field; MPyC's own otherwise."""
     field = sftype.field if issubclass(sftype, self.SecureObject) else sftype
     if field.order != F.modulus or not available():
-        return mpyc_random_bits(sftype, n, signed)
+        return MPYC_RANDOM_BITS(self, sftype, n, signed)
     if issubclass(sftype, self.SecureObject):
         await self.returnType((sftype.array, True, (n,)))
     else:
@@ -386,6 +387,14 @@ async def bits(values: Shares, length: int, bound: int | None = None) -> Shares:
         out[:, i] = p_i.linear([(1, p_i), (1, carry), (-2, both)])
         carry = generate[:, i] + both
     return out
+
+
+def public_dot(a: Shares, matrix: np.ndarray) -> Shares:
+    """Shares of ``a @ matrix`` for secret n x k shares and a public 0/1 k x q matrix:
+    sums of columns, no product."""
+    n = len(a)
+    return Shares(np.stack([F.combine([(1, a[:, i].flat()) for i in np.flatnonzero(column)], n)
+                            for column in np.asarray(matrix).T], axis=2))
 
 
 async def column_products(a: Shares, b: Shares, pairs: Sequence[tuple[int, int]]) -> Shares:

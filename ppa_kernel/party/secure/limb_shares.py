@@ -33,7 +33,8 @@ from .runtime import exchange, mpc, prss_input, prss_keys
 PRF_LABEL = b"ppa-limb-prss-v1"
 
 
-def _points() -> list[int]:
+def points() -> list[int]:
+    """Every party's Shamir evaluation point, by party id (MPyC's: 1..m)."""
     return [p + 1 for p in range(len(mpc.parties))]
 
 
@@ -57,12 +58,12 @@ def _random_words(field: LimbField, n: int) -> np.ndarray:
 
 def _subset_terms(field: LimbField, powers: range, n: int) -> list[tuple[int, np.ndarray]]:
     """(coefficient, u) pairs whose combination is this party's PRSS share (see module)."""
-    points, me = _points(), mpc.pid
+    xs, me = points(), mpc.pid
     uci = prss_input()
     terms = []
     for subset, key in prss_keys().items():
-        outside = math.prod(x - points[me] for j, x in enumerate(points) if j not in subset)
-        terms += [(outside * points[me] ** k, _prf(field, key, uci, k, n)) for k in powers]
+        outside = math.prod(x - xs[me] for j, x in enumerate(xs) if j not in subset)
+        terms += [(outside * xs[me] ** k, _prf(field, key, uci, k, n)) for k in powers]
     return terms
 
 

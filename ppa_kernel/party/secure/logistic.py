@@ -109,8 +109,8 @@ def constants() -> _Constants:
 
 
 class ObjectOps:
-    """The arithmetic on MPyC's share arrays (Python integers): the reference path, and
-    the path under MPyC's ``no_prss`` option."""
+    """The arithmetic on MPyC's share arrays (Python integers): the reference the tests
+    and ``benchmarks/bench_primitives.py`` compare :class:`LimbOps` with."""
 
     truncate = staticmethod(truncate_product)
     bits = staticmethod(bits)
@@ -139,7 +139,7 @@ class ObjectOps:
 
 class LimbOps:
     """The same arithmetic on limb shares (:mod:`.limb_fixed`): no Python integer per
-    element; the default wherever the runtime has PRSS keys."""
+    element; what logistic regression runs on."""
 
     truncate = staticmethod(limb_fixed.truncate)
     bits = staticmethod(limb_fixed.bits)
@@ -153,17 +153,11 @@ class LimbOps:
         return x
 
 
-def default_ops() -> type[ObjectOps] | type[LimbOps]:
-    return LimbOps if limb_fixed.available() else ObjectOps
-
-
-async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+async def logistic(u, ops: type[LimbOps] | type[ObjectOps]) -> tuple:
     """Shares of ``p = 1 / (1 + 2^u)`` and ``p (1 - p)`` (raw fixed point) for shares of
     raw fixed-point ``u`` (n values), and of the out-of-range sum: 0 exactly when every
     ``|u| < 2^(B-1)`` (a 1-element array; see ``out_of_range``). ``ops``: the share
-    arithmetic (:class:`LimbOps` or :class:`ObjectOps`; by default :func:`default_ops`);
-    results are in its form (limb shares, or MPyC share arrays)."""
-    ops = ops or default_ops()
+    arithmetic, :class:`LimbOps` or :class:`ObjectOps`; results are in its form."""
     c = constants()
     u = ops.array(u)
     k = await ops.truncate(u, FRAC_BITS, FRAC_BITS + 64)
@@ -207,7 +201,7 @@ async def logistic(u: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray, np.
     return ops.result(p), ops.result(w), ops.result(spill)
 
 
-async def _products(ops, *pairs: tuple) -> list:
+async def _products(ops: type[LimbOps] | type[ObjectOps], *pairs: tuple) -> list:
     """Fixed-point products of pairs of raw shares (or a share and a public raw
     constant), all in one round (``ops.truncate``: :func:`~.fixed.truncate_product`)."""
     local = [a * b for a, b in pairs]
@@ -220,7 +214,7 @@ async def _products(ops, *pairs: tuple) -> list:
     return out
 
 
-async def _goldschmidt(ops, d, c: _Constants):
+async def _goldschmidt(ops: type[LimbOps] | type[ObjectOps], d, c: _Constants):
     """1/d for d in [2^-carry, 3) (raw shares); the two products of a step in one round."""
     (scaled,) = await _products(ops, (d, c.beta))
     y = c.alpha - scaled

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppa_kernel.contract.config import DEFAULT_REPLAY_CACHE_GB
 from ppa_kernel.contract.expr import canonical_json
 from ppa_kernel.contract.program import Feature, Program
 
@@ -44,9 +45,10 @@ logger = logging.getLogger(__name__)
 TOKEN_BITS = 60
 """Bits of an entry's token (a sum of every party's random nonce, modulo 2^60)."""
 
-CAPACITY_BYTES = 4 << 30
-"""Most bytes of stored columns per epoch; beyond it the least recently used go (an
-analyst who asks for ever new expressions costs replays, never the owner's disk)."""
+CAPACITY_BYTES = DEFAULT_REPLAY_CACHE_GB << 30
+"""Most bytes of stored columns per epoch unless the party file says otherwise
+(``replay_cache_gb``); beyond it the least recently used go (an analyst who asks for
+ever new expressions costs replays, never the owner's disk)."""
 
 
 def column_identity(program: Program, feature: Feature, joined: int) -> str:

@@ -34,13 +34,14 @@ random bits by :mod:`.truncation` and :mod:`.limb_fixed` when those are imported
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
@@ -456,7 +457,7 @@ def use_truncation(np_trunc: Callable, trunc: Callable) -> None:
 
 
 MPYC_RANDOM_BITS = Runtime.np_random_bits
-"""MPyC's own ``Runtime.np_random_bits``, to restore with :func:`use_random_bits`."""
+"""MPyC's own ``Runtime.np_random_bits``."""
 
 
 def use_random_bits(np_random_bits: Callable) -> None:
@@ -465,9 +466,16 @@ def use_random_bits(np_random_bits: Callable) -> None:
     Runtime.np_random_bits = np_random_bits
 
 
-def mpyc_random_bits(sftype, n: int, signed: bool = False):
-    """MPyC's own ``np_random_bits`` (the reference, and the path it falls back to)."""
-    return MPYC_RANDOM_BITS(mpc, sftype, n, signed)
+@contextlib.contextmanager
+def mpyc_random_bits() -> Iterator[None]:
+    """MPyC's own random bits inside the block (the reference that tests and benchmarks
+    compare the installed ones with), the installed ones again after it."""
+    installed = Runtime.np_random_bits
+    Runtime.np_random_bits = MPYC_RANDOM_BITS
+    try:
+        yield
+    finally:
+        Runtime.np_random_bits = installed
 
 
 def install() -> None:

@@ -24,7 +24,7 @@ from ppa_kernel.contract.models.quantile import (
 from ppa_kernel.contract.program import Program, cell_levels
 
 from .. import limb_fixed
-from ..limb_fixed import F, Shares
+from ..limb_fixed import Shares
 from ..openings import compare, reveal
 from ..query import QueryState, Secret
 from ..runtime import COMPARE_BITS, mpc, shares, wrap
@@ -174,9 +174,7 @@ async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
             search.update(m, pairs, opened)
         below = below + (1 - keep) * lower
         if m > 1:  # inside <- lower half if kept, else upper half (per the row's cell)
-            chosen = Shares(np.stack([F.combine([(1, w[:, c].flat()) for c in
-                                                 np.flatnonzero(keep[:, j])], rows)
-                                      for j in range(width)], axis=2))
+            chosen = limb_fixed.public_dot(w, keep)
             (moved,) = await limb_fixed.multiply([(chosen, 2 * lower_rows - inside)])
             inside = inside - lower_rows + moved
 
