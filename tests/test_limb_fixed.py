@@ -21,6 +21,11 @@ def test_limb_fixed_point_protocols_against_oracles(parties):
     assert not failed, report
 
 
+def test_a_dealer_sending_malformed_random_bits_is_refused_by_name():
+    report = run_program("limb_fixed_check.py", 3, env={"PPA_CHECK_HOSTILE": "1"})
+    assert report["refused"] and "party 2 sent malformed shares" in report["refused"]
+
+
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.integers(0, VALUE.modulus - 1), min_size=1, max_size=30),
        shift=st.integers(0, 255), length=st.integers(1, 60))

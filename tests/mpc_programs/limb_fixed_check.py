@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import secrets
 
 import numpy as np
@@ -19,6 +20,7 @@ from check_report import finish
 from ppa_kernel.contract.models import MASKED_TRUNCATION
 from ppa_kernel.party.secure import limb_fixed
 from ppa_kernel.party.secure.limb_fixed import F, Shares
+from ppa_kernel.party.secure.limbs import MalformedShares
 from ppa_kernel.party.secure.logistic import LimbOps, ObjectOps, logistic
 from ppa_kernel.party.secure.openings import (
     LEDGER,
@@ -28,8 +30,10 @@ from ppa_kernel.party.secure.openings import (
     reveal_limbs,
 )
 from ppa_kernel.party.secure.runtime import (
+    exchange,
     mpc,
     mpyc_random_bits,
+    prss_input,
     shares,
     value_type,
 )
@@ -55,8 +59,27 @@ async def shared(values: list[int]) -> Shares:
     return Shares.of(x)
 
 
+async def hostile_dealer() -> dict:
+    """The last party deals the random bits and sends one element too few; party 0 must
+    refuse its message by name."""
+    limb_fixed.DEALER = len(mpc.parties) - 1  # at every party: the dealer is the last
+    if mpc.pid == limb_fixed.DEALER:  # its first message, as random_bits sends it, short
+        prss_input()
+        short = bytes(F.wire_bytes * 7)
+        await exchange({pid: short for pid in range(limb_fixed.DEALER)}, [])
+        return {}
+    try:
+        await limb_fixed.random_bits(8)
+    except MalformedShares as exc:
+        return {"refused": str(exc)}
+    return {"refused": None}
+
+
 async def main():
     await mpc.start()
+    if os.environ.get("PPA_CHECK_HOSTILE"):
+        await finish(await hostile_dealer())
+        return
     d, report = carry_bound(), {"parties": len(mpc.parties), "threshold": mpc.threshold}
     bits = await open_(await limb_fixed.random_bits(N))
     report["random_bits_are_bits"] = set(bits) <= {0, 1}
