@@ -31,6 +31,9 @@ from ppa_kernel.contract.models.ols import ols
 PARTIES = ["insurer", "hospital", "bureau"]
 HEADER = re.compile(rb"PPA-MPC/2 [0-9a-f]{16} [0-9] [0-9] [0-9]{10} [0-9a-f]{32} "
                     rb"[A-Za-z0-9+/]{86}==\n")
+MIN_HEADER = 128
+"""Fewer bytes than any header line: a connection that sent less, and got nothing back,
+is some other process on this machine that found a proxy's port (seen once in CI)."""
 OLS = "cost_2021 ~ age + sex"
 HANDSHAKE, CHANGE_CIPHER_SPEC, APPLICATION_DATA = 22, 20, 23
 TLS13 = b"\x03\x04"
@@ -159,13 +162,19 @@ def test_every_link_is_tls13_and_nothing_is_readable(wired, data):
         up, down = bytes(s.upstream), bytes(s.downstream)
         check_tls13(up, down)  # from the very first byte
 
-    links = streams(mpc)
-    assert len(links) >= 2 * 3  # three links per run, two runs
-    for s in links:
+    links, strangers = [], []
+    for s in streams(mpc):
         up, down = bytes(s.upstream), bytes(s.downstream)
         header = HEADER.match(up)
+        if not header and len(up) < MIN_HEADER and not down:
+            strangers.append(up)  # not a worker's: a dialler writes its header at once
+            continue
         assert header, up[:80]
         check_tls13(up[header.end():], down)
+        links.append(s)
+    assert len(links) >= 2 * 3, strangers  # three links per run, two runs
+    if strangers:
+        print(f"\nignored {len(strangers)} stray connections to the proxies: {strangers}")
     mpc_bytes = sum(len(s.upstream) + len(s.downstream) for s in links)
     print(f"\nMPC bytes on the wire: {mpc_bytes}, in {len(links)} connections")
     assert mpc_bytes > 100_000  # the shares did travel
