@@ -5,6 +5,7 @@ the same function on MPyC's share arrays; and the limb helpers against Python in
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,46 @@ def test_public_shifts_and_low_bits_match_python_integers(values, shift, length)
     quotients = [v // 120 for v in values]
     multiples = VALUE.from_ints([q * 120 for q in quotients])
     assert VALUE.to_ints(VALUE.divide_exact(multiples, 120)) == quotients
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rows=st.integers(0, 40), left=st.integers(1, 4),
+       right=st.integers(1, 4), block=st.sampled_from([1, 7, 1 << 15]))
+def test_dot_products_match_python_integers(data, rows, left, right, block):
+    from ppa_kernel.party.secure import limbs
+
+    element = st.one_of(st.integers(0, VALUE.modulus - 1), st.just(VALUE.modulus - 1))
+    a = np.array(data.draw(st.lists(element, min_size=rows * left, max_size=rows * left)),
+                 dtype=object).reshape(rows, left)
+    b = np.array(data.draw(st.lists(element, min_size=rows * right, max_size=rows * right)),
+                 dtype=object).reshape(rows, right)
+    la = VALUE.from_ints(a.reshape(-1)).reshape(VALUE.limbs, rows, left)
+    lb = VALUE.from_ints(b.reshape(-1)).reshape(VALUE.limbs, rows, right)
+    lb = VALUE.mul(lb, VALUE.constant(1).reshape(VALUE.limbs, 1, 1))  # limbs up to 2^27
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limbs, "DOT_BLOCK", block)  # sums across blocks, too
+        got = VALUE.to_ints(VALUE.dot(la, lb).reshape(VALUE.limbs, -1))
+    assert got == ((a.T @ b) % VALUE.modulus).reshape(-1).tolist()
+
+
+@settings(max_examples=50, deadline=None)
+@given(values=st.lists(st.integers(0, VALUE.modulus - 1), min_size=1, max_size=20))
+def test_fixed_bytes_are_32_byte_big_endian_integers(values):
+    stored = VALUE.to_fixed_bytes(VALUE.from_ints(values))
+    assert stored.tobytes() == b"".join(v.to_bytes(32, "big") for v in values)
+    assert VALUE.to_ints(VALUE.from_fixed_bytes(stored)) == values
+
+
+def test_history_files_keep_their_format(tmp_path):
+    from ppa_kernel.party.secure.history import History, RowSet
+
+    values = [0, 1, VALUE.modulus - 1, 12345678901234567890]
+    History(tmp_path).append([RowSet("d" * 64, 3, 77, VALUE.from_ints(values))])
+    stored = np.load(tmp_path / "history" / "000000.npy", allow_pickle=False)
+    assert stored.tobytes() == b"".join(v.to_bytes(32, "big") for v in [77, *values])
+    [loaded] = History(tmp_path).load()
+    assert (loaded.definition, loaded.joined, loaded.size) == ("d" * 64, 3, 77)
+    assert VALUE.to_ints(loaded.shares) == values
 
 
 def test_exact_division_refuses_a_remainder():

@@ -26,6 +26,20 @@ MAX_EVENT_LINE = 1 << 16
 """Longest progress line a worker prints (its events are a few dozen bytes)."""
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Thread counts of numpy's BLAS, which a worker sets to 1 unless the operator set them:
+a party's workers and its peers' (on one host in tests and demos) run side by side, and
+threads that spin on shared cores make the dot products slower, not faster."""
+
+
+def worker_environment() -> dict[str, str]:
+    """The kernel's environment with one BLAS thread per worker (see :data:`BLAS_THREADS`)."""
+    env = dict(os.environ)
+    for name in BLAS_THREADS:
+        env.setdefault(name, "1")
+    return env
+
+
 class WorkerProcess:
     """A started worker: the process, the kernel's end of its hand-off socket, and the
     number of the worker's end in the worker."""
@@ -40,7 +54,7 @@ class WorkerProcess:
                 [sys.executable, "-m", "ppa_kernel.cli", "--log-level", log_level, "worker",
                  "--spare", str(jobs), "--mpyc-argv", json.dumps(mpyc_argv)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-                pass_fds=(theirs.fileno(),), cwd=jobs)
+                pass_fds=(theirs.fileno(),), cwd=jobs, env=worker_environment())
         except BaseException:
             ours.close()
             raise

@@ -26,7 +26,9 @@ import numpy as np
 
 from ppa_kernel.contract.errors import PlanError
 
+from . import limb_fixed
 from .history import RowSet
+from .limb_fixed import Shares
 from .openings import compare
 from .runtime import mpc, shares, wrap
 
@@ -83,7 +85,7 @@ async def dominance_fails(sectype, sums: np.ndarray, sumsqs: np.ndarray, rules: 
 class Kept:
     """The epoch's released row sets on one query's rows (aligned once per run)."""
 
-    shares: np.ndarray  # people x sets, this party's shares of the 0/1 indicators
+    shares: Shares  # people x sets, this party's shares of the 0/1 indicators
     sizes: np.ndarray  # this party's shares of each set's size
     people: int  # a bound on every set's size (for the comparisons' bit length)
 
@@ -93,19 +95,20 @@ class Kept:
         """The stored sets' shares on ``rows`` (people seen at enough parties)."""
         if not history:
             return None
-        columns = []
-        for row_set in history:
+        out = Shares.zeros((len(rows), len(history)))
+        for j, row_set in enumerate(history):
             stored_rows = np.flatnonzero(group_sizes >= row_set.joined)
-            out = np.zeros(len(rows), dtype=object)
+            if row_set.shares.shape[1] != len(stored_rows):
+                raise ValueError(f"a kept row set holds {row_set.shares.shape[1]} rows, the "
+                                 f"epoch {len(stored_rows)}")
             common = np.intersect1d(rows, stored_rows, assume_unique=True)
-            out[np.searchsorted(rows, common)] = \
-                row_set.shares[np.searchsorted(stored_rows, common)]
-            columns.append(out)
-        return cls(np.column_stack(columns), np.array([h.size for h in history], dtype=object),
+            out.limbs[:, np.searchsorted(rows, common), j] = \
+                row_set.shares[:, np.searchsorted(stored_rows, common)]
+        return cls(out, np.array([h.size for h in history], dtype=object),
                    int(group_sizes.sum()))
 
 
-async def differencing_flags(sectype, candidates: np.ndarray, sizes: np.ndarray,
+async def differencing_flags(sectype, candidates: Shares, sizes: np.ndarray,
                              kept: Kept | None, min_cell: int) -> np.ndarray:
     """Shares of one bit per candidate row set (columns of ``candidates``): 1 when it
     differs from some kept set by at least one and fewer than ``min_cell`` rows.
@@ -115,7 +118,7 @@ async def differencing_flags(sectype, candidates: np.ndarray, sizes: np.ndarray,
     count = candidates.shape[1]
     if kept is None or not count:
         return np.zeros(count, dtype=object)
-    dots = await shares(wrap(sectype, candidates).transpose() @ wrap(sectype, kept.shares))
+    dots = (await limb_fixed.dot(candidates, kept.shares)).objects()
     diff = sizes.reshape(-1, 1) + kept.sizes.reshape(1, -1) - 2 * dots
     near = await shares(wrap(sectype, diff) * wrap(sectype, diff - min_cell))
     people = kept.people + min_cell

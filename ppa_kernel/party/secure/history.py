@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .limbs import VALUE as F
+
 logger = logging.getLogger(__name__)
 
 SHARE_BYTES = 32
@@ -33,16 +35,18 @@ class RowSet:
     definition: str
     joined: int  # the set is zero outside the people seen at >= joined parties
     size: int  # share of |set|
-    shares: np.ndarray  # object array of shares, one per person seen at >= joined parties
+    shares: np.ndarray  # (L, people) limbs: one share per person seen at >= joined parties
 
 
-def _to_bytes(values: np.ndarray) -> np.ndarray:
-    raw = b"".join(int(v).to_bytes(SHARE_BYTES, "big") for v in values.tolist())
-    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, SHARE_BYTES)
+def _to_bytes(size: int, shares: np.ndarray) -> np.ndarray:
+    head = np.frombuffer(int(size).to_bytes(SHARE_BYTES, "big"), dtype=np.uint8)
+    return np.vstack([head.reshape(1, SHARE_BYTES), F.to_fixed_bytes(shares)])
 
 
-def _from_bytes(array: np.ndarray) -> np.ndarray:
-    return np.array([int.from_bytes(row.tobytes(), "big") for row in array], dtype=object)
+def _from_bytes(array: np.ndarray) -> tuple[int, np.ndarray]:
+    if array.ndim != 2 or array.shape[1] != SHARE_BYTES or not len(array):
+        raise ValueError("a history entry is not rows of 32-byte shares")
+    return int.from_bytes(array[0].tobytes(), "big"), F.from_fixed_bytes(array[1:])
 
 
 class History:
@@ -77,8 +81,8 @@ class History:
         out = []
         for entry in self.entries:
             array = np.load(self.folder / entry["file"], allow_pickle=False)
-            values = _from_bytes(array)
-            out.append(RowSet(entry["definition"], entry["joined"], int(values[0]), values[1:]))
+            size, shares = _from_bytes(array)
+            out.append(RowSet(entry["definition"], entry["joined"], size, shares))
         return out
 
     def append(self, sets: list[RowSet]) -> None:
@@ -86,7 +90,7 @@ class History:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for row_set in sets:
             name = f"{len(self.entries):06d}.npy"
-            payload = _to_bytes(np.concatenate([[row_set.size], row_set.shares]))
+            payload = _to_bytes(row_set.size, row_set.shares)
             fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, payload, allow_pickle=False)

@@ -397,11 +397,30 @@ def public_dot(a: Shares, matrix: np.ndarray) -> Shares:
                             for column in np.asarray(matrix).T], axis=2))
 
 
+def local_dot(a: Shares, b: Shares) -> Shares:
+    """This party's degree-2t shares of ``a' b`` (p x q) for secret n x p and n x q
+    arrays of degree t: local products summed over the rows (:meth:`.LimbField.dot`)."""
+    return Shares(F.dot(a.limbs, b.limbs))
+
+
+async def dot(a: Shares, b: Shares) -> Shares:
+    """Degree-t shares of ``a' b`` (see :func:`local_dot`), one resharing."""
+    return await reshare(local_dot(a, b))
+
+
+def column_sums(a: Shares) -> Shares:
+    """Shares of the sums over the rows of an n x k share array (no communication)."""
+    return Shares(F.total(a.limbs))
+
+
 async def column_products(a: Shares, b: Shares, pairs: Sequence[tuple[int, int]]) -> Shares:
     """Shares of ``sum_r a[r, i] b[r, j]`` for every (i, j) in ``pairs`` (secret n x p and
     n x q arrays): local products summed over the rows, one resharing."""
-    sums = [F.total(F.mul(a[:, i].flat(), b[:, j].flat())) for i, j in pairs]
-    return await reshare(Shares(np.concatenate(sums, axis=1) if sums else F.zeros(0)))
+    if not pairs:
+        return Shares.zeros((0,))
+    full = local_dot(a, b)
+    left, right = map(list, zip(*pairs, strict=True))
+    return await reshare(Shares(full.limbs[:, left, right]))
 
 
 async def out_of_range(values: Shares, digits: Shares) -> Shares:

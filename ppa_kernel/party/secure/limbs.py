@@ -28,6 +28,12 @@ SMALL = 1 << 24
 """Coefficients below this (in absolute value) multiply limb by limb, without a product."""
 
 
+PIECE = BITS // 2
+_PIECE, _PIECE_MASK = np.uint64(PIECE), np.uint64((1 << PIECE) - 1)
+DOT_BLOCK = 1 << 15
+"""Rows per float64 block of :meth:`LimbField.dot` (bounds its temporaries)."""
+
+
 class MalformedShares(ValueError):
     """Bytes from a peer that are not the expected count of canonical field elements."""
 
@@ -130,10 +136,47 @@ class LimbField:
         return self._carry(acc)
 
     def total(self, a: np.ndarray) -> np.ndarray:
-        """The sum of all elements of ``a`` as a ``(L, 1)`` array (fewer than 2^30 of them)."""
+        """The sum of all elements of an ``(L, n)`` array as ``(L, 1)``, or of the rows of
+        an ``(L, n, k)`` array as ``(L, k)`` (fewer than 2^30 rows)."""
         if a.shape[1] >= 1 << 30:
             raise ValueError("too many elements to sum at once")
-        return self._carry(a.sum(axis=1, dtype=np.uint64, keepdims=True))
+        return self._carry(a.sum(axis=1, dtype=np.uint64, keepdims=a.ndim == 2))
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``sum_r a[:, r, i] b[:, r, j]`` mod p for ``(L, n, p)`` and ``(L, n, q)`` limb
+        arrays, as ``(L, p, q)``.
+
+        Exact float64 matrix products (BLAS) of the canonical values' 13-bit pieces: a
+        product of two pieces is below 2^26, so fewer than 2^27 rows sum exactly below
+        2^53; the pieces' partial sums then combine as Python integers (p q of them)."""
+        n, left, right = a.shape[1], a.shape[2], b.shape[2]
+        if b.shape[1] != n:
+            raise ValueError("a dot product needs both arrays over the same rows")
+        if n >= 1 << 27:
+            raise ValueError("too many rows for one exact dot product")
+        pieces = 2 * self.limbs
+        acc = np.zeros((pieces * left, pieces * right), dtype=np.int64)
+        for start in range(0, n, DOT_BLOCK):
+            block = slice(start, start + DOT_BLOCK)
+            acc += (self._pieces(a[:, block]).T @ self._pieces(b[:, block])).astype(np.int64)
+        acc = acc.reshape(pieces, left, pieces, right).transpose(1, 3, 0, 2)
+        diagonals = np.zeros((left, right, 2 * pieces - 1), dtype=np.int64)
+        for s in range(pieces):  # piece s of a times piece u of b weighs 2^(13 (s + u))
+            diagonals[:, :, s:s + pieces] += acc[:, :, s, :]  # below 20 * 2^53
+        values = [sum(int(d) << (PIECE * k) for k, d in enumerate(row))
+                  for row in diagonals.reshape(left * right, -1).tolist()]
+        out = self.from_ints([v % self.modulus for v in values]) if values else self.zeros(0)
+        return out.reshape(self.limbs, left, right)
+
+    def _pieces(self, a: np.ndarray) -> np.ndarray:
+        """``(m, 2L p)`` float64 13-bit pieces of the canonical values of an ``(L, m, p)``
+        array: column ``s p + i`` holds piece s (weight 2^(13 s)) of element i."""
+        _, m, width = a.shape
+        d = self.freeze(a.reshape(self.limbs, m * width)).reshape(self.limbs, m, width)
+        out = np.empty((2 * self.limbs, m, width), dtype=np.float64)
+        out[0::2] = d & _PIECE_MASK
+        out[1::2] = d >> _PIECE
+        return out.transpose(1, 0, 2).reshape(m, 2 * self.limbs * width)
 
     def _propagate(self, d: np.ndarray) -> None:
         """Carry limb i's excess into limb i + 1 (in place), without folding the top."""
@@ -271,6 +314,20 @@ class LimbField:
             if r > 64 - BITS and q + 1 < count:
                 words[:, q + 1] |= d[j] >> np.uint64(64 - r)
         return words
+
+    def to_fixed_bytes(self, a: np.ndarray) -> np.ndarray:
+        """The canonical values of ``a`` as an ``(n, 8 W)`` uint8 array of big-endian
+        integers (a storage form that needs no Python integer per element)."""
+        words = self._to_words(a)[:, :self.words]
+        return np.ascontiguousarray(words[:, ::-1]).astype(">u8").view(np.uint8).reshape(
+            a.shape[1], 8 * self.words)
+
+    def from_fixed_bytes(self, array: np.ndarray) -> np.ndarray:
+        """Limbs of :meth:`to_fixed_bytes` output (reduced mod p)."""
+        if array.ndim != 2 or array.shape[1] != 8 * self.words:
+            raise ValueError(f"expected rows of {8 * self.words} bytes")
+        words = np.ascontiguousarray(array).view(">u8")[:, ::-1].astype(np.uint64)
+        return self.from_words(words)
 
     def to_ints(self, a: np.ndarray) -> list[int]:
         """The canonical values of ``a`` as Python integers."""

@@ -29,8 +29,10 @@ from ppa_kernel.contract.errors import PlanError, PolicyRefused
 from ppa_kernel.contract.expr import canonical_json, is_boolean
 from ppa_kernel.contract.program import SCALE_BITS, Feature, Program, cell_levels
 
+from . import limb_fixed
 from .disclosure import REASONS, Kept, Rules, differencing_flags, dominance_fails
 from .history import History, RowSet
+from .limb_fixed import Shares
 from .openings import compare, reveal
 from .runtime import COMPARE_BITS, mpc, shares, wrap
 
@@ -168,12 +170,20 @@ class QueryState:
     evaluator: Evaluator
     sectype: object
     mask: object | None  # secure 0/1 per linked row (None: every row), cohort filter
-    weights: object  # secure rows x cells membership (mask applied)
+    cell_weights: Shares  # rows x cells membership (mask applied)
     size_counts: np.ndarray  # shares of the rows per cell (released only if "size" asked)
     totals: np.ndarray  # shares, cells x value columns (see layout)
     layout: dict[str, dict]  # measure key -> {"scale", "count", "sum", "sumsq"?}
     stats: CellStats
-    values: np.ndarray | None = None  # shares, people x value columns (see layout)
+    values: Shares | None = None  # people x value columns (see layout)
+    _weights: object = field(default=None, repr=False)
+
+    @property
+    def weights(self):
+        """:attr:`cell_weights` as a secure array (made once, for models on MPyC arrays)."""
+        if self._weights is None:
+            self._weights = wrap(self.sectype, self.cell_weights.objects(), reduced=True)
+        return self._weights
 
 
 def joined_rows(program: Program, group_sizes: np.ndarray) -> np.ndarray:
@@ -204,19 +214,18 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
         mask = condition if mask is None else mask * condition
     weights = await _cell_weights(ev, mask, len(rows), joined == m)
     value_columns, layout = await _value_columns(ev, program)
-    w_shares = await shares(weights)
-    size_counts = w_shares.sum(axis=0)
-    totals = np.zeros((w_shares.shape[1], 0), dtype=object)
+    cells = weights.shape[1]
+    size_counts = limb_fixed.column_sums(weights).objects()
+    totals = np.zeros((cells, 0), dtype=object)
     values = None
     if value_columns is not None:
-        totals = await shares(weights.transpose() @ value_columns)
-        values = await shares(value_columns)
+        values = Shares.of(await shares(value_columns))
+        totals = (await limb_fixed.dot(weights, values)).objects()
     if progress:
         progress("computation")
     # Check and release row counts only if the plan asks for them ("size").
     wants_size = any(a["stat"] == "size" for a in program.plan["aggregates"])
     keys = (["size"] if wants_size else []) + [entry["key"] for entry in program.measures]
-    cells = w_shares.shape[1]
     stats = CellStats({}, {}, {}, {}, {}, cells)
     state = QueryState(program, ev, sectype, mask, weights, size_counts, totals, layout, stats,
                        values)
@@ -275,17 +284,16 @@ class _Disclosure:
         self.reasons: list[list[str | None]] = []
         stored = self.history.load() if self.history is not None else []
         self.kept = Kept.align(stored, rows, group_sizes)
-        self._sets: dict[str | None, np.ndarray] = {}
+        self._sets: dict[str | None, Shares] = {}
 
-    async def row_sets(self, presence: str | None) -> np.ndarray:
+    async def row_sets(self, presence: str | None) -> Shares:
         """Shares (rows x cells) of each cell's row set for one presence key."""
         if presence not in self._sets:
             state = self.state
-            w = await shares(state.weights)
+            w = state.cell_weights
             if presence is not None:  # the measure's not-missing flags
                 column = state.values[:, state.layout[presence]["count"]].reshape(-1, 1)
-                w = await shares(state.weights * wrap(state.sectype,
-                                                      np.repeat(column, w.shape[1], axis=1)))
+                [w] = await limb_fixed.multiply([(w, column)])
             self._sets[presence] = w
         return self._sets[presence]
 
@@ -361,7 +369,7 @@ class _Disclosure:
                 released = np.flatnonzero(passed[i])
                 if len(released) < 2:
                     break
-                union = sets[:, released].sum(axis=1).reshape(-1, 1)
+                union = limb_fixed.public_dot(sets, _indicator(sets.shape[1], released))
                 size = self.counts[i][released].sum()
                 flag = await differencing_flags(self.state.sectype, union,
                                                 np.array([size], dtype=object), self.kept,
@@ -394,14 +402,15 @@ class _Disclosure:
                 if definition not in known:
                     known.add(definition)
                     new.append(RowSet(definition, joined, int(self.counts[i][c]) % p,
-                                      sets[:, c] % p))
+                                      sets[:, c].flat()))
             if len(released) >= 2:
                 definition = _definition(program, presence, [cells[c] for c in released])
                 if definition not in known:
                     known.add(definition)
+                    union = limb_fixed.public_dot(sets, _indicator(sets.shape[1], released))
                     new.append(RowSet(definition, joined,
                                       int(self.counts[i][released].sum()) % p,
-                                      sets[:, released].sum(axis=1) % p))
+                                      union.flat()))
         if len(self.history) + len(new) > self.rules.history_limit:
             raise PolicyRefused(f"releasing {len(new)} more row sets would exceed this data "
                                 f"epoch's differencing history of "
@@ -410,6 +419,13 @@ class _Disclosure:
                                      "new epoch")
         self.history.append(new)
         await mpc.gather(mpc.input(self.state.sectype(1)))
+
+
+def _indicator(cells: int, chosen: np.ndarray) -> np.ndarray:
+    """The public cells x 1 0/1 matrix that sums the ``chosen`` cells."""
+    out = np.zeros((cells, 1), dtype=np.int64)
+    out[chosen] = 1
+    return out
 
 
 def cell_definitions(program: Program) -> list[list]:
@@ -463,26 +479,25 @@ def _onehot(ev: Evaluator, party: str, everyone_present: bool) -> np.ndarray:
     return np.column_stack([onehot, last]) if onehot.shape[1] else last.reshape(-1, 1)
 
 
-async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool):
-    """Secret people x cells membership matrix (one-hot per grouping party, combined)."""
-    program, sectype = ev.program, ev.sectype
+async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool) -> Shares:
+    """Secret people x cells membership matrix (one-hot per grouping party, combined;
+    cell ``a * levels + b`` is level a of the earlier parties and level b of the next)."""
+    program = ev.program
     weights = None
     for party in program.group_parties:
-        count = len(program.group_levels(party))
-        onehot = _onehot(ev, party, everyone_present)
+        onehot = Shares.of(_onehot(ev, party, everyone_present))
         if weights is None:
-            weights = wrap(sectype, onehot)
+            weights = onehot
             continue
-        left = np.repeat(await shares(weights), count, axis=1)
-        right = np.tile(onehot, (1, weights.shape[1]))
-        weights = wrap(sectype, left) * wrap(sectype, right)
+        left = Shares(weights.limbs[:, :, :, None])
+        right = Shares(onehot.limbs[:, :, None, :])
+        [product] = await limb_fixed.multiply([(left, right)])
+        weights = product.reshape(n, -1)
+    cohort = None if mask is None else Shares.of(await shares(mask)).reshape(n, 1)
     if weights is None:
-        if mask is None:
-            return sectype.array(np.ones((n, 1), dtype=object))
-        return wrap(sectype, (await shares(mask)).reshape(n, 1))
-    if mask is not None:
-        spread = np.repeat((await shares(mask)).reshape(n, 1), weights.shape[1], axis=1)
-        weights = weights * wrap(sectype, spread)
+        return cohort if cohort is not None else Shares.of(np.ones((n, 1), dtype=object))
+    if cohort is not None:
+        [weights] = await limb_fixed.multiply([(weights, cohort)])
     return weights
 
 

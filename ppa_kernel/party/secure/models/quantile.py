@@ -51,13 +51,13 @@ async def _pass_bits(sectype, n: np.ndarray, min_cell: int, rows: int) -> np.nda
     return np.asarray(await reveal(PASS, 1 - too_small)).astype(int).reshape(-1) == 1
 
 
-async def _measure_weights(state: QueryState, present) -> np.ndarray:
+async def _measure_weights(state: QueryState, present) -> Shares:
     """Shares of the rows x cells membership, restricted to rows where the measure exists."""
     if present is None:
-        return await shares(state.weights)
-    cells = state.weights.shape[1]
-    spread = np.repeat((await shares(present)).reshape(-1, 1), cells, axis=1)
-    return await shares(state.weights * wrap(state.sectype, spread))
+        return state.cell_weights
+    flags = Shares.of(await shares(present)).reshape(-1, 1)
+    [restricted] = await limb_fixed.multiply([(state.cell_weights, flags)])
+    return restricted
 
 
 async def _clamped(state: QueryState, value: Secret, model: dict, g: Grid) -> np.ndarray:
@@ -142,7 +142,7 @@ async def _test(sectype, counts: np.ndarray, n: np.ndarray, pairs: list[tuple[in
     return np.asarray(opened).astype(int).reshape(-1).tolist()
 
 
-async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
+async def _bisect(state: QueryState, index_bits: list[Shares], wp: Shares,
                   n: np.ndarray, search: _Bisection, qs: list[Fraction]) -> None:
     """Per (cell, q), halve the interval once per index bit, opening one bit per test.
 
@@ -153,8 +153,7 @@ async def _bisect(state: QueryState, index_bits: list[Shares], wp: np.ndarray,
     """
     sectype = state.sectype
     rows, width = len(wp), len(qs)
-    w = Shares.of(await shares(state.weights))
-    wp = Shares.of(wp)
+    w = state.cell_weights
     inside = Shares.zeros((rows, width)) + 1  # shares of the public 1
     below = np.zeros((wp.shape[1], width), dtype=object)
     cell_pairs = list(itertools.product(range(wp.shape[1]), range(width)))
@@ -190,7 +189,7 @@ async def run_quantile(state: QueryState) -> dict:
     rows = len(state.evaluator.table)
     qs = [fraction(q) for q in model["q"]]
     wp = await _measure_weights(state, value.present)
-    n = wp.sum(axis=0)
+    n = limb_fixed.column_sums(wp).objects()
     passed = await _pass_bits(sectype, n, plan["min_cell_size"] or 1, rows)
     order = _plan_order(program)
     result: list[list] = [[None] * len(qs) for _ in order]
