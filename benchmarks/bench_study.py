@@ -133,7 +133,8 @@ def report(result: dict) -> str:
         parts = ", ".join(f"{p} {phases[p]:.2f}" for p in PHASES if p in phases)
         lines.append(f"  {run['label']}: {run['seconds']:.2f} s end to end  [{parts}]  "
                      f"columns replayed {sum(run['input_widths'].values())}, "
-                     f"reused {sum(run['reused_widths'].values())}")
+                     f"reused {sum(run['reused_widths'].values())}, "
+                     f"peak {max(run['peak_rss_mb'].values()):,.0f} MB")
     ratio = result["runs"][1]["seconds"] / max(result["plaintext_s"], 1e-9)
     lines.append(f"  plaintext pandas, same study: {result['plaintext_s'] * 1000:.1f} ms "
                  f"(repeat query / plaintext = {ratio:,.0f}x)")

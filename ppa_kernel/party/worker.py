@@ -197,11 +197,11 @@ async def _run(job: Job) -> dict:
     from .owner import feature_matrix
     from .secure import limb_fixed, truncation  # noqa: F401  (cheap truncation, random bits)
     from .secure.disclosure import Rules
-    from .secure.linkage import linked_table
+    from .secure.linkage import linked_limbs
     from .secure.openings import LEDGER
     from .secure.query import joined_rows, run_query
     from .secure.replay_cache import ColumnCache, table_columns
-    from .secure.runtime import allow_disconnects, mpc, shares, value_type
+    from .secure.runtime import allow_disconnects, mpc, value_type
 
     phases = Phases()
     LEDGER.record_values = job.record_openings
@@ -223,10 +223,9 @@ async def _run(job: Job) -> dict:
         if column.shape[1] != len(keep):
             cache.drop(columns[c][0])  # the next run replays it
             raise PartyFailed("a stored column does not fit this epoch's linkage")
-    linked = await linked_table(
+    table = await linked_limbs(
         linkage, block, widths, value_type(), progress=phases, keep=keep, stored=stored,
         on_replayed=lambda c, s: cache.store(*columns[c], token=epoch.token, shares=s))
-    table = await shares(linked)
     phases("input")
     state = await run_query(program, table, linkage.group_sizes, value_type(),
                             Rules.from_plan(job.plan), progress=phases, history=history)

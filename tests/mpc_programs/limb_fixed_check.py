@@ -59,6 +59,38 @@ async def shared(values: list[int]) -> Shares:
     return Shares.of(x)
 
 
+async def products_and_dots(report: dict, rng) -> None:
+    """Products in one round and in rounds of rows (broadcast like the query's cell
+    weights), and the resharing dot products, against plaintext integers."""
+    rows, cells = 70, 6
+    a = [rng.randrange(-1000, 1000) for _ in range(rows * cells)]
+    b = [rng.randrange(-(1 << 60), 1 << 60) for _ in range(rows)]
+    x = (await shared(a)).reshape(rows, cells)
+    y = (await shared(b)).reshape(rows, 1)
+    want = [a[r * cells + c] * b[r] for r in range(rows) for c in range(cells)]
+    [whole] = await limb_fixed.multiply([(x, y)])
+    saved = limb_fixed.MULTIPLY_SLICE
+    limb_fixed.MULTIPLY_SLICE = 50  # eight rows per round
+    try:
+        [by_rows] = await limb_fixed.multiply([(x, y)])
+        [pair_a, pair_b] = await limb_fixed.multiply([(y, x), (x[:, :2], x[:, 3:5])])
+    finally:
+        limb_fixed.MULTIPLY_SLICE = saved
+    report["products_one_round"] = [signed(v) for v in await open_(whole)] == want
+    report["products_by_rows"] = [signed(v) for v in await open_(by_rows)] == want
+    opened_a, opened_b = await open_(pair_a), await open_(pair_b)  # at every party
+    report["products_pairs_by_rows"] = [signed(v) for v in opened_a] == want and [
+        signed(v) for v in opened_b] == [
+        a[r * cells + c] * a[r * cells + c + 3] for r in range(rows) for c in range(2)]
+    dots = await limb_fixed.dot(x, whole)
+    report["dot_products"] = [signed(v) for v in await open_(dots)] == [
+        sum(a[r * cells + i] * want[r * cells + j] for r in range(rows))
+        for i in range(cells) for j in range(cells)]
+    sums = await open_(limb_fixed.column_sums(x))
+    report["column_sums"] = [signed(v) for v in sums] == [
+        sum(a[r * cells + c] for r in range(rows)) for c in range(cells)]
+
+
 async def hostile_dealer() -> dict:
     """The last party deals the random bits and sends one element too few; party 0 must
     refuse its message by name."""
@@ -153,6 +185,8 @@ async def main():
     wide = await shared([5, 1 << length, 7])
     spill = await open_(await limb_fixed.out_of_range(wide, await limb_fixed.bits(wide, length)))
     report["out_of_range_sum_is_nonzero"] = spill != [0]
+
+    await products_and_dots(report, rng)
 
     u_real = np.concatenate([np.linspace(-240, 240, 201), np.linspace(-3, 3, 121),
                              [rng.uniform(-40, 40) for _ in range(300)]])

@@ -29,6 +29,7 @@ from ppa_kernel.contract.errors import PlanError
 from . import limb_fixed
 from .history import RowSet
 from .limb_fixed import Shares
+from .limbs import VALUE
 from .openings import compare
 from .runtime import mpc, shares, wrap
 
@@ -85,7 +86,7 @@ async def dominance_fails(sectype, sums: np.ndarray, sumsqs: np.ndarray, rules: 
 class Kept:
     """The epoch's released row sets on one query's rows (aligned once per run)."""
 
-    shares: Shares  # people x sets, this party's shares of the 0/1 indicators
+    limbs: np.ndarray  # (L, people, sets) uint32 limbs: shares of the 0/1 indicators
     sizes: np.ndarray  # this party's shares of each set's size
     people: int  # a bound on every set's size (for the comparisons' bit length)
 
@@ -95,14 +96,14 @@ class Kept:
         """The stored sets' shares on ``rows`` (people seen at enough parties)."""
         if not history:
             return None
-        out = Shares.zeros((len(rows), len(history)))
+        out = np.zeros((VALUE.limbs, len(rows), len(history)), dtype=np.uint32)
         for j, row_set in enumerate(history):
             stored_rows = np.flatnonzero(group_sizes >= row_set.joined)
             if row_set.shares.shape[1] != len(stored_rows):
                 raise ValueError(f"a kept row set holds {row_set.shares.shape[1]} rows, the "
                                  f"epoch {len(stored_rows)}")
             common = np.intersect1d(rows, stored_rows, assume_unique=True)
-            out.limbs[:, np.searchsorted(rows, common), j] = \
+            out[:, np.searchsorted(rows, common), j] = \
                 row_set.shares[:, np.searchsorted(stored_rows, common)]
         return cls(out, np.array([h.size for h in history], dtype=object),
                    int(group_sizes.sum()))
@@ -118,12 +119,13 @@ async def differencing_flags(sectype, candidates: Shares, sizes: np.ndarray,
     count = candidates.shape[1]
     if kept is None or not count:
         return np.zeros(count, dtype=object)
-    dots = (await limb_fixed.dot(candidates, kept.shares)).objects()
+    local = Shares(VALUE.dot(candidates.limbs, kept.limbs))
+    dots = (await limb_fixed.reshare(local)).objects()
     diff = sizes.reshape(-1, 1) + kept.sizes.reshape(1, -1) - 2 * dots
     near = await shares(wrap(sectype, diff) * wrap(sectype, diff - min_cell))
     people = kept.people + min_cell
     inside = await compare(mpc.np_sgn, wrap(sectype, near), l=_bits(people * people), LT=True)
     hits = (await shares(inside)).sum(axis=1)
-    none = await compare(mpc.np_sgn, wrap(sectype, hits - 1), l=_bits(kept.shares.shape[1]),
+    none = await compare(mpc.np_sgn, wrap(sectype, hits - 1), l=_bits(kept.limbs.shape[2]),
                          LT=True)
     return (1 - await shares(none)) % sectype.field.modulus

@@ -35,7 +35,7 @@ class RowSet:
     definition: str
     joined: int  # the set is zero outside the people seen at >= joined parties
     size: int  # share of |set|
-    shares: np.ndarray  # (L, people) limbs: one share per person seen at >= joined parties
+    shares: np.ndarray  # (L, people) limbs: a share per person seen at >= joined parties
 
 
 def _to_bytes(size: int, shares: np.ndarray) -> np.ndarray:
@@ -46,7 +46,8 @@ def _to_bytes(size: int, shares: np.ndarray) -> np.ndarray:
 def _from_bytes(array: np.ndarray) -> tuple[int, np.ndarray]:
     if array.ndim != 2 or array.shape[1] != SHARE_BYTES or not len(array):
         raise ValueError("a history entry is not rows of 32-byte shares")
-    return int.from_bytes(array[0].tobytes(), "big"), F.from_fixed_bytes(array[1:])
+    limbs = F.from_fixed_bytes(array[1:]).astype(np.uint32)  # every limb below 2^27
+    return int.from_bytes(array[0].tobytes(), "big"), limbs
 
 
 class History:

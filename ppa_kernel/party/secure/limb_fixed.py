@@ -329,10 +329,29 @@ def _split(flat: Shares, like: Sequence[Shares]) -> list[Shares]:
     return out
 
 
+MULTIPLY_SLICE = 1 << 20
+"""Elements multiplied and reshared per round: bounds the temporaries of large products
+(about 30 bytes per element and limb)."""
+
+
 async def multiply(pairs: Sequence[tuple[Shares, Shares]]) -> list[Shares]:
-    """Degree-t shares of the elementwise products of pairs of share arrays, one round."""
-    local = [a * b for a, b in pairs]
-    return _split(await reshare(concatenate(local)), local)
+    """Degree-t shares of the elementwise products of pairs of share arrays (numpy's
+    broadcasting): one round, or rounds of :data:`MULTIPLY_SLICE` elements by rows."""
+    shapes = [np.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+    if sum(math.prod(shape) for shape in shapes) <= MULTIPLY_SLICE:
+        local = [a * b for a, b in pairs]
+        return _split(await reshare(concatenate(local)), local)
+    return [await _multiply_by_rows(a, b, shape) for (a, b), shape in zip(pairs, shapes)]
+
+
+async def _multiply_by_rows(a: Shares, b: Shares, shape: tuple[int, ...]) -> Shares:
+    out = Shares.zeros(shape)
+    step = max(1, MULTIPLY_SLICE // max(1, math.prod(shape[1:])))
+    for start in range(0, shape[0], step):
+        rows = slice(start, start + step)
+        part = (a if len(a) == 1 else a[rows]) * (b if len(b) == 1 else b[rows])
+        out[rows] = await reshare(part)
+    return out
 
 
 async def truncate(x: Shares, f: int, l: int) -> Shares:  # noqa: E741 (MPyC's name)

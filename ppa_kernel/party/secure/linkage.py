@@ -223,11 +223,24 @@ CHUNK_ELEMENTS = 500_000
 
 
 async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], sectype,
+                       **options):
+    """:func:`linked_limbs` as a secure array of ``sectype`` (people x columns)."""
+    table = await linked_limbs(linkage, block, widths, sectype, **options)
+    _, groups, total = table.shape
+    if not groups or not total:
+        return wrap(sectype, np.zeros((groups, total), dtype=object))
+    values = VALUE.to_ints(table.reshape(VALUE.limbs, -1))
+    return wrap(sectype, np.array(values, dtype=object).reshape(groups, total), reduced=True)
+
+
+async def linked_limbs(linkage: Linkage, block: np.ndarray, widths: list[int], sectype,
                        progress=None, keep: np.ndarray | None = None,
                        stored: Mapping[int, np.ndarray] | None = None,
-                       on_replayed: Callable[[int, np.ndarray], None] | None = None):
-    """One row per linked person (group; only the groups ``keep`` lists, in its order,
-    when given), columns of all parties' blocks. Opens nothing.
+                       on_replayed: Callable[[int, np.ndarray], None] | None = None
+                       ) -> np.ndarray:
+    """This party's shares of one row per linked person (group; only the groups ``keep``
+    lists, in its order, when given), columns of all parties' blocks, as canonical
+    ``(L, people, columns)`` uint32 limbs. Opens nothing.
 
     Each party's columns are brought in separately, in chunks of at most
     ``CHUNK_ELEMENTS`` stacked values: input by their owner (already permuted by the
@@ -284,11 +297,10 @@ async def linked_table(linkage: Linkage, block: np.ndarray, widths: list[int], s
                 if on_replayed is not None:
                     on_replayed(offsets[party] + j, sums[:, :, i])
     groups, total = len(kept), sum(widths)
-    if not groups or not total:
-        return wrap(sectype, np.zeros((groups, total), dtype=object))
-    table = np.stack([columns[c] for c in range(total)], axis=2).reshape(field.limbs, -1)
-    values = np.array(field.to_ints(table), dtype=object).reshape(groups, total)
-    return wrap(sectype, values, reduced=True)
+    table = np.empty((field.limbs, groups, total), dtype=np.uint32)
+    for c in range(total):
+        table[:, :, c] = columns.pop(c)
+    return table
 
 
 def _stacked_plain(block: np.ndarray, sizes: list[int], owner: int) -> np.ndarray:

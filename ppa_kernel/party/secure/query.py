@@ -32,7 +32,7 @@ from ppa_kernel.contract.program import SCALE_BITS, Feature, Program, cell_level
 from . import limb_fixed
 from .disclosure import REASONS, Kept, Rules, differencing_flags, dominance_fails
 from .history import History, RowSet
-from .limb_fixed import Shares
+from .limb_fixed import F, Shares
 from .openings import compare, reveal
 from .runtime import COMPARE_BITS, mpc, shares, wrap
 
@@ -57,15 +57,33 @@ class Evaluator:
 
     def __init__(self, program: Program, table: np.ndarray, sectype):
         self.program = program
-        self.table = table  # this party's shares, people x features
+        self.table = table  # this party's shares, (L, people, features) canonical limbs
         self.sectype = sectype
+        self._columns: dict[int, object] = {}
+
+    @property
+    def rows(self) -> int:
+        return self.table.shape[1]
+
+    def shares(self, feature: Feature) -> Shares:
+        """This party's shares of a feature's column, as limbs."""
+        return Shares(self.table[:, :, self.program.feature_index(feature)].astype(np.uint64))
 
     def column(self, feature: Feature):
-        return wrap(self.sectype, self.table[:, self.program.feature_index(feature)])
+        """A feature's column as a secure array (made once per feature)."""
+        index = self.program.feature_index(feature)
+        if index not in self._columns:
+            values = F.to_ints(self.table[:, :, index].astype(np.uint64))
+            self._columns[index] = wrap(self.sectype, np.array(values, dtype=object),
+                                        reduced=True)
+        return self._columns[index]
 
     def owned(self, kind: str, expr: dict):
         owner = self.program.owner(expr)
         return self.column(Feature(owner, kind, canonical_json(expr)))
+
+    def owned_shares(self, kind: str, expr: dict) -> Shares:
+        return self.shares(Feature(self.program.owner(expr), kind, canonical_json(expr)))
 
     async def value(self, expr: dict) -> Secret:
         """Numeric expression as a Secret (scale 2^(SCALE_BITS*scale))."""
@@ -197,12 +215,13 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
                     history: History | None = None) -> QueryState:
     """Mask, aggregate, check and release one plan's cells (see module docstring).
 
-    ``linked`` holds this party's shares of the :func:`joined_rows` of the linked table.
+    ``linked`` holds this party's shares of the :func:`joined_rows` of the linked table
+    (:func:`.linkage.linked_limbs`).
     """
     m, joined = len(program.parties), len(program.link)
     rows = joined_rows(program, group_sizes)
-    if len(linked) != len(rows):
-        raise ValueError(f"the linked table has {len(linked)} rows, the join {len(rows)}")
+    if linked.shape[1] != len(rows):
+        raise ValueError(f"the linked table has {linked.shape[1]} rows, the join {len(rows)}")
     ev = Evaluator(program, linked, sectype)
     mask = None
     if joined < m:
@@ -219,7 +238,7 @@ async def run_query(program: Program, linked: np.ndarray, group_sizes: np.ndarra
     totals = np.zeros((cells, 0), dtype=object)
     values = None
     if value_columns is not None:
-        values = Shares.of(await shares(value_columns))
+        values = value_columns
         totals = (await limb_fixed.dot(weights, values)).objects()
     if progress:
         progress("computation")
@@ -463,20 +482,25 @@ async def _release(name: str, sectype, column: np.ndarray, ok: np.ndarray) -> li
     return out
 
 
-def _onehot(ev: Evaluator, party: str, everyone_present: bool) -> np.ndarray:
+def _onehot(ev: Evaluator, party: str, everyone_present: bool) -> Shares:
     """Shares of a party's full one-hot group matrix (an implied last level is restored)."""
     program = ev.program
     key = canonical_json([e["name"] for e in program.group_entries[party]])
     idx = [program.feature_index(Feature(party, "onehot", key, k))
            for k in range(program.onehot_count(party))]
-    onehot = ev.table[:, idx]
+    onehot = Shares(ev.table[:, :, idx].astype(np.uint64))
     if not program.implied_last.get(party):
         return onehot
     # Every present row of this party has exactly one level: the last is what remains.
-    base = (np.ones(len(onehot), dtype=object) if everyone_present
-            else ev.table[:, program.feature_index(Feature(party, "present"))])
-    last = base - onehot.sum(axis=1)
-    return np.column_stack([onehot, last]) if onehot.shape[1] else last.reshape(-1, 1)
+    base = (Shares.zeros((ev.rows,)) + 1 if everyone_present
+            else ev.shares(Feature(party, "present")))
+    last = base.linear([(1, base)] + [(-1, onehot[:, k]) for k in range(len(idx))])
+    return _columns([*(onehot[:, k] for k in range(len(idx))), last])
+
+
+def _columns(columns: list[Shares]) -> Shares:
+    """People x k shares from k columns of people."""
+    return Shares(np.stack([c.limbs for c in columns], axis=2))
 
 
 async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool) -> Shares:
@@ -485,7 +509,7 @@ async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool) -> 
     program = ev.program
     weights = None
     for party in program.group_parties:
-        onehot = Shares.of(_onehot(ev, party, everyone_present))
+        onehot = _onehot(ev, party, everyone_present)
         if weights is None:
             weights = onehot
             continue
@@ -501,28 +525,33 @@ async def _cell_weights(ev: Evaluator, mask, n: int, everyone_present: bool) -> 
     return weights
 
 
-async def _value_columns(ev: Evaluator, program: Program):
-    """Secure matrix of per-person values for every measure, and where each column sits."""
-    sectype = ev.sectype
-    columns, layout = [], {}
+async def _value_columns(ev: Evaluator, program: Program) -> tuple[Shares | None, dict]:
+    """Shares (people x columns) of every measure's not-missing flags, values and, where
+    needed, squares, and where each column sits. Owners computed their own measures'
+    columns; others cost a secure product each."""
+    columns: list[Shares] = []
+    layout = {}
     for entry in program.measures:
         expr, key = entry["expr"], entry["key"]
-        value = await ev.value(expr)
-        if value.public:
-            raise PlanError("an aggregate needs a column, not a constant")
-        present, v = value.present, value.value
-        owned = program.owner(expr) is not None
-        if not owned and present is not None:
-            v = v * present
+        if program.owner(expr) is not None:
+            scale, v = 1, ev.owned_shares("val", expr)
+            present = None if program.complete(expr) else ev.owned_shares("nn", expr)
+            square = ev.owned_shares("sq", expr) if entry["square"] else None
+        else:
+            value = await ev.value(expr)
+            if value.public:
+                raise PlanError("an aggregate needs a column, not a constant")
+            scale, v = value.scale, Shares.of(await shares(value.value))
+            present = None if value.present is None else Shares.of(await shares(value.present))
+            if present is not None:
+                [v] = await limb_fixed.multiply([(v, present)])
+            square = (await limb_fixed.multiply([(v, v)]))[0] if entry["square"] else None
         if present is None:
-            present = sectype.array(np.ones(v.shape, dtype=object))
-        place = {"scale": value.scale, "count": len(columns), "sum": len(columns) + 1}
+            present = Shares.zeros((ev.rows,)) + 1
+        place = {"scale": scale, "count": len(columns), "sum": len(columns) + 1}
         columns += [present, v]
-        if entry["square"]:
+        if square is not None:
             place["sumsq"] = len(columns)
-            columns.append(ev.owned("sq", expr) if owned else v * v)
+            columns.append(square)
         layout[key] = place
-    if not columns:
-        return None, layout
-    stacked = np.column_stack([await shares(c) for c in columns])
-    return wrap(sectype, stacked), layout
+    return (_columns(columns) if columns else None), layout

@@ -59,7 +59,7 @@ async def run_chi2(state: QueryState) -> dict:
     deviation = products[0] - products[1]  # D = N O - r c, exact; 0 in empty margins
     divisor = products[2]  # r c, with an empty margin counted as 1
     # Normalise by K = 2^k > N (public): D/K^2, r c/K^2 and N/K lie in [-1, 1], exactly.
-    k = max(1, len(state.evaluator.table).bit_length())
+    k = max(1, state.evaluator.rows.bit_length())
     d = await from_scaled(deviation.reshape(-1), 2 * k)
     e = await from_scaled(divisor.reshape(-1), 2 * k)
     n = await from_scaled(np.array([total], dtype=object), k)

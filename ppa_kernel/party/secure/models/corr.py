@@ -43,7 +43,7 @@ async def run_corr(state: QueryState) -> dict:
     measures = [await state.evaluator.value(expr) for expr in model["measures"]]
     if any(m.public for m in measures):
         raise PlanError("corr: every measure must read a column")
-    rows, k = len(state.evaluator.table), len(measures)
+    rows, k = state.evaluator.rows, len(measures)
     flags = [m.present for m in measures if m.present is not None]
     mask = await _product([*flags, *([state.mask] if state.mask is not None else [])], rows,
                           sectype)

@@ -47,7 +47,7 @@ async def design_rows(state: QueryState) -> DesignRows:
     flags = [ev.owned("nn", leaf) for leaf in leaves.values()]
     conditions = [await ev.condition(c) for c in model["complete"]]
     cohort = [state.mask] if state.mask is not None else []
-    mask = await all_of([*flags, *conditions, *cohort], len(ev.table), sectype)
+    mask = await all_of([*flags, *conditions, *cohort], ev.rows, sectype)
     masked = _MaskedValues(ev, wrap(sectype, mask), model["kind"])
     values = [await masked.value(e) for e in [*exprs, response]]
     return DesignRows(mask, mask.sum(), values)

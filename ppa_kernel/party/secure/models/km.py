@@ -62,7 +62,7 @@ async def _interval_flags(state: QueryState):
         with_bit = flags[:, :take] * wrap(sectype, np.repeat(bit.reshape(rows, 1), take, axis=1))
         flags = mpc.np_hstack((flags[:, :take] - with_bit, flags[:, take:], with_bit))
     if flags is None:  # a single interval
-        rows = len(state.evaluator.table)
+        rows = state.evaluator.rows
         return sectype.array(np.ones((rows, 1), dtype=object))
     return flags
 
@@ -237,7 +237,7 @@ async def run_km(state: QueryState) -> dict:
     plan = state.program.plan
     exits, events = await _counts(state)  # rows per group and time; events among them
     at_risk = np.cumsum(exits[:, ::-1], axis=1)[:, ::-1]  # rows with time >= t_k
-    bits = max(1, len(state.evaluator.table)).bit_length()  # public: rows < 2**bits
+    bits = max(1, state.evaluator.rows).bit_length()  # public: rows < 2**bits
     passed = await _pass_bits(state.sectype, at_risk, plan["min_cell_size"], bits)
     out: dict = {"at_risk_pass": passed.tolist(), "survival": [[None] * passed.shape[1]] *
                  passed.shape[0], "chi2": None, "logrank_groups": []}

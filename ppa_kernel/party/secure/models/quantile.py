@@ -186,7 +186,7 @@ async def run_quantile(state: QueryState) -> dict:
     value = await state.evaluator.value(model["measure"])
     if value.public:
         raise PlanError("quantile: the measure must read a column")
-    rows = len(state.evaluator.table)
+    rows = state.evaluator.rows
     qs = [fraction(q) for q in model["q"]]
     wp = await _measure_weights(state, value.present)
     n = limb_fixed.column_sums(wp).objects()
