@@ -338,9 +338,9 @@ class _Disclosure:
                     rules, largest)
         fails += [dom, pratio, await self._differencing()]
         ok = [(1 - f) % sectype.field.modulus for f in fails]
-        passing = ok[0]
-        for other in ok[1:]:
-            passing = await shares(wrap(sectype, passing) * wrap(sectype, other))
+        pairs = [wrap(sectype, ok[0]) * wrap(sectype, ok[1]),  # two rounds, not three
+                 wrap(sectype, ok[2]) * wrap(sectype, ok[3])]
+        passing = await shares(pairs[0] * pairs[1])
         passed = np.asarray(await reveal("disclosure.pass", wrap(sectype, passing))
                             ).astype(int) == 1
         await self._reasons(fails, ok, passed)
@@ -363,6 +363,9 @@ class _Disclosure:
 
     async def _reasons(self, fails, ok, passed: np.ndarray) -> None:
         """Open the first failing rule of each suppressed cell (codes in REASONS)."""
+        if passed.all():  # public: the pass bits are open
+            self.reasons = [[None] * passed.shape[1] for _ in range(passed.shape[0])]
+            return
         sectype = self.state.sectype
         size, dom, pratio, diff = fails
         _, ok_dom, ok_p, _ = ok
