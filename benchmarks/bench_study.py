@@ -58,9 +58,10 @@ def plaintext_study(data: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, float]
     return table, time.perf_counter() - started
 
 
-WORKER_BASE_MB, WORKER_KB_PER_ROW, WORKER_KB_PER_PERSON = 270, 0.95, 4.3
-"""A worker's peak memory, measured (1m and registry, 2026-12-03): a base, plus this much
-per stacked row (all parties', linkage and replay) and per joined person (the query)."""
+WORKER_BASE_MB, WORKER_KB_PER_ROW, WORKER_KB_PER_PERSON = 270, 0.95, 1.0
+"""A worker's peak memory, measured (1m and registry, 2026-12-03 and -04): a base, plus
+this much per stacked row (all parties', linkage and replay) and per joined person (the
+query on limb shares; 4.3 KB on MPyC objects before)."""
 
 
 def memory_needed_mb(params: dict) -> float:
