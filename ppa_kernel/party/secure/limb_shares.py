@@ -124,8 +124,11 @@ async def open_shares(field: LimbField, x: np.ndarray, threshold: int) -> np.nda
         [(w, share) for w, (_, share) in zip(weights, pieces, strict=True)], n))
 
 
-SLICE = 1 << 19
-"""Elements shared per round: bounds the memory of splitting and of the messages."""
+SLICE = 1 << 17
+"""Elements shared per round: bounds the memory of splitting and of the messages, and
+keeps a round's arrays (10 MB each) in cache: splitting, serialising and parsing cost
+0.22 µs per element in rounds of 2^17 and 0.54 µs in rounds of 2^19 (3 million
+elements, this machine's 32 MB L3 shared by three workers)."""
 
 
 async def inputs_from(field: LimbField, values: np.ndarray | None, senders: list[int],
