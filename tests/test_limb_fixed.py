@@ -43,8 +43,8 @@ def test_public_shifts_and_low_bits_match_python_integers(values, shift, length)
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), rows=st.integers(0, 40), left=st.integers(1, 4),
-       right=st.integers(1, 4), block=st.sampled_from([1, 7, 1 << 15]))
-def test_dot_products_match_python_integers(data, rows, left, right, block):
+       right=st.integers(0, 4), budget=st.sampled_from([1, 3000, 1 << 26]))
+def test_dot_products_match_python_integers(data, rows, left, right, budget):
     from ppa_kernel.party.secure import limbs
 
     element = st.one_of(st.integers(0, VALUE.modulus - 1), st.just(VALUE.modulus - 1))
@@ -56,9 +56,37 @@ def test_dot_products_match_python_integers(data, rows, left, right, block):
     lb = VALUE.from_ints(b.reshape(-1)).reshape(VALUE.limbs, rows, right)
     lb = VALUE.mul(lb, VALUE.constant(1).reshape(VALUE.limbs, 1, 1))  # limbs up to 2^27
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(limbs, "DOT_BLOCK", block)  # sums across blocks, too
+        patch.setattr(limbs, "DOT_BUDGET", budget)  # blocks of rows and tiles of columns
         got = VALUE.to_ints(VALUE.dot(la, lb).reshape(VALUE.limbs, -1))
     assert got == ((a.T @ b) % VALUE.modulus).reshape(-1).tolist()
+
+
+def _limbs_of(values: list[int]) -> np.ndarray:
+    """Limbs of integers below 2^260 as they are (not reduced, uint32)."""
+    return np.array([[(v >> (26 * i)) & ((1 << 26) - 1) for v in values]
+                     for i in range(VALUE.limbs)], dtype=np.uint32)
+
+
+def test_dot_products_reduce_uint32_limbs_of_values_above_p():
+    above = [VALUE.modulus + 5, 2**256 - 1, 3]  # as read back from storage: not reduced
+    a = _limbs_of(above).reshape(VALUE.limbs, 3, 1)
+    ones = VALUE.from_ints([1, 1, 1]).reshape(VALUE.limbs, 3, 1)
+    got = VALUE.to_ints(VALUE.dot(a, ones).reshape(VALUE.limbs, -1))
+    assert got == [sum(above) % VALUE.modulus]
+
+
+def test_canonical_limbs_are_told_apart():
+    assert VALUE.canonical(_limbs_of([0, 1, VALUE.modulus - 1]))
+    assert not VALUE.canonical(_limbs_of([VALUE.modulus]))  # every limb in range
+    wide = _limbs_of([7])
+    wide[2, 0] = 1 << 26
+    assert not VALUE.canonical(wide)
+    assert not VALUE.canonical(_limbs_of([7])[:-1])  # a limb short
+
+
+def test_fixed_bytes_refuse_rows_of_another_width():
+    with pytest.raises(ValueError, match="rows of 32 bytes"):
+        VALUE.from_fixed_bytes(np.zeros((3, 31), dtype=np.uint8))
 
 
 @settings(max_examples=50, deadline=None)

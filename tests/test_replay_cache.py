@@ -31,7 +31,14 @@ LINKING = {"linkage.epoch", "linkage.party_sizes", "linkage.prf_masked",
 
 def _shares(people: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 1 << 26, size=(VALUE.limbs, people), dtype=np.uint32)
+    limbs = rng.integers(0, 1 << 26, size=(VALUE.limbs, people), dtype=np.uint32)
+    limbs[-1] &= (1 << VALUE.top_bits) - 1  # canonical: below 2^256 (and p, but for 2^-200)
+    return limbs
+
+
+def _limbs_of(value: int) -> np.ndarray:
+    return np.array([(value >> (26 * i)) & ((1 << 26) - 1) for i in range(VALUE.limbs)],
+                    dtype=np.uint32)
 
 
 def test_a_stored_column_comes_back_under_its_token(tmp_path):
@@ -47,7 +54,8 @@ def test_a_stored_column_comes_back_under_its_token(tmp_path):
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in cache.folder.iterdir())
 
 
-@pytest.mark.parametrize("damage", ["shape", "dtype", "pickle", "token", "identity", "json"])
+@pytest.mark.parametrize("damage", ["shape", "dtype", "pickle", "token", "identity", "json",
+                                    "limb", "value"])
 def test_a_damaged_entry_is_reported_as_absent(tmp_path, damage):
     cache = ColumnCache(tmp_path)
     cache.store("col", None, token=7, shares=_shares(20))
@@ -59,6 +67,13 @@ def test_a_damaged_entry_is_reported_as_absent(tmp_path, damage):
         np.save(data_path, _shares(20).astype(np.uint64))
     elif damage == "pickle":
         np.save(data_path, np.array([object()] * 20, dtype=object), allow_pickle=True)
+    elif damage in ("limb", "value"):  # not canonical: the limb arithmetic would overflow
+        limbs = _shares(20)
+        if damage == "limb":
+            limbs[3, 5] = 1 << 31
+        else:  # p + 1: every limb in range, the value not
+            limbs[:, 5] = _limbs_of(VALUE.modulus + 1)
+        np.save(data_path, limbs)
     elif damage == "token":
         meta["token"] = 1 << 70
     elif damage == "identity":

@@ -74,6 +74,9 @@ async def products_and_dots(report: dict, rng) -> None:
     try:
         [by_rows] = await limb_fixed.multiply([(x, y)])
         [pair_a, pair_b] = await limb_fixed.multiply([(y, x), (x[:, :2], x[:, 3:5])])
+        outer, = await limb_fixed.multiply([(Shares(x.limbs[:, :, :3, None]),
+                                             Shares(x.limbs[:, :, None, 3:]))])
+        first_row, = await limb_fixed.multiply([(x[:1], x)])  # one row against every row
     finally:
         limb_fixed.MULTIPLY_SLICE = saved
     report["products_one_round"] = [signed(v) for v in await open_(whole)] == want
@@ -82,6 +85,12 @@ async def products_and_dots(report: dict, rng) -> None:
     report["products_pairs_by_rows"] = [signed(v) for v in opened_a] == want and [
         signed(v) for v in opened_b] == [
         a[r * cells + c] * a[r * cells + c + 3] for r in range(rows) for c in range(2)]
+    opened_outer, opened_first = await open_(outer), await open_(first_row)
+    report["products_outer_by_rows"] = [signed(v) for v in opened_outer] == [
+        a[r * cells + i] * a[r * cells + 3 + j] for r in range(rows) for i in range(3)
+        for j in range(3)]
+    report["products_broadcast_row_by_rows"] = [signed(v) for v in opened_first] == [
+        a[c] * a[r * cells + c] for r in range(rows) for c in range(cells)]
     dots = await limb_fixed.dot(x, whole)
     report["dot_products"] = [signed(v) for v in await open_(dots)] == [
         sum(a[r * cells + i] * want[r * cells + j] for r in range(rows))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ppa_kernel.contract.errors import PlanError
+from ppa_kernel.contract.errors import PartyFailed, PlanError
 
 from . import limb_fixed
 from .history import RowSet
@@ -93,20 +93,24 @@ class Kept:
     @classmethod
     def align(cls, history: list[RowSet], rows: np.ndarray,
               group_sizes: np.ndarray) -> Kept | None:
-        """The stored sets' shares on ``rows`` (people seen at enough parties)."""
+        """The stored sets' shares on ``rows`` (people seen at enough parties). Empties
+        ``history`` as it goes (each set is held once, not twice, at the peak)."""
         if not history:
             return None
+        sizes = np.array([h.size for h in history], dtype=object)
         out = np.zeros((VALUE.limbs, len(rows), len(history)), dtype=np.uint32)
-        for j, row_set in enumerate(history):
+        for j in range(len(history)):
+            row_set = history[j]
+            history[j] = None
             stored_rows = np.flatnonzero(group_sizes >= row_set.joined)
             if row_set.shares.shape[1] != len(stored_rows):
-                raise ValueError(f"a kept row set holds {row_set.shares.shape[1]} rows, the "
-                                 f"epoch {len(stored_rows)}")
+                raise PartyFailed(f"a kept row set holds {row_set.shares.shape[1]} rows, "
+                                  f"this epoch's linkage {len(stored_rows)}",
+                                  hint="the data owners must start a new epoch")
             common = np.intersect1d(rows, stored_rows, assume_unique=True)
             out[:, np.searchsorted(rows, common), j] = \
                 row_set.shares[:, np.searchsorted(stored_rows, common)]
-        return cls(out, np.array([h.size for h in history], dtype=object),
-                   int(group_sizes.sum()))
+        return cls(out, sizes, int(group_sizes.sum()))
 
 
 async def differencing_flags(sectype, candidates: Shares, sizes: np.ndarray,

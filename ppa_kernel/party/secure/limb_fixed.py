@@ -347,10 +347,10 @@ async def multiply(pairs: Sequence[tuple[Shares, Shares]]) -> list[Shares]:
 async def _multiply_by_rows(a: Shares, b: Shares, shape: tuple[int, ...]) -> Shares:
     out = Shares.zeros(shape)
     step = max(1, MULTIPLY_SLICE // max(1, math.prod(shape[1:])))
+    a, b = (Shares(np.broadcast_to(x.limbs, (F.limbs, *shape))) for x in (a, b))  # views
     for start in range(0, shape[0], step):
         rows = slice(start, start + step)
-        part = (a if len(a) == 1 else a[rows]) * (b if len(b) == 1 else b[rows])
-        out[rows] = await reshare(part)
+        out[rows] = await reshare(a[rows] * b[rows])
     return out
 
 

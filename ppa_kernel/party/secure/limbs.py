@@ -30,8 +30,9 @@ SMALL = 1 << 24
 
 PIECE = BITS // 2
 _PIECE, _PIECE_MASK = np.uint64(PIECE), np.uint64((1 << PIECE) - 1)
-DOT_BLOCK = 1 << 15
-"""Rows per float64 block of :meth:`LimbField.dot` (bounds its temporaries)."""
+DOT_BUDGET = 1 << 26
+"""Bytes of float64 pieces per block of rows, and of partial sums per tile of columns,
+in :meth:`LimbField.dot` (bounds its temporaries whatever the widths)."""
 
 
 class MalformedShares(ValueError):
@@ -155,17 +156,29 @@ class LimbField:
         if n >= 1 << 27:
             raise ValueError("too many rows for one exact dot product")
         pieces = 2 * self.limbs
-        acc = np.zeros((pieces * left, pieces * right), dtype=np.int64)
-        for start in range(0, n, DOT_BLOCK):
-            block = slice(start, start + DOT_BLOCK)
-            acc += (self._pieces(a[:, block]).T @ self._pieces(b[:, block])).astype(np.int64)
-        acc = acc.reshape(pieces, left, pieces, right).transpose(1, 3, 0, 2)
+        tile = max(1, DOT_BUDGET // (8 * pieces * pieces * max(left, 1)))  # columns of b
+        out = self.zeros(left * right).reshape(self.limbs, left, right)
+        for first in range(0, right, tile):
+            part = b[:, :, first:first + tile]
+            out[:, :, first:first + tile] = self._dot_tile(a, part)
+        return out
+
+    def _dot_tile(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n, left, right = a.shape[1], a.shape[2], b.shape[2]
+        pieces = 2 * self.limbs
+        rows = max(1, DOT_BUDGET // (8 * pieces * max(left + right, 1)))
+        acc = np.zeros((pieces * left, pieces * right))  # float64: exact below 2^53
+        for start in range(0, n, rows):
+            block = slice(start, start + rows)
+            acc += self._pieces(a[:, block]).T @ self._pieces(b[:, block])
+        acc = acc.astype(np.int64).reshape(pieces, left, pieces, right).transpose(1, 3, 0, 2)
         diagonals = np.zeros((left, right, 2 * pieces - 1), dtype=np.int64)
         for s in range(pieces):  # piece s of a times piece u of b weighs 2^(13 (s + u))
             diagonals[:, :, s:s + pieces] += acc[:, :, s, :]  # below 20 * 2^53
         values = [sum(int(d) << (PIECE * k) for k, d in enumerate(row))
                   for row in diagonals.reshape(left * right, -1).tolist()]
-        out = self.from_ints([v % self.modulus for v in values]) if values else self.zeros(0)
+        out = self.from_ints([v % self.modulus for v in values]) if values else \
+            self.zeros(0)
         return out.reshape(self.limbs, left, right)
 
     def _pieces(self, a: np.ndarray) -> np.ndarray:
@@ -173,10 +186,10 @@ class LimbField:
         array: column ``s p + i`` holds piece s (weight 2^(13 s)) of element i."""
         _, m, width = a.shape
         d = self.freeze(a.reshape(self.limbs, m * width)).reshape(self.limbs, m, width)
-        out = np.empty((2 * self.limbs, m, width), dtype=np.float64)
-        out[0::2] = d & _PIECE_MASK
-        out[1::2] = d >> _PIECE
-        return out.transpose(1, 0, 2).reshape(m, 2 * self.limbs * width)
+        out = np.empty((m, 2 * self.limbs, width), dtype=np.float64)
+        out[:, 0::2] = np.moveaxis(d & _PIECE_MASK, 0, 1)
+        out[:, 1::2] = np.moveaxis(d >> _PIECE, 0, 1)
+        return out.reshape(m, 2 * self.limbs * width)
 
     def _propagate(self, d: np.ndarray) -> None:
         """Carry limb i's excess into limb i + 1 (in place), without folding the top."""
@@ -355,6 +368,12 @@ class LimbField:
             raise MalformedShares("a field element is not in canonical form (limb or value "
                                   "out of range)")
         return d
+
+    def canonical(self, d: np.ndarray) -> bool:
+        """Whether the ``(L, n)`` limbs ``d`` are canonical: limbs below 2^26, values
+        below p (what a stored or received array must be before arithmetic)."""
+        return d.ndim == 2 and d.shape[0] == self.limbs and (
+            not d.shape[1] or self._canonical(d.astype(np.uint64)))
 
     def _canonical(self, d: np.ndarray) -> bool:
         """Whether every element has limbs below 2^26 and value below p = 2^k - c."""

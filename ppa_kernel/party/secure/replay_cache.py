@@ -114,6 +114,9 @@ class ColumnCache:
         if shares.dtype != np.uint32 or shares.shape != (VALUE.limbs, people):
             logger.warning("dropped a stored column of the wrong shape %s", shares.shape)
             return 0
+        if not VALUE.canonical(shares):  # the query's limb arithmetic needs limbs < 2^26
+            logger.warning("dropped a stored column that is not canonical field elements")
+            return 0
         self.loaded[identity] = shares
         os.utime(meta_path)  # recently used: evicted last
         return token
