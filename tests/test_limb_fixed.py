@@ -147,3 +147,25 @@ def test_models_on_limb_shares_refuse_a_runtime_without_prss():
             limb_fixed.require("quantiles")
     finally:
         mpc.options.no_prss = saved
+
+
+def test_a_kept_row_set_of_another_length_fails_by_name():
+    from ppa_kernel.contract.errors import PartyFailed
+    from ppa_kernel.party.secure.disclosure import Kept
+    from ppa_kernel.party.secure.history import RowSet
+
+    group_sizes = np.array([3, 3, 2, 3])  # three people seen at every party
+    short = RowSet("d" * 64, 3, 1, VALUE.from_ints([1, 0]))  # two shares, not three
+    with pytest.raises(PartyFailed, match="holds 2 rows, this epoch's linkage 3"):
+        Kept.align([short], np.flatnonzero(group_sizes >= 3), group_sizes)
+
+
+def test_workers_get_one_blas_thread_unless_the_operator_set_one(monkeypatch):
+    from ppa_kernel.party.worker_process import BLAS_THREADS, worker_environment
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    for name in BLAS_THREADS[1:]:
+        monkeypatch.delenv(name, raising=False)
+    env = worker_environment()
+    assert env["OPENBLAS_NUM_THREADS"] == "4"
+    assert all(env[name] == "1" for name in BLAS_THREADS[1:])

@@ -123,8 +123,7 @@ async def differencing_flags(sectype, candidates: Shares, sizes: np.ndarray,
     count = candidates.shape[1]
     if kept is None or not count:
         return np.zeros(count, dtype=object)
-    local = Shares(VALUE.dot(candidates.limbs, kept.limbs))
-    dots = (await limb_fixed.reshare(local)).objects()
+    dots = (await limb_fixed.dot(candidates, Shares(kept.limbs))).objects()
     diff = sizes.reshape(-1, 1) + kept.sizes.reshape(1, -1) - 2 * dots
     near = await shares(wrap(sectype, diff) * wrap(sectype, diff - min_cell))
     people = kept.people + min_cell

@@ -391,7 +391,7 @@ class _Disclosure:
                 released = np.flatnonzero(passed[i])
                 if len(released) < 2:
                     break
-                union = limb_fixed.public_dot(sets, _indicator(sets.shape[1], released))
+                union = _union(sets, released)
                 size = self.counts[i][released].sum()
                 flag = await differencing_flags(self.state.sectype, union,
                                                 np.array([size], dtype=object), self.kept,
@@ -429,7 +429,7 @@ class _Disclosure:
                 definition = _definition(program, presence, [cells[c] for c in released])
                 if definition not in known:
                     known.add(definition)
-                    union = limb_fixed.public_dot(sets, _indicator(sets.shape[1], released))
+                    union = _union(sets, released)
                     new.append(RowSet(definition, joined,
                                       int(self.counts[i][released].sum()) % p,
                                       union.flat()))
@@ -443,11 +443,11 @@ class _Disclosure:
         await mpc.gather(mpc.input(self.state.sectype(1)))
 
 
-def _indicator(cells: int, chosen: np.ndarray) -> np.ndarray:
-    """The public cells x 1 0/1 matrix that sums the ``chosen`` cells."""
-    out = np.zeros((cells, 1), dtype=np.int64)
-    out[chosen] = 1
-    return out
+def _union(sets: Shares, chosen: np.ndarray) -> Shares:
+    """Shares (rows x 1) of the union of the ``chosen`` cells' disjoint row sets."""
+    indicator = np.zeros((sets.shape[1], 1), dtype=np.int64)
+    indicator[chosen] = 1
+    return limb_fixed.public_dot(sets, indicator)
 
 
 def cell_definitions(program: Program) -> list[list]:
